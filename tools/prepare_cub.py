@@ -1,0 +1,118 @@
+"""Prepare CUB-200-2011 with captions for config 'cub' (replaces the original's cub.ipynb, spec §3.1).
+
+Keeps the classes with exactly 60 images, sorts them and chunks them into groups of 5 (the incomplete last chunk is
+dropped: 27 groups on the full dataset). Each class is split 80/20 (48/12) with a seeded split, and the captions use
+the SAME split as their images (spec §10.11). Caption group k is written as text group K+k, K = number of image
+groups, so the full dataset gives image groups 1..27 and text groups 28..54 as in utils/dataset_config.yaml.
+
+    python tools/prepare_cub.py --raw_dir ~/downloads --captions_csv ~/downloads/image_caption.csv
+"""
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tqdm import tqdm  # noqa: E402
+
+from tools._prepare_common import (copy_file, image_files, make_parser, output_roots, prepare_output,  # noqa: E402
+                                   read_captions_csv, require_dir, setup_logging, warn_layout, write_text)
+from utils.errors import UserError, report_user_errors  # noqa: E402
+
+IMAGES_PER_CLASS = 60
+CLASSES_PER_GROUP = 5
+TEST_SIZE = 0.2
+log = logging.getLogger("prepare_cub")
+
+
+def find_images_dir(raw_dir):
+    """Accept the folder holding CUB_200_2011/ or CUB_200_2011/ itself."""
+    raw_dir = require_dir(raw_dir, "raw CUB folder", "pass --raw_dir pointing at the folder that holds "
+                                                    "CUB_200_2011/images")
+    for candidate in (raw_dir / "CUB_200_2011" / "images", raw_dir / "images"):
+        if candidate.is_dir():
+            return candidate
+    raise UserError(f"raw CUB folder {raw_dir} has neither CUB_200_2011/images nor images/: pass --raw_dir pointing "
+                    f"at the folder that holds CUB_200_2011/images/<NNN.Name>/*.jpg.")
+
+
+def make_groups(images_dir):
+    """Classes with exactly 60 images, sorted, in consecutive groups of 5; returns ([[class, ...], ...], files)."""
+    files = {d.name: image_files(d) for d in sorted(images_dir.iterdir()) if d.is_dir()}
+    kept = sorted(name for name, f in files.items() if len(f) == IMAGES_PER_CLASS)
+    dropped = sorted(set(files) - set(kept))
+    if dropped:
+        log.info("dropping %d classes without exactly %d images: %s", len(dropped), IMAGES_PER_CLASS,
+                 ", ".join(dropped))
+    groups = [kept[i:i + CLASSES_PER_GROUP] for i in range(0, len(kept) - CLASSES_PER_GROUP + 1, CLASSES_PER_GROUP)]
+    leftover = kept[len(groups) * CLASSES_PER_GROUP:]
+    if leftover:
+        log.info("dropping the incomplete last chunk: %s", ", ".join(leftover))
+    if not groups:
+        raise UserError(f"raw CUB folder {images_dir} has fewer than {CLASSES_PER_GROUP} classes with exactly "
+                        f"{IMAGES_PER_CLASS} images: pass --raw_dir pointing at the complete CUB_200_2011 download.")
+    return groups, files
+
+
+def caption_index(df, csv_path):
+    """basename of `image` -> caption (the first row wins when an image appears twice)."""
+    index = {}
+    for image, caption in zip(df["image"], df["caption"]):
+        index.setdefault(Path(image.replace("\\", "/")).name, caption)
+    if len(index) < len(df):
+        log.warning("%s has %d rows for images that already had a caption; the first caption of each is used",
+                    csv_path, len(df) - len(index))
+    return index
+
+
+def split_class(files, seed):
+    from sklearn.model_selection import train_test_split  # imported late: it is slow and input errors come first
+    train, test = train_test_split(files, test_size=TEST_SIZE, random_state=seed)
+    return {"train": sorted(train), "test": sorted(test)}
+
+
+@report_user_errors
+def main(argv=None):
+    parser = make_parser(__doc__, "cub",
+                         "folder holding CUB_200_2011/images/<NNN.Name>/*.jpg (or the CUB_200_2011 folder itself)")
+    parser.add_argument("--captions_csv", default=None,
+                        help="CSV with columns image,label,caption, one row per image, matched by file name "
+                             "(default: <raw_dir>/image_caption.csv)")
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    images_dir = find_images_dir(args.raw_dir)
+    csv_path = Path(args.captions_csv) if args.captions_csv else Path(args.raw_dir) / "image_caption.csv"
+    captions = caption_index(read_captions_csv(csv_path), csv_path)
+    groups, files = make_groups(images_dir)
+    for class_name in (c for g in groups for c in g):
+        for f in files[class_name]:
+            if f.name not in captions:
+                raise UserError(f"image {class_name}/{f.name} has no caption in {csv_path}: add a row for it "
+                                f"(columns image,label,caption) or pass the matching --captions_csv.")
+
+    cfg, roots = output_roots("cub", args, ("image", "text"))
+    prepare_output(roots, args.overwrite, log)
+    num_image_groups = len(groups)
+    image_groups = [f"group{k}" for k in range(1, num_image_groups + 1)]
+    text_groups = [f"group{num_image_groups + k}" for k in range(1, num_image_groups + 1)]
+
+    total = sum(len(files[c]) for g in groups for c in g)
+    with tqdm(total=total, desc="cub", unit="img") as bar:
+        for image_group, text_group, classes in zip(image_groups, text_groups, groups):
+            for class_name in classes:
+                for split, split_files in split_class(files[class_name], args.seed).items():
+                    for f in split_files:
+                        copy_file(f, roots[("image", split)] / image_group / class_name / f.name)
+                        write_text(roots[("text", split)] / text_group / class_name / f"{f.stem}.txt",
+                                   captions[f.name])
+                        bar.update()
+
+    log.info("wrote %d image groups (%s) and %d text groups (%s) under %s", num_image_groups,
+             f"{image_groups[0]}..{image_groups[-1]}", len(text_groups), f"{text_groups[0]}..{text_groups[-1]}",
+             roots[("image", "train")].parent.parent)
+    warn_layout(cfg, image_groups, text_groups, log)
+
+
+if __name__ == "__main__":
+    main()
