@@ -1,0 +1,116 @@
+"""The network with its continual-learning state, built from a dataset config or rebuilt from a checkpoint.
+
+A checkpoint keeps the original's keys (`model_state_dict`, `dataset_history`, `dataset2num_classes`, `masks`,
+`shared_layer_info`, spec §1.8) plus what rebuilding needs: `model_config` (hyperparameters, text feature width),
+`growth` (feed-forward units added by each task), `modalities` (task -> modality), `shared_owners` (which task trained each unmasked parameter).
+"""
+from dataclasses import dataclass, field
+
+from models import cpg
+from models.perceiver_io import MultimodalPerceiverIO
+
+
+def model_config_for(cfg, text_dim):
+    return {**cfg.model, "text_dim": int(text_dim), "max_text_length": max(cfg.text_max_length, 1)}
+
+
+@dataclass
+class Network:
+    model: MultimodalPerceiverIO
+    history: list = field(default_factory=list)           # task names; task id = position + 1
+    modalities: dict = field(default_factory=dict)        # task -> 'image' | 'text'
+    dataset2num_classes: dict = field(default_factory=dict)
+    shared_owners: dict = field(default_factory=dict)     # shared (unmasked) parameter -> task that trained it
+    shared_layer_info: dict = field(default_factory=dict)
+    growth: list = field(default_factory=list)            # [{'task_id', 'hidden'}] in order
+
+    @classmethod
+    def new(cls, model_config):
+        return cls(cpg.attach(MultimodalPerceiverIO(**model_config)))
+
+    @classmethod
+    def from_checkpoint(cls, ckpt):
+        """Rebuild exactly the network a checkpoint was saved from (growth, heads, piggymasks, masks, weights)."""
+        model = MultimodalPerceiverIO(**ckpt["model_config"])
+        for g in ckpt.get("growth", []):
+            model.grow(g["hidden"], g["task_id"])
+        cpg.attach(model)
+        for task in ckpt["dataset_history"]:
+            model.add_task(task, ckpt["dataset2num_classes"][task])
+        for task_id in sorted({int(k.rsplit(".", 1)[1]) for k in ckpt["model_state_dict"] if ".piggymasks." in k}):
+            cpg.add_piggymasks(model, task_id)
+        model.load_state_dict(ckpt["model_state_dict"])
+        cpg.load_masks(model, ckpt["masks"])
+        return cls(model, list(ckpt["dataset_history"]), dict(ckpt["modalities"]),
+                   dict(ckpt["dataset2num_classes"]), dict(ckpt.get("shared_owners", {})),
+                   dict(ckpt.get("shared_layer_info", {})), list(ckpt.get("growth", [])))
+
+    # ---- tasks ------------------------------------------------------------------------------------------------
+    def task_id(self, task):
+        return self.history.index(task) + 1
+
+    def activate(self, task):
+        """Switch modality, head, growth branches and masks to `task` (e.g. to evaluate an earlier task)."""
+        task_id = self.task_id(task)
+        self.model.set_modality(self.modalities[task])
+        self.model.set_task(task, task_id)
+        cpg.set_active_task(self.model, task_id)
+        return task_id
+
+    def start_task(self, task, modality, num_classes, width_multiplier=1.0):
+        """Add `task` (or continue it), widen the network to `width_multiplier` if needed, give the task every
+        free weight of the layers it uses, and a piggymask over earlier tasks' weights. Returns its task id."""
+        if task not in self.history:
+            self.history.append(task)
+            self.modalities[task] = modality
+            self.dataset2num_classes[task] = int(num_classes)
+        elif self.modalities[task] != modality:
+            raise ValueError(f"task {task} was trained as {self.modalities[task]}, not {modality}")
+        self.model.add_task(task, num_classes)
+        task_id = self.task_id(task)
+        self.grow_to(width_multiplier, task_id)
+        if task_id > 1:
+            cpg.add_piggymasks(self.model, task_id)
+        cpg.make_finetuning_mask(self.model, modality, task_id)
+        self.activate(task)
+        self.shared_layer_info[task] = {"network_width_multiplier": float(width_multiplier), "modality": modality}
+        return task_id
+
+    def grow_to(self, width_multiplier, task_id):
+        """Widen every latent feed-forward to `width_multiplier` x its base hidden width (CPG growing)."""
+        ff = self.model.feedforwards()[0]
+        extra = int(round(ff.hidden * width_multiplier)) - ff.total_hidden
+        if extra > 0:
+            self.model.grow(extra, task_id)
+            cpg.attach(self.model)
+            self.growth.append({"task_id": int(task_id), "hidden": int(extra)})
+        return max(extra, 0)
+
+    def set_trainable(self, task):
+        frozen = {name for name, owner in self.shared_owners.items() if owner != task}
+        cpg.set_trainable(self.model, self.modalities[task], task, self.task_id(task), frozen)
+
+    def claim_shared(self, task):
+        """The shared parameters this task trained become its own: frozen for every later task, so that nothing
+        a later task does changes what this one computes."""
+        for name in cpg.shared_parameter_names(self.model, self.modalities[task], task):
+            self.shared_owners.setdefault(name, task)
+
+    def num_parameters(self):
+        return sum(p.numel() for n, p in self.model.named_parameters() if ".piggymasks." not in n)
+
+    def state(self, *, epoch, dataset_config, text_encoder):
+        return {
+            "model_state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "dataset_history": list(self.history),
+            "dataset2num_classes": dict(self.dataset2num_classes),
+            "masks": {k: v.cpu() for k, v in cpg.get_masks(self.model).items()},
+            "shared_layer_info": self.shared_layer_info,
+            "model_config": dict(self.model.config),
+            "growth": list(self.growth),
+            "modalities": dict(self.modalities),
+            "shared_owners": dict(self.shared_owners),
+            "epoch": int(epoch),
+            "dataset_config": dataset_config,
+            "text_encoder": text_encoder,
+        }

@@ -1,0 +1,235 @@
+"""CPG machinery on the Perceiver IO: ownership masks, piggymasks, gradual pruning, growth and freezing.
+
+CPG (Hung et al., "Compacting, Picking and Growing for Unforgetting Continual Learning", NeurIPS 2019):
+- ownership mask: per prunable weight a uint8 task id (0 = free); task k trains only the weights it owns;
+- picking: task k learns a real-valued piggymask over the weights of tasks 1..k-1 (binarised at 5e-3 with a
+  straight-through gradient) to choose which of them it reuses;
+- compacting: gradual pruning of the current task's weights (cubic schedule) frees room for later tasks;
+- growing: `MultimodalPerceiverIO.grow` adds feed-forward units that are free for the new task.
+
+The effective weight of every prunable linear layer is `original * keep(ownership, piggymask, task)`, expressed as
+a `torch.nn.utils.parametrize` parametrization on the perceiver-pytorch modules. Everything without an ownership
+mask (biases, LayerNorms, latents, position tables) is frozen once a task that used it has been trained, so that
+evaluating an earlier task after a later one gives the same logits bit for bit.
+"""
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from models.perceiver_io import MODALITIES
+
+PIGGYMASK_INIT = 0.01
+PIGGYMASK_THRESHOLD = 5e-3
+
+
+class OwnershipMask(nn.Module):
+    """Parametrization of a linear weight: keep the weights of the active task and of the earlier tasks it uses."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.register_buffer("mask", torch.zeros(shape, dtype=torch.uint8), persistent=False)
+        self.piggymasks = nn.ParameterDict()
+        self.task_id = 1
+
+    def keep(self, weight):
+        own = self.mask == self.task_id
+        piggymask = self.piggymasks[str(self.task_id)] if str(self.task_id) in self.piggymasks else None
+        if piggymask is None:
+            return ((self.mask > 0) & (self.mask <= self.task_id)).to(weight.dtype)
+        earlier = ((self.mask > 0) & (self.mask < self.task_id)).to(weight.dtype)
+        picked = (piggymask > PIGGYMASK_THRESHOLD).to(weight.dtype)
+        picked = picked + piggymask - piggymask.detach()           # straight-through estimator
+        return own.to(weight.dtype) + earlier * picked
+
+    def forward(self, weight):
+        return weight * self.keep(weight)
+
+
+# ---- which layers carry task knowledge --------------------------------------------------------------------------
+def prunable_layers(model):
+    """{name: nn.Linear} of every linear layer with an ownership mask (all but the per-task heads)."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and not name.startswith("heads.")}
+
+
+def layer_modality(name):
+    """The modality a layer belongs to, or None when both use it."""
+    for m in MODALITIES:
+        if f"to_kv.projections.{m}" in name:
+            return m
+    return None
+
+
+def used_layers(model, modality):
+    """Prunable layers a task of `modality` computes with (the other modality's k/v projection is not)."""
+    return {n: m for n, m in prunable_layers(model).items() if layer_modality(n) in (None, modality)}
+
+
+def attach(model):
+    """Register an OwnershipMask on every prunable weight (idempotent)."""
+    for layer in prunable_layers(model).values():
+        if not parametrize.is_parametrized(layer, "weight"):
+            parametrize.register_parametrization(layer, "weight", OwnershipMask(layer.weight.shape))
+    return model
+
+
+def ownership(layer):
+    return layer.parametrizations.weight[0]
+
+
+def raw_weight(layer):
+    return layer.parametrizations.weight.original
+
+
+def set_active_task(model, task_id):
+    for layer in prunable_layers(model).values():
+        ownership(layer).task_id = int(task_id)
+
+
+def get_masks(model):
+    return {name: ownership(layer).mask.clone() for name, layer in prunable_layers(model).items()}
+
+
+def load_masks(model, masks):
+    for name, layer in prunable_layers(model).items():
+        mask = ownership(layer).mask
+        saved = masks.get(name)
+        if saved is None:
+            mask.zero_()
+        else:  # a grown layer keeps its old masks in the top-left slice; new entries are free
+            mask.zero_()
+            mask[tuple(slice(0, s) for s in saved.shape)] = saved.to(mask.device)
+
+
+# ---- starting a task -------------------------------------------------------------------------------------------
+def make_finetuning_mask(model, modality, task_id):
+    """Give every free weight of the layers `modality` uses to task `task_id` (spec §6.2)."""
+    for layer in used_layers(model, modality).values():
+        mask = ownership(layer).mask
+        mask[mask == 0] = task_id
+
+
+def add_piggymasks(model, task_id, init=PIGGYMASK_INIT):
+    """A piggymask for task `task_id` over every prunable weight (only its entries over earlier tasks matter)."""
+    for layer in prunable_layers(model).values():
+        om = ownership(layer)
+        if str(task_id) not in om.piggymasks:
+            om.piggymasks[str(task_id)] = nn.Parameter(torch.full_like(raw_weight(layer), init))
+
+
+def piggymask_parameters(model, task_id):
+    return [ownership(l).piggymasks[str(task_id)] for l in prunable_layers(model).values()
+            if str(task_id) in ownership(l).piggymasks]
+
+
+def piggymask_tasks(model):
+    layer = next(iter(prunable_layers(model).values()))
+    return sorted(int(k) for k in ownership(layer).piggymasks.keys())
+
+
+# ---- freezing what has no ownership mask ------------------------------------------------------------------------
+def is_masked_parameter(name):
+    return ".parametrizations.weight." in name
+
+
+def shared_parameter_names(model, modality, task):
+    """Parameters without an ownership mask that a task of `modality` named `task` computes with."""
+    other = [m for m in MODALITIES if m != modality]
+    names = []
+    for name, _ in model.named_parameters():
+        if is_masked_parameter(name):
+            continue
+        if name.startswith("heads.") and not name.startswith(f"heads.{task}."):
+            continue
+        if any(name.startswith(f"adapters.{m}.") or f"to_kv.projections.{m}." in name for m in other):
+            continue
+        names.append(name)
+    return names
+
+
+def set_trainable(model, modality, task, task_id, frozen):
+    """requires_grad only on what task `task` may change: its owned weights (masked per step), its piggymask, its
+    head, and shared parameters not in `frozen` (those other tasks trained)."""
+    shared = set(shared_parameter_names(model, modality, task))
+    piggy = {id(p) for p in piggymask_parameters(model, task_id)}
+    for name, p in model.named_parameters():
+        if is_masked_parameter(name):
+            p.requires_grad_(name.endswith(".original") or id(p) in piggy)
+        else:
+            p.requires_grad_(name in shared and name not in frozen)
+
+
+# ---- per-step constraints ---------------------------------------------------------------------------------------
+def constrain_gradients(model, modality, task_id, weight_decay, prune_mode):
+    """Weight decay on owned weights only, and no gradient on weights the task does not own (spec §6.3)."""
+    for layer in prunable_layers(model).values():
+        w = raw_weight(layer)
+        if w.grad is None:
+            continue
+        w.grad.add_(w.detach(), alpha=weight_decay)
+        w.grad.mul_(ownership(layer).mask == task_id)
+        if prune_mode:
+            for p in ownership(layer).piggymasks.values():
+                if p.grad is not None:
+                    p.grad.zero_()
+
+
+@torch.no_grad()
+def zero_pruned_weights(model, modality):
+    """Pruned (free) weights of the layers in use stay exactly zero after every optimiser step (spec §10.18)."""
+    for layer in used_layers(model, modality).values():
+        raw_weight(layer).masked_fill_(ownership(layer).mask == 0, 0.0)
+
+
+# ---- compacting ------------------------------------------------------------------------------------------------
+def cubic_sparsity(step, begin, end, initial, target):
+    """s(t) = s_f + (s_i - s_f) (1 - p)^3 with p = clip((t - begin) / (end - begin), 0, 1) (spec §6.4)."""
+    p = min(max((step - begin) / max(end - begin, 1), 0.0), 1.0)
+    return target + (initial - target) * (1.0 - p) ** 3
+
+
+@torch.no_grad()
+def prune_to(model, modality, task_id, sparsity):
+    """Free the smallest-magnitude weights of task `task_id` so that, in every layer it uses, the fraction of
+    (its weights + free weights) that is free equals `sparsity`. Weights of other tasks are never touched."""
+    for layer in used_layers(model, modality).values():
+        mask, w = ownership(layer).mask, raw_weight(layer)
+        own, free = mask == task_id, mask == 0
+        total = int(own.sum() + free.sum())
+        to_free = int(round(sparsity * total)) - int(free.sum())
+        if to_free <= 0:
+            continue
+        magnitudes = w.abs().masked_fill(~own, math.inf).flatten()
+        idx = torch.topk(magnitudes, to_free, largest=False).indices
+        mask.view(-1)[idx] = 0
+        w.view(-1)[idx] = 0.0
+
+
+# ---- metrics for the log lines (spec §6.7) ------------------------------------------------------------------------
+def layer_sparsity(model, modality, task_id):
+    """{layer: #free / #(free + owned by task)} over the layers the task uses."""
+    out = {}
+    for name, layer in used_layers(model, modality).items():
+        mask = ownership(layer).mask
+        own, free = int((mask == task_id).sum()), int((mask == 0).sum())
+        out[name] = free / max(own + free, 1)
+    return out
+
+
+def mask_statistics(model, modality, task_id):
+    """sparsity, task ratio, zero ratio and shared ratio over the layers the task uses."""
+    own = free = total = earlier = picked = 0
+    for layer in used_layers(model, modality).values():
+        om = ownership(layer)
+        mask = om.mask
+        own += int((mask == task_id).sum())
+        free += int((mask == 0).sum())
+        total += mask.numel()
+        earlier_sel = (mask > 0) & (mask < task_id)
+        earlier += int(earlier_sel.sum())
+        if str(task_id) in om.piggymasks:
+            picked += int((earlier_sel & (om.piggymasks[str(task_id)] > PIGGYMASK_THRESHOLD)).sum())
+    return dict(sparsity=free / max(own + free, 1), task_ratio=own / max(total, 1), zero_ratio=free / max(total, 1),
+                shared_ratio=picked / max(earlier, 1))

@@ -1,0 +1,184 @@
+"""One multimodal Perceiver IO for every stage, built on perceiver-pytorch's blocks (spec §4; §10.5, §10.6).
+
+image [b, 3, h, w] --Fourier positions--> tokens [b, h*w, 3 + 2*(2*bands+1)] --\
+                                                                             cross-attention (k/v projection of
+text  [b, n, d] (+ padding mask) --learned positions--> tokens [b, n, d] ---/  the active modality) -> latents
+latents [num_latents, latent_dim] -> cross-attn + FF -> depth x (self-attn + FF) -> mean over latents -> task head
+
+Query, output projection, latents and the latent transformer are shared by both modalities; each modality has its
+own input adapter and its own k/v projection. Heads are registered per task (`heads[<task>]`), so they are saved
+and restored with the checkpoint. Every latent feed-forward can grow (CPG "growing"): a growth adds a branch of
+extra hidden units, which is the same function as a wider GEGLU feed-forward whose new units are appended; a branch
+is used by the task that created it and every later task, so earlier tasks compute exactly what they did before.
+"""
+import torch
+from einops import rearrange, repeat
+from perceiver_pytorch.perceiver_io import GEGLU, Attention, FeedForward, PreNorm
+from perceiver_pytorch.perceiver_pytorch import fourier_encode
+from torch import nn
+
+MODALITIES = ("image", "text")
+
+
+class ImageAdapter(nn.Module):
+    """RGB pixels plus Fourier position features per axis: 3 + 2 * (2 * num_freq_bands + 1) channels (29)."""
+
+    def __init__(self, num_freq_bands, max_freq, channels=3):
+        super().__init__()
+        self.num_freq_bands, self.max_freq = num_freq_bands, max_freq
+        self.out_dim = channels + 2 * (2 * num_freq_bands + 1)
+
+    def forward(self, img):
+        b, _, h, w = img.shape
+        axes = [torch.linspace(-1.0, 1.0, steps=s, device=img.device, dtype=img.dtype) for s in (h, w)]
+        pos = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)                 # [h, w, 2]
+        enc = fourier_encode(pos, self.max_freq, self.num_freq_bands)                    # [h, w, 2, 2*bands+1]
+        enc = repeat(rearrange(enc, "h w a f -> h w (a f)"), "... -> b ...", b=b)
+        x = torch.cat((rearrange(img, "b c h w -> b h w c"), enc), dim=-1)
+        return rearrange(x, "b h w d -> b (h w) d")
+
+
+class TextAdapter(nn.Module):
+    """Text-encoder features [b, n, d] plus a learned position embedding."""
+
+    def __init__(self, dim, max_length):
+        super().__init__()
+        self.out_dim = dim
+        self.pos_emb = nn.Embedding(max_length, dim)
+
+    def forward(self, x):
+        return x + self.pos_emb(torch.arange(x.shape[1], device=x.device))
+
+
+class ModalityKV(nn.Module):
+    """The cross-attention's `to_kv`: one bias-free projection per modality, the active one chosen by `modality`."""
+
+    def __init__(self, input_dims, out_dim):
+        super().__init__()
+        self.projections = nn.ModuleDict({m: nn.Linear(d, out_dim, bias=False) for m, d in input_dims.items()})
+        self.modality = MODALITIES[0]
+
+    def forward(self, context):
+        return self.projections[self.modality](context)
+
+
+class GrowableFeedForward(nn.Module):
+    """perceiver-pytorch's GEGLU FeedForward plus growth branches (extra hidden units, CPG "growing")."""
+
+    def __init__(self, dim, mult):
+        super().__init__()
+        self.dim, self.hidden = dim, dim * mult
+        self.base = FeedForward(dim, mult)
+        self.branches = nn.ModuleList()
+        self.active_task_id = 1
+
+    def add_branch(self, hidden, task_id):
+        branch = nn.Sequential(nn.Linear(self.dim, hidden * 2), GEGLU(), nn.Linear(hidden, self.dim, bias=False))
+        branch.register_buffer("created_by", torch.tensor(int(task_id)))
+        self.branches.append(branch)
+
+    @property
+    def total_hidden(self):
+        return self.hidden + sum(b[2].in_features for b in self.branches)
+
+    def forward(self, x):
+        out = self.base(x)
+        for branch in self.branches:
+            if int(branch.created_by) <= self.active_task_id:
+                out = out + branch(x)
+        return out
+
+
+class MultimodalPerceiverIO(nn.Module):
+    def __init__(self, *, text_dim=384, max_text_length=128, num_freq_bands=6, max_freq=10.0, depth=3,
+                 num_latents=256, latent_dim=512, cross_heads=1, cross_dim_head=64, latent_heads=8,
+                 latent_dim_head=64, ff_mult=4, image_channels=3):
+        super().__init__()
+        self.config = dict(text_dim=text_dim, max_text_length=max_text_length, num_freq_bands=num_freq_bands,
+                           max_freq=max_freq, depth=depth, num_latents=num_latents, latent_dim=latent_dim,
+                           cross_heads=cross_heads, cross_dim_head=cross_dim_head, latent_heads=latent_heads,
+                           latent_dim_head=latent_dim_head, ff_mult=ff_mult, image_channels=image_channels)
+        self.adapters = nn.ModuleDict({"image": ImageAdapter(num_freq_bands, max_freq, image_channels),
+                                       "text": TextAdapter(text_dim, max_text_length)})
+        self.latents = nn.Parameter(torch.randn(num_latents, latent_dim))
+        cross_attn = Attention(latent_dim, heads=cross_heads, dim_head=cross_dim_head)
+        cross_attn.to_kv = ModalityKV({m: a.out_dim for m, a in self.adapters.items()},
+                                      2 * cross_heads * cross_dim_head)
+        self.cross_attend_blocks = nn.ModuleList([PreNorm(latent_dim, cross_attn),
+                                                  PreNorm(latent_dim, GrowableFeedForward(latent_dim, ff_mult))])
+        self.layers = nn.ModuleList([
+            nn.ModuleList([PreNorm(latent_dim, Attention(latent_dim, heads=latent_heads, dim_head=latent_dim_head)),
+                           PreNorm(latent_dim, GrowableFeedForward(latent_dim, ff_mult))])
+            for _ in range(depth)])
+        self.heads = nn.ModuleDict()
+        self.modality = MODALITIES[0]
+        self.active_task = None
+        self._init_weights()
+
+    def _init_weights(self):
+        # Xavier-uniform weights and zero biases for every linear layer, as the original's init_weights=True.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    # ---- modality, tasks and heads --------------------------------------------------------------------------
+    @property
+    def kv(self):
+        return self.cross_attend_blocks[0].fn.to_kv
+
+    def set_modality(self, modality):
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}")
+        self.modality = modality
+        self.kv.modality = modality
+
+    def add_task(self, name, num_classes):
+        if name not in self.heads:
+            self.heads[name] = nn.Sequential(nn.LayerNorm(self.config["latent_dim"]),
+                                             nn.Linear(self.config["latent_dim"], num_classes))
+            nn.init.normal_(self.heads[name][1].weight, std=0.01)
+            nn.init.zeros_(self.heads[name][1].bias)
+
+    def set_task(self, name, task_id=None):
+        """Select the head of `name`; task_id (1-based position in the task history) selects the growth
+        branches that task may use."""
+        if name not in self.heads:
+            raise KeyError(f"model has no head for task {name!r} (has {list(self.heads)})")
+        self.active_task = name
+        for ff in self.feedforwards():
+            ff.active_task_id = len(self.heads) + 1 if task_id is None else int(task_id)
+
+    def feedforwards(self):
+        return [m for m in self.modules() if isinstance(m, GrowableFeedForward)]
+
+    def grow(self, extra_hidden, task_id):
+        """Add `extra_hidden` units to every latent feed-forward, usable by task `task_id` and later tasks."""
+        for ff in self.feedforwards():
+            ff.add_branch(extra_hidden, task_id)
+            for lin in (ff.branches[-1][0], ff.branches[-1][2]):
+                nn.init.xavier_uniform_(lin.weight)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
+
+    @property
+    def width_multiplier(self):
+        ff = self.feedforwards()[0]
+        return ff.total_hidden / ff.hidden
+
+    # ---- forward --------------------------------------------------------------------------------------------
+    def encode(self, x, mask=None):
+        """Latents after the encoder and latent transformer: [b, num_latents, latent_dim]."""
+        data = self.adapters[self.modality](x)                                           # [b, n, d]
+        lat = repeat(self.latents, "n d -> b n d", b=data.shape[0])
+        cross_attn, cross_ff = self.cross_attend_blocks
+        lat = cross_attn(lat, context=data, mask=mask) + lat
+        lat = cross_ff(lat) + lat
+        for self_attn, self_ff in self.layers:
+            lat = self_attn(lat) + lat
+            lat = self_ff(lat) + lat
+        return lat
+
+    def forward(self, x, mask=None):
+        return self.heads[self.active_task](self.encode(x, mask).mean(dim=1))

