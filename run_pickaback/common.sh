@@ -1,0 +1,19 @@
+# Shared set-up of the stage scripts (sourced, not run): the repository root, the python to use, the config's
+# task list, and exit-code checks. Every variable here can be overridden from the environment.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+PYTHON="${PYTHON:-python}"
+export PYTHONUNBUFFERED=1
+
+if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+    exit $([ $# -lt 1 ] && echo 2 || echo 0)
+fi
+DATASET_CONFIG="$1"
+NUM_TASKS="$($PYTHON tools/get_dataset_name.py "$DATASET_CONFIG" --num_tasks)"
+
+task_name() { $PYTHON tools/get_dataset_name.py "$DATASET_CONFIG" "$1"; }
+task_modality() { $PYTHON tools/get_dataset_name.py "$DATASET_CONFIG" "$1" --modality; }
+# TASK_IDS="1 3" limits a script to some tasks; the default is every task of the config.
+task_ids() { echo "${TASK_IDS:-$(seq 1 "$NUM_TASKS")}"; }
