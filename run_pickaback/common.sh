@@ -17,3 +17,7 @@ task_name() { $PYTHON tools/get_dataset_name.py "$DATASET_CONFIG" "$1"; }
 task_modality() { $PYTHON tools/get_dataset_name.py "$DATASET_CONFIG" "$1" --modality; }
 # TASK_IDS="1 3" limits a script to some tasks; the default is every task of the config.
 task_ids() { echo "${TASK_IDS:-$(seq 1 "$NUM_TASKS")}"; }
+
+# Float arithmetic and comparison for the width loop (bash has none).
+fadd() { $PYTHON -c "print(round($1 + $2, 4))"; }
+fge() { $PYTHON -c "import sys; sys.exit(0 if $1 >= $2 - 1e-9 else 1)"; }
