@@ -144,8 +144,9 @@ def validate(cfg):
 
 
 def load_dataset_config(name, data_root=None, config_file=None, check_folders=True):
-    """Load and validate config `name`. With check_folders, every task's train/test folder must exist."""
-    config_file = Path(config_file or CONFIG_FILE)
+    """Load and validate config `name` from utils/dataset_config.yaml (or $MMPAB_CONFIG_FILE). With check_folders,
+    every task's train/test folder must exist."""
+    config_file = Path(config_file or os.environ.get("MMPAB_CONFIG_FILE") or CONFIG_FILE)
     if not config_file.is_file():
         raise UserError(f"dataset config file {config_file} does not exist: restore utils/dataset_config.yaml.")
     try:

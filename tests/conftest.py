@@ -1,0 +1,48 @@
+"""Shared fixtures: a small copy of the demo data and helpers to run entry points in-process or as scripts."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def run_main(main, argv):
+    """Run an entry point's main(argv) in-process; returns its exit code."""
+    try:
+        main(argv)
+    except SystemExit as e:
+        return 0 if e.code is None else e.code
+    return 0
+
+
+def run_script(args, cwd, env=None, check=False):
+    """Run a command (e.g. a stage script) with the repository on PYTHONPATH; returns CompletedProcess."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "PYTHON": sys.executable, **(env or {})}
+    proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """Demo data with fewer samples per class (fast), under its own data root."""
+    from tools.make_demo_data import main
+    root = tmp_path_factory.mktemp("data")
+    main(["--data_root", str(root), "--train_per_class", "16", "--test_per_class", "6"])
+    return root
+
+
+@pytest.fixture
+def baseline_file(tmp_path):
+    def write(accs):
+        path = tmp_path / "baseline_acc.txt"
+        path.write_text(json.dumps({k: "%.4f" % v for k, v in accs.items()}))
+        return path
+    return write

@@ -1,0 +1,181 @@
+"""ModelDiff (Li et al., ISSTA 2021) as the backbone search uses it: profiling inputs and their mutation search,
+decision distance vectors (DDV) and the similarity of two models (spec §8; fixes of §10.1 and §10.10).
+
+For a target task T, a seeded, class-balanced sample of T's test data is refined by ModelDiff's random mutation
+search so that T's outputs on it are as diverse as possible (`profile`). Each candidate K then runs on exactly these
+inputs through its own trained head (`score_candidate`); a candidate of the other modality reads them through T's
+input adapter and k/v projection (the k/v swap of packnet_models_pickaback). A model's DDV holds the distances
+between its outputs on the input pairs (i, i + n/2); the similarity of K to T is 1 - the cosine distance between
+their DDVs, in a cosine and a Euclidean variant.
+
+A profile depends on its target only, so `search` runs one mutation search per target and reuses the profile (and
+the target's outputs) for every candidate: O(T) searches for T targets instead of one per pair.
+"""
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils.errors import UserError
+
+log = logging.getLogger("root")
+
+
+@dataclass
+class ProfileSettings:
+    size: int = 32            # profiling inputs per target (n; the DDV has n // 2 entries)
+    epsilon: float = 0.1      # mutation step
+    iterations: int = 100     # mutation attempts
+    seed: int = 2
+
+
+@dataclass
+class Profile:
+    """A target's profiling inputs after the mutation search, and the target's behaviour on them."""
+    task_id: int
+    modality: str
+    inputs: dict              # {'x': [n, ...], 'mask': [n, tokens] or None}
+    logits: torch.Tensor      # the target's outputs [n, classes]
+    ddv_cos: torch.Tensor     # [n // 2]
+    ddv_euc: torch.Tensor     # [n // 2]
+    diversity: float          # the mutation search's score of the final inputs
+    reader: dict              # the target's adapter and k/v projection, for candidates of the other modality
+
+
+def task_generator(seed, task_id):
+    """A generator per (seed, task): a target's profile does not depend on which other targets share the run."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), int(task_id)]).generate_state(1)[0]))
+
+
+# ---- profiling inputs -------------------------------------------------------------------------------------------
+def class_balanced_sample(targets, size, generator):
+    """Indices of `size` samples, as many per class as the classes allow (the first classes get the remainder),
+    drawn at random within each class and returned in random order (so the DDV pairs mix classes)."""
+    targets = torch.as_tensor(targets)
+    per_class = []
+    for c in targets.unique().tolist():
+        idx = (targets == c).nonzero().flatten()
+        per_class.append(idx[torch.randperm(len(idx), generator=generator)])
+    longest = max(len(idx) for idx in per_class)
+    round_robin = [idx[j] for j in range(longest) for idx in per_class if j < len(idx)]
+    chosen = torch.stack(round_robin[:size])
+    return chosen[torch.randperm(len(chosen), generator=generator)].tolist()
+
+
+def collate(dataset, indices):
+    """{'x': [n, ...], 'mask': [n, tokens] or None} of the dataset items at `indices`."""
+    items = [dataset[i] for i in indices]
+    x = torch.stack([item["x"] for item in items])
+    mask = torch.stack([item["mask"] for item in items]) if "mask" in items[0] else None
+    return {"x": x, "mask": mask}
+
+
+def output_diversity(logits):
+    """ModelDiff's search score: the mean of the pairwise Euclidean distances between the outputs [n, classes]."""
+    return torch.cdist(logits, logits).mean()
+
+
+def _random_position(x, mask, generator):
+    """A flat element index of one input x [...]; for text only among real tokens (padding is masked out anyway)."""
+    if mask is None:
+        return int(torch.randint(x.numel(), (1,), generator=generator))
+    tokens = mask.nonzero().flatten().cpu()
+    token = int(tokens[torch.randint(len(tokens), (1,), generator=generator)])
+    return token * x.shape[-1] + int(torch.randint(x.shape[-1], (1,), generator=generator))
+
+
+@torch.no_grad()
+def mutation_search(model, inputs, epsilon, iterations, generator):
+    """ModelDiff's random mutation search: each iteration picks one input and one of its elements, tries +epsilon and
+    -epsilon there, and keeps the better change if it raises the diversity of `model`'s outputs.
+
+    Only the mutated input's outputs change, so a trial runs the model on that input alone (2 rows, not n) and
+    updates one row of the distance matrix. Returns (mutated inputs, final diversity)."""
+    x, mask = inputs["x"].clone(), inputs.get("mask")
+    out = model({"x": x, "mask": mask})                                      # [n, classes]
+    dist = torch.cdist(out, out)                                             # [n, n]
+    total = dist.sum()
+    n = len(x)
+    for _ in range(iterations):
+        i = int(torch.randint(n, (1,), generator=generator))
+        pos = _random_position(x[i], None if mask is None else mask[i], generator)
+        trial = x[i].unsqueeze(0).repeat(2, *[1] * (x.dim() - 1))           # [2, ...]: +eps and -eps
+        trial.view(2, -1)[0, pos] += epsilon
+        trial.view(2, -1)[1, pos] -= epsilon
+        trial_out = model({"x": trial, "mask": None if mask is None else mask[i].unsqueeze(0).expand(2, -1)})
+        rows = torch.cdist(trial_out, out)                                   # [2, n]
+        rows[:, i] = 0.0
+        totals = total - 2 * dist[i].sum() + 2 * rows.sum(dim=1)
+        best = int(totals.argmax())
+        if totals[best] > total:
+            x[i], out[i] = trial[best], trial_out[best]
+            dist[i], dist[:, i] = rows[best], rows[best]
+            total = totals[best]
+    return {"x": x, "mask": mask}, float(total / n ** 2)
+
+
+# ---- decision distance vectors ----------------------------------------------------------------------------------
+def decision_distance_vectors(logits):
+    """(cosine, Euclidean) DDV of outputs [n, classes]: distances between the outputs of inputs i and i + n/2."""
+    half = len(logits) // 2
+    a, b = logits[:half].double(), logits[half:2 * half].double()
+    return 1.0 - F.cosine_similarity(a, b, dim=1), (a - b).norm(dim=1)
+
+
+def ddv_distance(u, v):
+    """Cosine distance between two DDVs (the value the original's table holds)."""
+    return float(1.0 - F.cosine_similarity(u.double(), v.double(), dim=0))
+
+
+@torch.no_grad()
+def profile(target, task_id, dataset, settings):
+    """The profile of a target (an InferenceModel) from its test `dataset`."""
+    generator = task_generator(settings.seed, task_id)
+    if settings.size < 2:
+        raise UserError(f"--profile_size {settings.size} is too small: the DDV needs at least 2 inputs.")
+    if len(dataset) < settings.size:
+        log.warning(f"task {task_id} has only {len(dataset)} test samples; profiling with {len(dataset)} "
+                    f"instead of {settings.size}")
+    inputs = collate(dataset, class_balanced_sample(dataset.targets, settings.size, generator))
+    inputs = {k: None if v is None else v.to(target.device) for k, v in inputs.items()}
+    inputs, _ = mutation_search(target, inputs, settings.epsilon, settings.iterations, generator)
+    logits = target(inputs)
+    ddv_cos, ddv_euc = decision_distance_vectors(logits)
+    return Profile(task_id, target.modality, inputs, logits, ddv_cos, ddv_euc, float(output_diversity(logits)),
+                   target.reader())
+
+
+@torch.no_grad()
+def score_candidate(profile, candidate):
+    """Distances and similarities of a candidate (an InferenceModel) to the profiled target, on the same inputs."""
+    if candidate.modality != profile.modality:
+        candidate = candidate.reading(profile.reader, profile.modality)          # the k/v swap
+    ddv_cos, ddv_euc = decision_distance_vectors(candidate(profile.inputs))
+    d_cos, d_euc = ddv_distance(ddv_cos, profile.ddv_cos), ddv_distance(ddv_euc, profile.ddv_euc)
+    return {"ddv_cos": d_cos, "ddv_euc": d_euc, "sim_cos": 1.0 - d_cos, "sim_euc": 1.0 - d_euc}
+
+
+def search(candidates_of, load, test_data, settings):
+    """Score every (target, candidate) pair of `candidates_of` ({target id: [candidate ids]}).
+
+    load(task_id) -> InferenceModel, test_data(task_id) -> the task's test dataset. Each target is profiled once and
+    each candidate loaded once (one model in memory at a time). Returns rows
+    {target_id, task_id, ddv_cos, ddv_euc, sim_cos, sim_euc} ordered by target, then candidate."""
+    profiles = {t: profile(load(t), t, test_data(t), settings)
+                for t in tqdm(sorted(candidates_of), desc="profiling targets")}
+    targets_of = {}
+    for t, ks in candidates_of.items():
+        for k in ks:
+            targets_of.setdefault(k, []).append(t)
+    rows = []
+    for k in tqdm(sorted(targets_of), desc="scoring candidates"):
+        candidate = load(k)
+        for t in sorted(targets_of[k]):
+            row = {"target_id": t, "task_id": k, **score_candidate(profiles[t], candidate)}
+            log.info(f"DDV cos-cos [{k} => {t}] {row['ddv_cos']:.5f}, DDV euc-cos [{k} => {t}] {row['ddv_euc']:.5f}"
+                     f", similarity (euc) {row['sim_euc']:.5f}")
+            rows.append(row)
+    return sorted(rows, key=lambda r: (r["target_id"], r["task_id"]))

@@ -1,0 +1,59 @@
+"""Backbone selection from the ModelDiff table, and the result files (spec §1.7, §8.2; fix of §10.1).
+
+Rules: `similar` (default, the paper's intent) picks the candidate most similar to the target by the Euclidean-DDV
+similarity; `original` picks the largest Euclidean-DDV distance, as the original code did (spec §8.2, §10.1), which
+reproduces its published picks. Ties go to the lowest task id.
+
+Files, as the original's (note the spelling "pickback" of the table):
+    pickaback_<cfg>_result.csv   target_id,task_id
+    pickback_<cfg>_table.csv     target_id,task_id,ddv_cos,ddv_euc,sim_cos,sim_euc
+A run replaces every row of the targets it searched (no duplicates), keeps the other targets' rows, and writes
+under a lock and atomically, so concurrent runs for different targets do not lose each other's rows.
+"""
+from pathlib import Path
+
+import pandas as pd
+
+from utils.checkpoint import _atomic_write, locked
+
+SELECTION_RULES = {"similar": "sim_euc", "original": "ddv_euc"}   # rule -> column whose maximum is picked
+RESULT_COLUMNS = ["target_id", "task_id"]
+TABLE_COLUMNS = ["target_id", "task_id", "ddv_cos", "ddv_euc", "sim_cos", "sim_euc"]
+
+
+def result_path(out_dir, dataset_config):
+    return Path(out_dir) / f"pickaback_{dataset_config}_result.csv"
+
+
+def table_path(out_dir, dataset_config):
+    return Path(out_dir) / f"pickback_{dataset_config}_table.csv"
+
+
+def select_backbones(table, rule="similar"):
+    """{target id: chosen task id} over the rows of `table` (a DataFrame with TABLE_COLUMNS)."""
+    column = SELECTION_RULES[rule]
+    picks = {}
+    for target, rows in table.sort_values(["target_id", "task_id"]).groupby("target_id", sort=True):
+        picks[int(target)] = int(rows.loc[rows[column].idxmax(), "task_id"])
+    return picks
+
+
+def replace_target_rows(path, rows, columns):
+    """Write `rows` into the CSV at `path`, replacing every earlier row of their targets; returns the file's table."""
+    new = pd.DataFrame(rows, columns=columns)
+    with locked(path):
+        old = pd.read_csv(path) if Path(path).is_file() else pd.DataFrame(columns=columns)
+        kept = old[~old["target_id"].isin(new["target_id"])]
+        merged = new if kept.empty else pd.concat([kept, new], ignore_index=True)
+        merged = merged.sort_values("target_id", kind="stable").reset_index(drop=True)
+        text = merged.to_csv(index=False, lineterminator="\n")
+        _atomic_write(path, lambda f: f.write(text.encode()))
+    return merged
+
+
+def write_results(out_dir, dataset_config, table_rows, picks):
+    """Update pickaback_<cfg>_result.csv and pickback_<cfg>_table.csv; returns their paths."""
+    result, table = result_path(out_dir, dataset_config), table_path(out_dir, dataset_config)
+    replace_target_rows(table, table_rows, TABLE_COLUMNS)
+    replace_target_rows(result, [{"target_id": t, "task_id": k} for t, k in sorted(picks.items())], RESULT_COLUMNS)
+    return result, table
