@@ -117,7 +117,11 @@ def main(argv=None):
              f"{args.selection}, {settings}, device {device}")
 
     def load(task_id):
-        return InferenceModel.load(checkpoints[task_id], cfg.task_name(task_id), device, args.batch_size)
+        model = InferenceModel.load(checkpoints[task_id], device=device, batch_size=args.batch_size)
+        if model.task != cfg.task_name(task_id):
+            log.warning(f"{checkpoints[task_id]} holds task {model.task}, not {cfg.task_name(task_id)}; comparing it "
+                        f"as task {task_id}")
+        return model
 
     def test_data(task_id):
         return task_dataset(cfg, cfg.task_name(task_id), "test", device)

@@ -18,12 +18,12 @@ SEED="${SEED:-2}"
 DEVICE="${DEVICE:-auto}"
 BASELINE_FILE="logs_perceiver_io/baseline_${DATASET_CONFIG}_acc.txt"
 
-$PYTHON tools/get_dataset_name.py "$DATASET_CONFIG" --check_data
+$PYTHON "$REPO_ROOT/tools/get_dataset_name.py" "$DATASET_CONFIG" --check_data
 mkdir -p logs_perceiver_io
 for TASK_ID in $(task_ids); do
     DATASET="$(task_name "$TASK_ID")"
     echo "== baseline: ${DATASET_CONFIG} task ${TASK_ID} (${DATASET}, $(task_modality "$TASK_ID"))"
-    $PYTHON packnet_main_normal.py \
+    $PYTHON "$REPO_ROOT/packnet_main_normal.py" \
         --arch "$ARCH" --expname baseline \
         --dataset_config "$DATASET_CONFIG" --dataset "$DATASET" --num_classes "$NUM_CLASSES" \
         --lr "$INIT_LR" --weight_decay "$WEIGHT_DECAY" --batch_size "$BATCH_SIZE" \

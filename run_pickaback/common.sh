@@ -1,8 +1,12 @@
-# Shared set-up of the stage scripts (sourced, not run): the repository root, the python to use, the config's
-# task list, and exit-code checks. Every variable here can be overridden from the environment.
+# Shared set-up of the stage scripts (sourced, not run): the repository root, the working folder, the python to
+# use and the config's task list. Every variable here can be overridden from the environment.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO_ROOT"
+# Stages read and write checkpoints_perceiver_io/, logs_perceiver_io/ and the pickaback CSVs relative to the
+# working folder: the repository unless MMPAB_WORK_DIR says otherwise.
+WORK_DIR="${MMPAB_WORK_DIR:-$REPO_ROOT}"
+mkdir -p "$WORK_DIR"
+cd "$WORK_DIR"
 PYTHON="${PYTHON:-python}"
 export PYTHONUNBUFFERED=1
 
@@ -11,10 +15,10 @@ if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
     exit $([ $# -lt 1 ] && echo 2 || echo 0)
 fi
 DATASET_CONFIG="$1"
-NUM_TASKS="$($PYTHON tools/get_dataset_name.py "$DATASET_CONFIG" --num_tasks)"
+NUM_TASKS="$($PYTHON "$REPO_ROOT/tools/get_dataset_name.py" "$DATASET_CONFIG" --num_tasks)"
 
-task_name() { $PYTHON tools/get_dataset_name.py "$DATASET_CONFIG" "$1"; }
-task_modality() { $PYTHON tools/get_dataset_name.py "$DATASET_CONFIG" "$1" --modality; }
+task_name() { $PYTHON "$REPO_ROOT/tools/get_dataset_name.py" "$DATASET_CONFIG" "$1"; }
+task_modality() { $PYTHON "$REPO_ROOT/tools/get_dataset_name.py" "$DATASET_CONFIG" "$1" --modality; }
 # TASK_IDS="1 3" limits a script to some tasks; the default is every task of the config.
 task_ids() { echo "${TASK_IDS:-$(seq 1 "$NUM_TASKS")}"; }
 

@@ -14,7 +14,7 @@ BASELINE_FILE="logs_perceiver_io/baseline_${DATASET_CONFIG}_acc.txt"
 for TASK_ID in $(task_ids); do
     DATASET="$(task_name "$TASK_ID")"
     R="checkpoints_perceiver_io/CPG_single_scratch_woexp/${ARCH}/${DATASET_CONFIG}/${DATASET}"
-    $PYTHON tools/choose_appropriate_pruning_ratio_for_next_task_notrmfiles.py \
+    $PYTHON "$REPO_ROOT/tools/choose_appropriate_pruning_ratio_for_next_task_notrmfiles.py" \
         --pruning_ratio_to_acc_record_file "$R/gradual_prune/record.txt" --baseline_acc_file "$BASELINE_FILE" \
         --allow_acc_loss "$ALLOW_ACC_LOSS" --dataset "$DATASET" \
         --network_width_multiplier "$NETWORK_WIDTH_MULTIPLIER" \

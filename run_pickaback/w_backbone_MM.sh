@@ -46,7 +46,7 @@ tail -n +2 "$RESULT_CSV" | tr -d '\r" ' | while IFS=, read -r TARGET_ID TASK_ID 
     W="$NETWORK_WIDTH_MULTIPLIER"
     while true; do
         state=0
-        $PYTHON CPG_MM_main_normal.py --arch "$ARCH" --expname w_backbone --dataset_config "$DATASET_CONFIG" \
+        $PYTHON "$REPO_ROOT/CPG_MM_main_normal.py" --arch "$ARCH" --expname w_backbone --dataset_config "$DATASET_CONFIG" \
             --dataset "$DATASET_TARGET" --num_classes "$NUM_CLASSES" --lr "$INIT_LR" --lr_mask "$LR_MASK" \
             --weight_decay "$WEIGHT_DECAY" --batch_size "$BATCH_SIZE" --epochs "$EPOCHS" --mode finetune \
             "${START[@]}" --save_folder "$OUT/scratch" \
@@ -63,7 +63,7 @@ tail -n +2 "$RESULT_CSV" | tr -d '\r" ' | while IFS=, read -r TARGET_ID TASK_ID 
             *) echo "target training of $DATASET_TARGET failed with exit code $state"; exit "$state" ;;
         esac
     done
-    $PYTHON tools/summarize_targets.py --dataset_config "$DATASET_CONFIG" --target "$DATASET_TARGET" \
+    $PYTHON "$REPO_ROOT/tools/summarize_targets.py" --dataset_config "$DATASET_CONFIG" --target "$DATASET_TARGET" \
         --backbone "$DATASET_TASK" --width "$W" --record "$OUT/gradual_prune/record.txt" \
         --baseline_acc_file "$BASELINE_FILE" --out "logs_perceiver_io/w_backbone_${DATASET_CONFIG}_acc.csv"
 done

@@ -44,7 +44,7 @@ for TASK_ID in $(task_ids); do
     W="$NETWORK_WIDTH_MULTIPLIER"
     while true; do
         state=0
-        $PYTHON CPG_MM_main_normal.py "${COMMON[@]}" --mode finetune --lr "$INIT_LR" --lr_mask "$LR_MASK" \
+        $PYTHON "$REPO_ROOT/CPG_MM_main_normal.py" "${COMMON[@]}" --mode finetune --lr "$INIT_LR" --lr_mask "$LR_MASK" \
             --epochs "$EPOCHS" --save_folder "$R/scratch" --network_width_multiplier "$W" \
             --max_allowed_network_width_multiplier "$MAX_NETWORK_WIDTH_MULTIPLIER" || state=$?
         case "$state" in
@@ -66,7 +66,7 @@ for TASK_ID in $(task_ids); do
     MASK_LR="$LR_MASK"
     for END in $PRUNING_SCHEDULE; do
         state=0
-        $PYTHON CPG_MM_main_normal.py "${COMMON[@]}" --mode prune --lr "$PRUNING_LR" --lr_mask "$MASK_LR" \
+        $PYTHON "$REPO_ROOT/CPG_MM_main_normal.py" "${COMMON[@]}" --mode prune --lr "$PRUNING_LR" --lr_mask "$MASK_LR" \
             --epochs "$NR_EPOCH_FOR_EACH_PRUNE" --initial_sparsity "$START" --target_sparsity "$END" \
             --pruning_frequency "$PRUNING_FREQUENCY" --pruning_interval "$PRUNING_INTERVAL" \
             --load_folder "$LOAD" --save_folder "$R/gradual_prune" --network_width_multiplier "$W" \

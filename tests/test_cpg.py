@@ -1,0 +1,149 @@
+"""CPG: gradual pruning reaches every layer's target, pruned weights stay zero, target training (with and without
+growth, same- and cross-modal) leaves the backbone task's logits bit-identical, exit codes, ratio choice."""
+import json
+
+import pytest
+import torch
+
+from CPG_MM_main_normal import main as cpg_main
+from models import cpg
+from models.build import Network
+from tests.conftest import REPO, run_main, run_script
+from tools.choose_appropriate_pruning_ratio_for_next_task_notrmfiles import choose_ratio
+from utils.checkpoint import find_checkpoint, load_checkpoint, read_json
+from utils.config import load_dataset_config
+from utils.data import task_loaders
+from utils.trainer import GradualPruner, Trainer, make_optimizers
+
+
+def run_cpg(demo_root, *args):
+    return run_main(cpg_main, ["--dataset_config", "demo", "--data_root", str(demo_root), "--batch_size", "8",
+                               *map(str, args)])
+
+
+def logits(demo_root, task, tmp_path, **where):
+    out = tmp_path / f"logits_{task}_{len(list(tmp_path.glob('logits_*')))}.pt"
+    flag, value = next(iter(where.items()))
+    assert run_cpg(demo_root, "--mode", "inference", "--dataset", task, f"--{flag}", value, "--logits_out", out) == 0
+    return torch.load(out)
+
+
+@pytest.fixture(scope="module")
+def backbone(demo_root, tmp_path_factory):
+    """group1 trained from scratch and pruned to 0.5: the backbone checkpoint and the baseline file."""
+    tmp = tmp_path_factory.mktemp("backbone")
+    base = tmp / "baseline.txt"
+    base.write_text(json.dumps({g: "0.5000" for g in [f"group{i}" for i in range(1, 9)]}))
+    r = tmp / "group1"
+    common = ["--dataset", "group1", "--jsonfile", base, "--pruning_ratio_to_acc_record_file",
+              r / "gradual_prune" / "record.txt", "--log_path", r / "train.log"]
+    assert run_cpg(demo_root, "--mode", "finetune", "--epochs", 4, "--save_folder", r / "scratch", *common) == 0
+    assert run_cpg(demo_root, "--mode", "prune", "--epochs", 2, "--lr", 1e-3, "--initial_sparsity", 0.0,
+               "--target_sparsity", 0.5, "--pruning_interval", 1, "--load_folder", r / "scratch",
+               "--save_folder", r / "gradual_prune", *common) in (0, 6)
+    return dict(ckpt=find_checkpoint(r / "gradual_prune" / "0.5"), baseline=base, root=tmp)
+
+
+@pytest.mark.parametrize("target", ["group2", "group5"])   # same modality, cross-modal
+def test_target_training_leaves_backbone_logits_bit_identical(demo_root, backbone, tmp_path, target):
+    before = logits(demo_root, "group1", tmp_path, load_checkpoint=backbone["ckpt"])
+    out = tmp_path / "target"
+    rc = run_cpg(demo_root, "--mode", "finetune", "--dataset", target, "--epochs", 2, "--load_checkpoint",
+             backbone["ckpt"], "--save_folder", out, "--jsonfile", backbone["baseline"],
+             "--max_allowed_network_width_multiplier", 2.0, "--pruning_ratio_to_acc_record_file", out / "rec.txt")
+    assert rc in (0, 2)
+    after = logits(demo_root, "group1", tmp_path, load_folder=out)
+    assert torch.equal(before, after)
+    ckpt = load_checkpoint(find_checkpoint(out))
+    assert ckpt["dataset_history"] == ["group1", target]
+    assert set(read_json(out / "rec.txt")) == {"0.0"}
+
+
+def test_forced_growth_adds_parameters_and_keeps_backbone_logits(demo_root, backbone, tmp_path):
+    before = logits(demo_root, "group1", tmp_path, load_checkpoint=backbone["ckpt"])
+    unreachable = tmp_path / "baseline.txt"
+    unreachable.write_text(json.dumps({"group1": "0.5000", "group2": "1.0100"}))
+    sizes = []
+    for width, expected_rc in ((1.0, 2), (1.5, 2), (2.0, 0)):
+        out = tmp_path / f"w{width}"
+        rc = run_cpg(demo_root, "--mode", "finetune", "--dataset", "group2", "--epochs", 1, "--load_checkpoint",
+                 backbone["ckpt"], "--save_folder", out, "--jsonfile", unreachable, "--network_width_multiplier",
+                 width, "--max_allowed_network_width_multiplier", 2.0)
+        assert rc == expected_rc
+        net = Network.from_checkpoint(load_checkpoint(find_checkpoint(out)))
+        sizes.append(net.num_parameters())
+        assert net.model.width_multiplier == width
+        assert torch.equal(before, logits(demo_root, "group1", tmp_path, load_folder=out))
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_every_prunable_layer_reaches_target_sparsity_and_pruned_weights_stay_zero(demo_root, backbone):
+    net = Network.from_checkpoint(load_checkpoint(backbone["ckpt"]))
+    sparsity = cpg.layer_sparsity(net.model, "image", 1)
+    assert len(sparsity) > 5 and all(abs(s - 0.5) <= 0.01 for s in sparsity.values()), sparsity
+    # unused: the text k/v projection is neither pruned nor counted
+    assert not any("projections.text" in name for name in sparsity)
+    text_kv = net.model.kv.projections["text"]
+    assert int(cpg.ownership(text_kv).mask.sum()) == 0 and cpg.raw_weight(text_kv).abs().sum() > 0
+
+    # continue pruning 0.5 -> 0.8 and check, before every step, that every freed weight is exactly zero
+    cfg = load_dataset_config("demo", demo_root)
+    train, test, _ = task_loaders(cfg, "group1", 8, 100)
+    net.activate("group1")
+    net.set_trainable("group1")
+    trainer = Trainer(net, "group1", "cpu", train, test)
+    optimizer, _ = make_optimizers(net, "group1", 1e-2, 0.0)
+    pruner = GradualPruner(net, "group1", 0.5, 0.8, 0, 2 * len(train), frequency=3)
+    layers = cpg.used_layers(net.model, "image").values()
+
+    def check(*_):
+        for layer in layers:
+            assert cpg.raw_weight(layer)[cpg.ownership(layer).mask == 0].abs().sum() == 0
+    handle = net.model.register_forward_pre_hook(check)
+    for epoch in (1, 2):
+        trainer.train_epoch(epoch, optimizer, None, 4e-5, pruner)
+    handle.remove()
+    check()
+    assert all(abs(s - 0.8) <= 0.01 for s in cpg.layer_sparsity(net.model, "image", 1).values())
+
+
+def test_exit_code_3_without_baseline_file_and_255_without_record(demo_root, tmp_path):
+    assert run_cpg(demo_root, "--mode", "finetune", "--dataset", "group1", "--epochs", 1, "--save_folder", tmp_path,
+               "--jsonfile", tmp_path / "missing.txt") == 3
+    base = tmp_path / "b.txt"
+    base.write_text('{"group1": "0.5"}')
+    assert run_cpg(demo_root, "--mode", "prune", "--dataset", "group1", "--save_folder", tmp_path, "--jsonfile", base,
+               "--pruning_ratio_to_acc_record_file", tmp_path / "none.txt", "--load_folder", tmp_path) == 255
+
+
+def test_ratio_choice_rule():
+    record = {"0.0": 0.80, "0.1": 0.80, "0.5": 0.79, "0.9": 0.70, "0.95": 0.60}
+    assert choose_ratio(record, 0.795, 0.001, at_max_width=False) == "0.1"
+    assert choose_ratio(record, 0.789, 0.001, at_max_width=False) == "0.5"
+    assert choose_ratio(record, 0.90, 0.001, at_max_width=False) is None
+    # below baseline at max width: the unpruned accuracy is the criterion (the original chose 0.95 outright)
+    assert choose_ratio(record, 0.90, 0.001, at_max_width=True) == "0.1"
+
+
+def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):
+    """wo_backbone.sh -> record.txt with the 11 keys and every stage checkpoint at its sparsity; then the chooser
+    places the chosen checkpoint in gradual_prune/."""
+    work = tmp_path / "work"
+    (work / "logs_perceiver_io").mkdir(parents=True)
+    (work / "logs_perceiver_io" / "baseline_demo_acc.txt").write_text('{"group5": "0.6000"}')
+    env = {"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "TASK_IDS": "5", "EPOCHS": "10",
+           "NR_EPOCH_FOR_EACH_PRUNE": "2", "PRUNING_INTERVAL": "1", "BATCH_SIZE": "8"}
+    run_script(["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"], cwd=tmp_path, env=env, check=True)
+    r = work / "checkpoints_perceiver_io/CPG_single_scratch_woexp/perceiver_io/demo/group5"
+    record = read_json(r / "gradual_prune" / "record.txt")
+    keys = ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"]
+    assert list(record) == keys
+    for key in keys[1:]:
+        net = Network.from_checkpoint(load_checkpoint(find_checkpoint(r / "gradual_prune" / key)))
+        assert all(abs(s - float(key)) <= 0.01 for s in cpg.layer_sparsity(net.model, "text", 1).values())
+    assert "In validate()-> Val Ep. #1 loss:" in (r / "train.log").read_text()
+    run_script(["bash", str(REPO / "run_pickaback" / "select_pruning_ratio_of_backbone.sh"), "demo"], cwd=tmp_path,
+               env=env, check=True)
+    assert "We choose pruning ratio" in (r / "train.log").read_text()
+    chosen = find_checkpoint(r / "gradual_prune")
+    assert chosen.parent == r / "gradual_prune"
