@@ -22,7 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from packnet_models_pickaback import InferenceModel
 from utils.checkpoint import find_checkpoint
-from utils.config import REPO_ROOT, load_dataset_config
+from utils.config import load_dataset_config
 from utils.data import task_dataset
 from utils.errors import UserError, report_user_errors
 from utils.runtime import add_common_arguments, seed_everything, select_device, setup_logging
@@ -48,9 +48,11 @@ def parse_args(argv=None):
     p.add_argument("--epsilon", type=float, default=0.1, help="mutation step of the profiling-input search")
     p.add_argument("--iterations", type=int, default=100, help="mutation attempts of the profiling-input search")
     p.add_argument("--batch_size", type=int, default=32, help="inputs per forward pass")
-    p.add_argument("--checkpoint_root", default=str(REPO_ROOT / "checkpoints_perceiver_io"),
+    p.add_argument("--checkpoint_root", default="checkpoints_perceiver_io",
                    help="root of the stage checkpoints (baselines under baseline_scratch/<arch>/<cfg>/<group>)")
-    p.add_argument("--out_dir", default=str(REPO_ROOT), help="folder of the result and table CSVs")
+    p.add_argument("--out_dir", default=".",
+                   help="folder of the result and table CSVs (default: the working folder, the repository root "
+                        "when run from there or by run_pickaback/find_backbone.sh)")
     p.add_argument("--log_path", default=None, help="also append the log to this file")
     add_common_arguments(p)
     return p.parse_args(argv)

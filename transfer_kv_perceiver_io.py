@@ -24,7 +24,7 @@ import pandas as pd
 from models.build import Network
 from packnet_models_pickaback import kv_layer_name, reader_state
 from utils.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from utils.config import REPO_ROOT, load_dataset_config
+from utils.config import load_dataset_config
 from utils.errors import UserError, report_user_errors
 from utils.runtime import setup_logging
 
@@ -39,9 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--dataset_config", default="oxford", help="section of utils/dataset_config.yaml")
     p.add_argument("--csv_path", default=None,
                    help="backbone search result (target_id,task_id); default pickaback_<cfg>_result.csv in the "
-                        "repository root")
-    p.add_argument("--checkpoint_root", default=str(REPO_ROOT / "checkpoints_perceiver_io"),
-                   help="root of the stage checkpoints")
+                        "working folder")
+    p.add_argument("--checkpoint_root", default="checkpoints_perceiver_io", help="root of the stage checkpoints")
     p.add_argument("--log_path", default=None, help="also append the log to this file")
     return p.parse_args(argv)
 
@@ -142,7 +141,7 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logging(args.log_path)
     cfg = load_dataset_config(args.dataset_config, check_folders=False)
-    csv_path = args.csv_path or REPO_ROOT / f"pickaback_{cfg.name}_result.csv"
+    csv_path = args.csv_path or f"pickaback_{cfg.name}_result.csv"
     pairs = read_pairs(csv_path, cfg)
     for _, k in pairs:                                                       # fail before writing anything
         backbone_checkpoint(args.checkpoint_root, args.arch, cfg, k)

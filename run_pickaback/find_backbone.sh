@@ -6,8 +6,8 @@
 #   CANDIDATES=cross SELECTION=original bash run_pickaback/find_backbone.sh oxford
 #
 # Needs the baselines of run_pickaback/baseline.sh <cfg>. Writes pickaback_<cfg>_result.csv (target_id,task_id) and
-# pickback_<cfg>_table.csv (target_id,task_id,ddv_cos,ddv_euc,sim_cos,sim_euc) in the repository root, replacing
-# the rows of the targets searched. TARGET_ID: a task id, a list like 1,3, or all (default). CANDIDATES: all, same
+# pickback_<cfg>_table.csv (target_id,task_id,ddv_cos,ddv_euc,sim_cos,sim_euc) in the working folder of the
+# stages (the repository root), replacing the rows of the targets searched. TARGET_ID: a task id, a list like 1,3, or all (default). CANDIDATES: all, same
 # or cross (modality of the candidates). SELECTION: similar (default: most similar) or original (the original
 # code's largest distance). Variables below can be set in the environment.
 source "$(dirname "$0")/common.sh"
@@ -24,9 +24,10 @@ DEVICE="${DEVICE:-auto}"
 LOG_FILE="${LOG_FILE:-logs_perceiver_io/find_backbone_${DATASET_CONFIG}.log}"
 
 mkdir -p "$(dirname "$LOG_FILE")"
-$PYTHON pickaback_perceiverIO.py \
+$PYTHON "$REPO_ROOT/pickaback_perceiverIO.py" \
     --arch "$ARCH" --dataset_config "$DATASET_CONFIG" --target_id "$TARGET_ID" \
     --candidates "$CANDIDATES" --selection "$SELECTION" \
     --profile_size "$PROFILE_SIZE" --epsilon "$EPSILON" --iterations "$ITERATIONS" \
+    --checkpoint_root checkpoints_perceiver_io --out_dir . \
     --seed "$SEED" --device "$DEVICE" --log_path "$LOG_FILE"
 echo "backbones: $(tr '\n' ' ' < "pickaback_${DATASET_CONFIG}_result.csv")"

@@ -15,5 +15,6 @@ CSV_PATH="${CSV_PATH:-pickaback_${DATASET_CONFIG}_result.csv}"
 LOG_FILE="${LOG_FILE:-logs_perceiver_io/transfer_kv_${DATASET_CONFIG}.log}"
 
 mkdir -p "$(dirname "$LOG_FILE")"
-$PYTHON transfer_kv_perceiver_io.py \
-    --arch "$ARCH" --dataset_config "$DATASET_CONFIG" --csv_path "$CSV_PATH" --log_path "$LOG_FILE"
+$PYTHON "$REPO_ROOT/transfer_kv_perceiver_io.py" \
+    --arch "$ARCH" --dataset_config "$DATASET_CONFIG" --csv_path "$CSV_PATH" \
+    --checkpoint_root checkpoints_perceiver_io --log_path "$LOG_FILE"

@@ -4,9 +4,7 @@ decides like the target, across modalities through the k/v swap, and keeps its r
 Runs on the demo config with untrained baselines built in-process (one per task, seeded differently) and small
 profiles, so the whole file takes seconds.
 """
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,26 +12,17 @@ import pandas as pd
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-import pickaback_perceiverIO as pickaback  # noqa: E402
-from models import cpg  # noqa: E402
-from models.build import Network, model_config_for  # noqa: E402
-from packnet_models_pickaback import InferenceModel, kv_layer_name  # noqa: E402
-from utils.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
-from utils.config import load_dataset_config  # noqa: E402
-from utils.data import model_text_dim, task_dataset  # noqa: E402
-from utils_pickaback.modeldiff import (class_balanced_sample, collate, mutation_search,  # noqa: E402
-                                       output_diversity, task_generator)
+import pickaback_perceiverIO as pickaback
+from models import cpg
+from models.build import Network, model_config_for
+from packnet_models_pickaback import InferenceModel, kv_layer_name
+from utils.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from utils.config import load_dataset_config
+from utils.data import model_text_dim, task_dataset
+from utils_pickaback.modeldiff import (class_balanced_sample, collate, mutation_search, output_diversity,
+                                       task_generator)
 
 IMAGE_TARGET, TEXT_TARGET = 1, 6          # demo: groups 1-4 are images, 5-8 texts
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"_test_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def baseline_folder(checkpoint_root, group):
@@ -50,11 +39,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, one_thread):
-    """Demo data (6 test samples per class) and an untrained baseline checkpoint per task."""
-    root = tmp_path_factory.mktemp("search")
-    data = root / "data"
-    load_tool("make_demo_data").main(["--data_root", str(data), "--train_per_class", "1", "--test_per_class", "6"])
+def demo(demo_root, tmp_path_factory, one_thread):
+    """The shared demo data and an untrained baseline checkpoint per task."""
+    root, data = tmp_path_factory.mktemp("search"), demo_root
     cfg = load_dataset_config("demo", data)
     config = model_config_for(cfg, model_text_dim(cfg))
     for task_id, group in enumerate(cfg.groups, 1):
