@@ -5,11 +5,12 @@
 #   TARGET_ID=3 bash run_pickaback/find_backbone.sh demo
 #   CANDIDATES=cross SELECTION=original bash run_pickaback/find_backbone.sh oxford
 #
-# Needs the baselines of run_pickaback/baseline.sh <cfg>. Writes pickaback_<cfg>_result.csv (target_id,task_id) and
-# pickback_<cfg>_table.csv (target_id,task_id,ddv_cos,ddv_euc,sim_cos,sim_euc) in the working folder of the
-# stages (the repository root), replacing the rows of the targets searched. TARGET_ID: a task id, a list like 1,3, or all (default). CANDIDATES: all, same
-# or cross (modality of the candidates). SELECTION: similar (default: most similar) or original (the original
-# code's largest distance). Variables below can be set in the environment.
+# Needs the baselines of run_pickaback/baseline.sh <cfg>. Writes pickaback_<cfg>_result.csv (target_id,task_id)
+# and pickback_<cfg>_table.csv (target_id,task_id,ddv_cos,ddv_euc,sim_cos,sim_euc) in the stages' working folder
+# (the repository root), replacing the rows of the targets searched.
+# TARGET_ID: a task id, a list like 1,3, or all (default). CANDIDATES: all (default), same or cross (the
+# candidates' modality relative to the target's). SELECTION: similar (default: the most similar candidate) or
+# original (the original code's rule: the largest distance). Variables below can be set in the environment.
 source "$(dirname "$0")/common.sh"
 
 ARCH="${ARCH:-perceiver_io}"

@@ -204,7 +204,7 @@ def test_new_image_only_config_section_trains_with_baseline_script(demo_root, tm
     section = demo_section()
     for key in ("modality", "text_train_path", "text_test_path", "model"):
         section.pop(key)
-    section.update(DATASETS=["None", "group1", "group3"], num_groups=2)
+    section.update(DATASETS=["None", "group1", "group3"], num_groups=2, resize=[8, 8])
     path = write_config(tmp_path, "shapes", section)
     work = tmp_path / "work"
     proc = run_script(["bash", str(REPO / "run_pickaback" / "baseline.sh"), "shapes"], cwd=tmp_path,
