@@ -18,7 +18,7 @@ def checkpoint_path(folder, epoch):
     return Path(folder) / f"checkpoint-{int(epoch)}.pth.tar"
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -35,7 +35,7 @@ def _atomic_write(path, write):
 
 def save_checkpoint(state, path):
     """Write to a temporary file in the same folder and rename it, so an interrupted save leaves no torn file."""
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -84,5 +84,5 @@ def update_json(path, updates):
     with locked(path):
         data = read_json(path, {})
         data.update(updates)
-        _atomic_write(path, lambda f: f.write(json.dumps(data).encode()))
+        atomic_write(path, lambda f: f.write(json.dumps(data).encode()))
     return data

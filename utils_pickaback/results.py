@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.checkpoint import _atomic_write, locked
+from utils.checkpoint import atomic_write, locked
 
 SELECTION_RULES = {"similar": "sim_euc", "original": "ddv_euc"}   # rule -> column whose maximum is picked
 RESULT_COLUMNS = ["target_id", "task_id"]
@@ -47,7 +47,7 @@ def replace_target_rows(path, rows, columns):
         merged = new if kept.empty else pd.concat([kept, new], ignore_index=True)
         merged = merged.sort_values("target_id", kind="stable").reset_index(drop=True)
         text = merged.to_csv(index=False, lineterminator="\n")
-        _atomic_write(path, lambda f: f.write(text.encode()))
+        atomic_write(path, lambda f: f.write(text.encode()))
     return merged
 
 
