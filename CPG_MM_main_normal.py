@@ -26,10 +26,9 @@ import torch
 
 from models.build import Network, model_config_for
 from utils.checkpoint import checkpoint_path, find_checkpoint, load_checkpoint, read_json, save_checkpoint, update_json
-from utils.config import load_dataset_config
-from utils.data import model_text_dim, task_loaders
+from utils.data import model_text_dim
 from utils.errors import UserError, report_user_errors
-from utils.runtime import add_common_arguments, seed_everything, select_device, setup_logging
+from utils.runtime import add_common_arguments, add_task_arguments, prepare_task, setup_logging
 from utils.trainer import GradualPruner, Trainer, make_optimizers, milestones
 
 log = logging.getLogger("root")
@@ -38,25 +37,14 @@ EXIT_EXPAND, EXIT_NO_BASELINE, EXIT_NOTHING_TO_PRUNE, EXIT_STOP_PRUNING, EXIT_NO
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="perceiver_io", choices=["perceiver_io"], help="network architecture")
-    p.add_argument("--expname", default="CPG", help="experiment name (used in log messages)")
-    p.add_argument("--modality", choices=["image", "text"], default=None,
-                   help="task modality; taken from the config when omitted, an error if it contradicts it")
-    p.add_argument("--dataset_config", default="oxford", help="section of utils/dataset_config.yaml")
-    p.add_argument("--dataset", required=True, help="task (group) name")
-    p.add_argument("--num_classes", type=int, default=-1, help="classes of the task; -1 = the config's num_classes")
-    p.add_argument("--lr", type=float, default=1e-2, help="SGD learning rate of the weights")
+    add_task_arguments(p, expname="CPG")
     p.add_argument("--lr_mask", type=float, default=1e-4, help="Adam learning rate of the piggymask")
-    p.add_argument("--weight_decay", type=float, default=4e-5, help="L2 on the task's own weights")
-    p.add_argument("--batch_size", type=int, default=32, help="training batch size")
-    p.add_argument("--val_batch_size", type=int, default=100, help="evaluation batch size")
     p.add_argument("--save_folder", default=None, help="folder for checkpoint-<epochs>.pth.tar (prune: "
                    "<save_folder>/<target_sparsity>/)")
     p.add_argument("--load_folder", default=None, help="checkpoint folder to start from (prune: "
                    "<load_folder>/<initial_sparsity>/ when initial_sparsity > 0); none = train from scratch")
     p.add_argument("--load_checkpoint", default=None, help="checkpoint file to start from (overrides --load_folder;"
                    " e.g. a k/v-transferred backbone)")
-    p.add_argument("--epochs", type=int, default=100, help="training epochs")
     p.add_argument("--mode", default="finetune", choices=["finetune", "prune", "inference"], help="what to do")
     p.add_argument("--initial_sparsity", type=float, default=0.0, help="prune: sparsity at the stage's start")
     p.add_argument("--target_sparsity", type=float, default=0.1, help="prune: sparsity at the stage's end")
@@ -118,11 +106,6 @@ def main(argv=None):
     args = parse_args(argv)
     log_path = args.log_path or (f"{args.save_folder}/train.log" if args.save_folder else None)
     setup_logging(log_path)
-    cfg = load_dataset_config(args.dataset_config, args.data_root, check_folders=False)
-    modality = cfg.modality(args.dataset)
-    if args.modality and args.modality != modality:
-        raise UserError(f"--modality {args.modality} contradicts utils/dataset_config.yaml, where task "
-                        f"{args.dataset} of '{cfg.name}' is {modality}: drop --modality or fix the config.")
     baseline = baseline_accuracy(args) if args.mode != "inference" else None
     if args.mode != "inference" and not args.save_folder:
         raise UserError(f"--mode {args.mode} needs --save_folder.")
@@ -134,14 +117,7 @@ def main(argv=None):
         raise UserError(f"record file {record_file} does not exist: run --mode finetune first.",
                         exit_code=EXIT_NO_RECORD)
 
-    device = select_device(args.device)
-    seed_everything(args.seed)
-    train_loader, test_loader, found = task_loaders(cfg, args.dataset, args.batch_size, args.val_batch_size,
-                                                    args.workers, args.seed, device)
-    num_classes = cfg.num_classes if args.num_classes < 0 else args.num_classes
-    if num_classes != found:
-        raise UserError(f"task {args.dataset} has {found} class folders in {cfg.task_folder(args.dataset, 'train')}"
-                        f" but {num_classes} classes are configured: fix num_classes or --num_classes.")
+    cfg, modality, device, train_loader, test_loader, num_classes = prepare_task(args)
 
     start = starting_checkpoint(args)
     if start is None and args.mode != "finetune":

@@ -43,26 +43,12 @@ tail -n +2 "$RESULT_CSV" | tr -d '\r" ' | while IFS=, read -r TARGET_ID TASK_ID 
     echo "== w_backbone: target ${TARGET_ID} (${DATASET_TARGET}, $(task_modality "$TARGET_ID")) on backbone" \
          "${TASK_ID} (${DATASET_TASK}) from ${KV:-$BACKBONE}"
     rm -f "$OUT/gradual_prune/record.txt"
-    W="$NETWORK_WIDTH_MULTIPLIER"
-    while true; do
-        state=0
-        $PYTHON "$REPO_ROOT/CPG_MM_main_normal.py" --arch "$ARCH" --expname w_backbone --dataset_config "$DATASET_CONFIG" \
-            --dataset "$DATASET_TARGET" --num_classes "$NUM_CLASSES" --lr "$INIT_LR" --lr_mask "$LR_MASK" \
-            --weight_decay "$WEIGHT_DECAY" --batch_size "$BATCH_SIZE" --epochs "$EPOCHS" --mode finetune \
-            "${START[@]}" --save_folder "$OUT/scratch" \
-            --pruning_ratio_to_acc_record_file "$OUT/gradual_prune/record.txt" --log_path "$OUT/train.log" \
-            --network_width_multiplier "$W" --max_allowed_network_width_multiplier "$MAX_NETWORK_WIDTH_MULTIPLIER" \
-            --total_num_tasks "$TOTAL_NUM_TASKS" --seed "$SEED" --device "$DEVICE" --jsonfile "$BASELINE_FILE" \
-            < /dev/null || state=$?
-        case "$state" in
-            0|5) break ;;
-            2) if fge "$W" "$MAX_NETWORK_WIDTH_MULTIPLIER"; then break; fi
-               W="$(fadd "$W" "$WIDTH_STEP")"; echo "expanding the network to width x$W" ;;
-            3) echo "Provide the baseline file $BASELINE_FILE (run run_pickaback/baseline.sh $DATASET_CONFIG)."
-               exit 3 ;;
-            *) echo "target training of $DATASET_TARGET failed with exit code $state"; exit "$state" ;;
-        esac
-    done
+    finetune_with_growth --arch "$ARCH" --expname w_backbone --dataset_config "$DATASET_CONFIG" \
+        --dataset "$DATASET_TARGET" --num_classes "$NUM_CLASSES" --lr "$INIT_LR" --lr_mask "$LR_MASK" \
+        --weight_decay "$WEIGHT_DECAY" --batch_size "$BATCH_SIZE" --epochs "$EPOCHS" "${START[@]}" \
+        --save_folder "$OUT/scratch" --pruning_ratio_to_acc_record_file "$OUT/gradual_prune/record.txt" \
+        --log_path "$OUT/train.log" --total_num_tasks "$TOTAL_NUM_TASKS" --seed "$SEED" --device "$DEVICE" \
+        --jsonfile "$BASELINE_FILE"
     $PYTHON "$REPO_ROOT/tools/summarize_targets.py" --dataset_config "$DATASET_CONFIG" --target "$DATASET_TARGET" \
         --backbone "$DATASET_TASK" --width "$W" --record "$OUT/gradual_prune/record.txt" \
         --baseline_acc_file "$BASELINE_FILE" --out "logs_perceiver_io/w_backbone_${DATASET_CONFIG}_acc.csv"

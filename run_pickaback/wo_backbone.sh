@@ -41,22 +41,9 @@ for TASK_ID in $(task_ids); do
     echo "== wo_backbone: ${DATASET_CONFIG} task ${TASK_ID} (${DATASET}, $(task_modality "$TASK_ID"))"
     rm -f "$R/gradual_prune/record.txt"
 
-    W="$NETWORK_WIDTH_MULTIPLIER"
-    while true; do
-        state=0
-        $PYTHON "$REPO_ROOT/CPG_MM_main_normal.py" "${COMMON[@]}" --mode finetune --lr "$INIT_LR" --lr_mask "$LR_MASK" \
-            --epochs "$EPOCHS" --save_folder "$R/scratch" --network_width_multiplier "$W" \
-            --max_allowed_network_width_multiplier "$MAX_NETWORK_WIDTH_MULTIPLIER" || state=$?
-        case "$state" in
-            0|5) break ;;
-            2) if fge "$W" "$MAX_NETWORK_WIDTH_MULTIPLIER"; then break; fi
-               W="$(fadd "$W" "$WIDTH_STEP")"; echo "expanding the network to width x$W" ;;
-            3) echo "Provide the baseline file $BASELINE_FILE (run run_pickaback/baseline.sh $DATASET_CONFIG)."
-               exit 3 ;;
-            *) echo "finetune of $DATASET failed with exit code $state"; exit "$state" ;;
-        esac
-    done
-    if [ "$state" = 5 ]; then
+    finetune_with_growth "${COMMON[@]}" --lr "$INIT_LR" --lr_mask "$LR_MASK" --epochs "$EPOCHS" \
+        --save_folder "$R/scratch"
+    if [ "$FINETUNE_STATE" = 5 ]; then
         echo "$DATASET owns no weights: nothing to prune"
         continue
     fi

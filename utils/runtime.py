@@ -61,3 +61,44 @@ def add_common_arguments(parser):
     parser.add_argument("--seed", type=int, default=2, help="random seed")
     parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     return parser
+
+
+def add_task_arguments(parser, expname):
+    """The task and optimisation flags both trainers share, with the original's names (spec §1.1, §1.2)."""
+    parser.add_argument("--arch", default="perceiver_io", choices=["perceiver_io"], help="network architecture")
+    parser.add_argument("--expname", default=expname, help="experiment name (used in log messages)")
+    parser.add_argument("--modality", choices=["image", "text"], default=None,
+                        help="task modality; taken from the config when omitted, an error if it contradicts it")
+    parser.add_argument("--dataset_config", default="oxford", help="section of utils/dataset_config.yaml")
+    parser.add_argument("--dataset", required=True, help="task (group) name, e.g. group1")
+    parser.add_argument("--num_classes", type=int, default=-1, help="classes of the task; -1 = the config's")
+    parser.add_argument("--lr", type=float, default=1e-2, help="SGD learning rate of the weights")
+    parser.add_argument("--weight_decay", type=float, default=4e-5, help="L2 on the task's own linear weights")
+    parser.add_argument("--batch_size", type=int, default=32, help="training batch size")
+    parser.add_argument("--val_batch_size", type=int, default=100, help="evaluation batch size")
+    parser.add_argument("--epochs", type=int, default=100, help="training epochs")
+    return parser
+
+
+def prepare_task(args):
+    """Config, modality, device and loaders of the task a trainer's flags name; user mistakes become UserErrors.
+    Returns (cfg, modality, device, train_loader, test_loader, num_classes)."""
+    from utils.config import load_dataset_config
+    from utils.data import task_loaders
+    cfg = load_dataset_config(args.dataset_config, args.data_root, check_folders=False)
+    modality = cfg.modality(args.dataset)
+    if args.modality and args.modality != modality:
+        raise UserError(f"--modality {args.modality} contradicts utils/dataset_config.yaml, where task "
+                        f"{args.dataset} of '{cfg.name}' is {modality}: drop --modality or fix the config.")
+    if args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs} must be at least 1.")
+    device = select_device(args.device)
+    seed_everything(args.seed)
+    train_loader, test_loader, found = task_loaders(cfg, args.dataset, args.batch_size, args.val_batch_size,
+                                                    args.workers, args.seed, device)
+    num_classes = cfg.num_classes if args.num_classes < 0 else args.num_classes
+    if num_classes != found:
+        raise UserError(f"task {args.dataset} has {found} class folders in {cfg.task_folder(args.dataset, 'train')}"
+                        f" but {num_classes} classes are configured: fix num_classes in utils/dataset_config.yaml "
+                        f"or --num_classes.")
+    return cfg, modality, device, train_loader, test_loader, num_classes
