@@ -19,12 +19,12 @@ fi
 # demo sizes: small batches and few epochs (the tasks are learnable in seconds)
 export BATCH_SIZE="${BATCH_SIZE:-8}"
 FINETUNE_EPOCHS="${FINETUNE_EPOCHS:-30}" bash run_pickaback/baseline.sh demo
-EPOCHS="${EPOCHS:-20}" NR_EPOCH_FOR_EACH_PRUNE="${NR_EPOCH_FOR_EACH_PRUNE:-2}" PRUNING_INTERVAL="${PRUNING_INTERVAL:-1}" \
+EPOCHS="${EPOCHS:-30}" NR_EPOCH_FOR_EACH_PRUNE="${NR_EPOCH_FOR_EACH_PRUNE:-3}" PRUNING_INTERVAL="${PRUNING_INTERVAL:-1}" \
     bash run_pickaback/wo_backbone.sh demo
 bash run_pickaback/select_pruning_ratio_of_backbone.sh demo
 bash run_pickaback/find_backbone.sh demo
 bash run_pickaback/transfer_kv.sh demo
-EPOCHS="${EPOCHS:-20}" bash run_pickaback/w_backbone_MM.sh demo
+EPOCHS="${EPOCHS:-30}" bash run_pickaback/w_backbone_MM.sh demo
 
 echo
 echo "baseline accuracies (logs_perceiver_io/baseline_demo_acc.txt): $(cat logs_perceiver_io/baseline_demo_acc.txt)"
