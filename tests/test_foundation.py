@@ -214,3 +214,13 @@ def test_new_image_only_config_section_trains_with_baseline_script(demo_root, tm
     assert set(read_json(work / "logs_perceiver_io" / "baseline_shapes_acc.txt")) == {"group1", "group3"}
     ckpt = load_checkpoint(work / "checkpoints_perceiver_io/baseline_scratch/perceiver_io/shapes/group3/checkpoint-1.pth.tar")
     assert ckpt["model_config"]["depth"] == 3    # the original's default model
+
+
+def test_hidden_state_features_are_a_separate_cache_entry(demo_root):
+    cfg = load_dataset_config("demo", demo_root)
+    embeddings = data_mod.text_task(cfg, "group6", "test")
+    cfg.raw["text_features"] = "hidden_states"
+    hidden = data_mod.text_task(cfg, "group6", "test")
+    assert hidden.features.shape == embeddings.features.shape
+    assert not torch.allclose(hidden.features, embeddings.features)
+    assert len(list((demo_root / ".cache").glob("text_*.pt"))) >= 2
