@@ -8,6 +8,9 @@
 # (ModelDiff) -> transfer_kv -> w_backbone_MM (target training). Each stage's own variables can still be set in the
 # environment; SKIP_INSTALL=1 skips the pip step.
 set -euo pipefail
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0
+fi
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 export PYTHON
