@@ -124,11 +124,6 @@ def piggymask_parameters(model, task_id):
             if str(task_id) in ownership(l).piggymasks]
 
 
-def piggymask_tasks(model):
-    layer = next(iter(prunable_layers(model).values()))
-    return sorted(int(k) for k in ownership(layer).piggymasks.keys())
-
-
 # ---- freezing what has no ownership mask ------------------------------------------------------------------------
 def is_masked_parameter(name):
     return ".parametrizations.weight." in name
