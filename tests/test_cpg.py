@@ -147,3 +147,23 @@ def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):
     assert "We choose pruning ratio" in (r / "train.log").read_text()
     chosen = find_checkpoint(r / "gradual_prune")
     assert chosen.parent == r / "gradual_prune"
+
+
+def test_target_script_widens_on_exit_2_up_to_max_width(demo_root, backbone, tmp_path):
+    """w_backbone_MM.sh acts on exit code 2: 1.0 -> 1.5 -> 2.0, and the final checkpoint really is wider."""
+    work = tmp_path / "work"
+    gp = work / "checkpoints_perceiver_io/CPG_single_scratch_woexp/perceiver_io/demo/group1/gradual_prune"
+    gp.mkdir(parents=True)
+    (gp / backbone["ckpt"].name).write_bytes(backbone["ckpt"].read_bytes())
+    (work / "pickaback_demo_result.csv").write_text("target_id,task_id\n2,1\n")
+    (work / "logs_perceiver_io").mkdir()
+    (work / "logs_perceiver_io" / "baseline_demo_acc.txt").write_text('{"group1": "0.5", "group2": "1.01"}')
+    proc = run_script(["bash", str(REPO / "run_pickaback" / "w_backbone_MM.sh"), "demo"], cwd=tmp_path, check=True,
+                      env={"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "EPOCHS": "1",
+                           "BATCH_SIZE": "8"})
+    assert "expanding the network to width x1.5" in proc.stdout and "expanding the network to width x2.0" in proc.stdout
+    out = work / "checkpoints_perceiver_io/CPG_fromsingle_scratch_woexp_target/perceiver_io/demo/group1/group2"
+    net = Network.from_checkpoint(load_checkpoint(find_checkpoint(out / "scratch")))
+    assert net.model.width_multiplier == 2.0 and net.history == ["group1", "group2"]
+    summary = (work / "logs_perceiver_io" / "w_backbone_demo_acc.csv").read_text().splitlines()
+    assert summary[0] == "target,backbone,width,target_acc,baseline_acc" and summary[1].startswith("group2,group1,2.0,")
