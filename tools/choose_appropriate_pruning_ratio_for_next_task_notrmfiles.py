@@ -37,9 +37,10 @@ def choose_ratio(record, criterion, allow_acc_loss, at_max_width):
 
 
 def place_checkpoint(source_folder, gradual_prune):
-    """Copy the chosen checkpoint into gradual_prune/, replacing an earlier choice."""
+    """Copy the chosen checkpoint into gradual_prune/, replacing an earlier choice and the k/v-transferred files
+    made from it (run_pickaback/transfer_kv.sh makes them again from the new choice)."""
     for old in gradual_prune.iterdir():
-        if old.is_file() and CHECKPOINT_RE.match(old.name):
+        if old.is_file() and (CHECKPOINT_RE.match(old.name) or "_kv_transfer_" in old.name):
             old.unlink()
     src = find_checkpoint(source_folder)
     shutil.copy2(src, gradual_prune / src.name)
