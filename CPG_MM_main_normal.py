@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from models.build import Network, model_config_for
-from utils.checkpoint import checkpoint_path, find_checkpoint, load_checkpoint, read_json, save_checkpoint, update_json
-from utils.data import model_text_dim
+from models.build import Network
+from utils.checkpoint import find_checkpoint, load_checkpoint, read_json, update_json
+from utils.data import model_config
 from utils.errors import UserError, report_user_errors
 from utils.runtime import add_common_arguments, add_task_arguments, prepare_task, setup_logging
-from utils.trainer import GradualPruner, Trainer, make_optimizers, milestones
+from utils.trainer import GradualPruner, Trainer, make_optimizers, milestones, save_task_checkpoint
 
 log = logging.getLogger("root")
 EXIT_EXPAND, EXIT_NO_BASELINE, EXIT_NOTHING_TO_PRUNE, EXIT_STOP_PRUNING, EXIT_NO_RECORD = 2, 3, 5, 6, 255
@@ -123,7 +123,7 @@ def main(argv=None):
     if start is None and args.mode != "finetune":
         raise UserError(f"--mode {args.mode} needs --load_folder or --load_checkpoint.")
     net = Network.from_checkpoint(load_checkpoint(start)) if start else \
-        Network.new(model_config_for(cfg, model_text_dim(cfg)))
+        Network.new(model_config(cfg))
     if start:
         log.info(f"loaded {start} (tasks {net.history})")
 
@@ -152,9 +152,7 @@ def main(argv=None):
 
 
 def save(args, cfg, net, folder):
-    net.claim_shared(args.dataset)
-    path = checkpoint_path(folder, args.epochs)
-    save_checkpoint(net.state(epoch=args.epochs, dataset_config=cfg.name, text_encoder=cfg.text_encoder), path)
+    path = save_task_checkpoint(net, args.dataset, cfg, folder, args.epochs)
     log.info(f"saved {path}")
     return path
 

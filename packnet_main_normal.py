@@ -13,10 +13,10 @@ import logging
 import torch
 
 from packnet_models import baseline_network
-from utils.checkpoint import checkpoint_path, save_checkpoint, update_json
+from utils.checkpoint import update_json
 from utils.errors import report_user_errors
 from utils.runtime import add_common_arguments, add_task_arguments, prepare_task, setup_logging
-from utils.trainer import Trainer, make_optimizers, milestones
+from utils.trainer import Trainer, make_optimizers, milestones, save_task_checkpoint
 
 
 def parse_args(argv=None):
@@ -51,9 +51,7 @@ def main(argv=None):
     if train_acc < 0.97:
         log.info("Cannot prune any more!")
 
-    net.claim_shared(args.dataset)
-    path = checkpoint_path(args.save_folder, args.epochs)
-    save_checkpoint(net.state(epoch=args.epochs, dataset_config=cfg.name, text_encoder=cfg.text_encoder), path)
+    path = save_task_checkpoint(net, args.dataset, cfg, args.save_folder, args.epochs)
     update_json(args.logfile, {args.dataset: "%.4f" % val_acc})
     log.info(f"saved {path}; {args.logfile}[{args.dataset}] = {val_acc:.4f}")
 

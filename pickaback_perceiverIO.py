@@ -15,12 +15,11 @@ Writes pickaback_<cfg>_result.csv (target_id,task_id) and pickback_<cfg>_table.c
 """
 import argparse
 import logging
-from pathlib import Path
 
 import pandas as pd
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from packnet_models_pickaback import InferenceModel
+from packnet_models_pickaback import InferenceModel, baseline_folder
 from utils.checkpoint import find_checkpoint
 from utils.config import load_dataset_config
 from utils.data import task_dataset
@@ -85,7 +84,7 @@ def baseline_checkpoints(cfg, task_ids, checkpoint_root, arch):
     """{task id: baseline checkpoint path}; one error naming every task without one."""
     paths, missing = {}, []
     for k in task_ids:
-        folder = Path(checkpoint_root) / "baseline_scratch" / arch / cfg.name / cfg.task_name(k)
+        folder = baseline_folder(checkpoint_root, arch, cfg, cfg.task_name(k))
         try:
             paths[k] = find_checkpoint(folder)
         except UserError:

@@ -22,15 +22,13 @@ from pathlib import Path
 import pandas as pd
 
 from models.build import Network
-from packnet_models_pickaback import kv_layer_name, reader_state
+from packnet_models_pickaback import backbone_folder, baseline_folder, kv_layer_name, reader_state
 from utils.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from utils.config import load_dataset_config
 from utils.errors import UserError, report_user_errors
 from utils.runtime import setup_logging
 
 log = logging.getLogger("root")
-BACKBONE_STAGE = "CPG_single_scratch_woexp"
-BASELINE_STAGE = "baseline_scratch"
 
 
 def parse_args(argv=None):
@@ -43,10 +41,6 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint_root", default="checkpoints_perceiver_io", help="root of the stage checkpoints")
     p.add_argument("--log_path", default=None, help="also append the log to this file")
     return p.parse_args(argv)
-
-
-def backbone_folder(checkpoint_root, arch, cfg, group):
-    return Path(checkpoint_root) / BACKBONE_STAGE / arch / cfg.name / group / "gradual_prune"
 
 
 def checkpoint_stem(path):
@@ -89,7 +83,7 @@ def target_source(checkpoint_root, arch, cfg, task_id):
         return find_checkpoint(backbone_folder(checkpoint_root, arch, cfg, group)), "CPG backbone"
     except UserError:
         pass
-    baseline = Path(checkpoint_root) / BASELINE_STAGE / arch / cfg.name / group
+    baseline = baseline_folder(checkpoint_root, arch, cfg, group)
     try:
         return find_checkpoint(baseline), "baseline"
     except UserError:

@@ -10,10 +10,6 @@ from models import cpg
 from models.perceiver_io import MultimodalPerceiverIO
 
 
-def model_config_for(cfg, text_dim):
-    return {**cfg.model, "text_dim": int(text_dim), "max_text_length": max(cfg.text_max_length, 1)}
-
-
 @dataclass
 class Network:
     model: MultimodalPerceiverIO

@@ -14,11 +14,11 @@ import torch
 
 import pickaback_perceiverIO as pickaback
 from models import cpg
-from models.build import Network, model_config_for
+from models.build import Network
 from packnet_models_pickaback import InferenceModel, kv_layer_name
 from utils.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from utils.config import load_dataset_config
-from utils.data import model_text_dim, task_dataset
+from utils.data import model_config, task_dataset
 from utils_pickaback.modeldiff import (class_balanced_sample, collate, mutation_search, output_diversity,
                                        task_generator)
 
@@ -43,7 +43,7 @@ def demo(demo_root, tmp_path_factory, one_thread):
     """The shared demo data and an untrained baseline checkpoint per task."""
     root, data = tmp_path_factory.mktemp("search"), demo_root
     cfg = load_dataset_config("demo", data)
-    config = model_config_for(cfg, model_text_dim(cfg))
+    config = model_config(cfg)
     for task_id, group in enumerate(cfg.groups, 1):
         torch.manual_seed(task_id)
         net = Network.new(config)

@@ -2,13 +2,12 @@
 the baseline stage."""
 import json
 import multiprocessing
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from models.build import Network, model_config_for
+from models.build import Network
 from packnet_main_normal import main as baseline_main
 from tests.conftest import REPO, run_main, run_script
 from utils import data as data_mod

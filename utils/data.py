@@ -177,8 +177,10 @@ def task_loaders(cfg, group, batch_size, val_batch_size, workers=0, seed=0, devi
     return train_loader, test_loader, len(train.classes)
 
 
-def model_text_dim(cfg):
-    """Width of the text features (the encoder's hidden size); image-only configs need no encoder."""
-    return text_feature_dim(cfg.text_encoder) if cfg.text_groups else 384
+def model_config(cfg):
+    """The network's hyperparameters for a dataset config: its `model:` section plus the width of the text
+    features (the encoder's hidden size; image-only configs need no encoder and keep the default 384)."""
+    text_dim = text_feature_dim(cfg.text_encoder) if cfg.text_groups else 384
+    return {**cfg.model, "text_dim": int(text_dim), "max_text_length": max(cfg.text_max_length, 1)}
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import cpg
+from utils.checkpoint import checkpoint_path, save_checkpoint
 
 log = logging.getLogger("root")
 
@@ -116,6 +117,14 @@ class Trainer:
             with open(self.csv_path, "a", newline="") as f:
                 csv.writer(f).writerow([epoch, round(acc, 4), round(train_acc, 4)])
         return loss, acc
+
+
+def save_task_checkpoint(net, task, cfg, folder, epoch):
+    """The task's shared parameters become its own, then checkpoint-<epoch>.pth.tar is written atomically."""
+    net.claim_shared(task)
+    path = checkpoint_path(folder, epoch)
+    save_checkpoint(net.state(epoch=epoch, dataset_config=cfg.name, text_encoder=cfg.text_encoder), path)
+    return path
 
 
 def make_optimizers(net, task, lr, lr_mask):
