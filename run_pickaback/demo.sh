@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the pinned requirements, write the demo data and run every stage on it (the README's first quick-start
-# command). Sized for a laptop CPU: about 20 minutes on 2 cores.
+# command). Sized for a laptop CPU: about 10 minutes on 2 cores.
 #
 #   bash run_pickaback/demo.sh
 #
