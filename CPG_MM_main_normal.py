@@ -1,8 +1,9 @@
-"""CPG training of one task: a backbone from scratch or a target on top of a backbone checkpoint (spec §1.2, §1.6,
-§6), in the modes `finetune` (train the task, growing the network when asked), `prune` (one gradual-pruning
-stage) and `inference` (evaluate a task of a checkpoint).
+"""CPG training of one task: a backbone from scratch or a target on top of a backbone checkpoint (Compacting,
+Picking and Growing, Hung et al. 2019), in the modes `finetune` (train the task at a given width), `prune` (one
+gradual-pruning stage) and `inference` (evaluate a task of a checkpoint).
 
-Exit codes (read by the stage scripts, spec §1.9):
+The stage scripts do not call this file: they run utils/stages.py, which chains the same training steps in one
+process. This entry point is for scripting single steps, with the original's flags and exit codes:
   0  done (finetune: criterion met, or at max width; prune: stage done)
   2  finetune: criterion not met below max width -> rerun with a wider network ("It's time to expand the Network")
   3  --jsonfile (baseline accuracies) missing
@@ -25,14 +26,18 @@ from pathlib import Path
 import torch
 
 from models.build import Network
-from utils.checkpoint import find_checkpoint, load_checkpoint, read_json, update_json
+from utils.checkpoint import baseline_accuracy, load_checkpoint, read_record, update_json
 from utils.data import model_config
 from utils.errors import UserError, report_user_errors
+from utils.layout import sparsity_key, task_checkpoint
 from utils.runtime import add_common_arguments, add_task_arguments, prepare_task, setup_logging
-from utils.trainer import GradualPruner, Trainer, make_optimizers, milestones, save_task_checkpoint
+from utils.trainer import (Outcome, Trainer, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint,
+                           start_cpg_task)
 
 log = logging.getLogger("root")
 EXIT_EXPAND, EXIT_NO_BASELINE, EXIT_NOTHING_TO_PRUNE, EXIT_STOP_PRUNING, EXIT_NO_RECORD = 2, 3, 5, 6, 255
+EXIT_CODES = {Outcome.DONE: 0, Outcome.EXPAND: EXIT_EXPAND, Outcome.NOTHING_TO_PRUNE: EXIT_NOTHING_TO_PRUNE,
+              Outcome.STOP_PRUNING: EXIT_STOP_PRUNING}
 
 
 def parse_args(argv=None):
@@ -63,11 +68,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def sparsity_key(value):
-    """Record keys and stage folder names as the original's Python float strings: '0.1', '0.95'."""
-    return str(float(value))
-
-
 def starting_checkpoint(args):
     if args.load_checkpoint:
         return Path(args.load_checkpoint)
@@ -76,29 +76,7 @@ def starting_checkpoint(args):
     folder = Path(args.load_folder)
     if args.mode == "prune" and args.initial_sparsity > 0:
         folder = folder / sparsity_key(args.initial_sparsity)
-    return find_checkpoint(folder)
-
-
-def baseline_accuracy(args):
-    if not args.jsonfile or not Path(args.jsonfile).is_file():
-        raise UserError(f"baseline accuracy file {args.jsonfile} does not exist: provide the baseline file "
-                        f"(run run_pickaback/baseline.sh first).", exit_code=EXIT_NO_BASELINE)
-    accs = read_json(args.jsonfile, {})
-    if args.dataset not in accs:
-        raise UserError(f"{args.jsonfile} has no accuracy for {args.dataset}: run the baseline of that task first.",
-                        exit_code=EXIT_NO_BASELINE)
-    return float(accs[args.dataset])
-
-
-def upper_bound_reached(net, sparsity, width, args, record, baseline):
-    """The original's rule: at max width and below baseline, leave room for the remaining tasks (spec §6.4)."""
-    if width < args.max_allowed_network_width_multiplier or record.get("0.0", 1.0) >= baseline:
-        return False
-    remaining = args.total_num_tasks - len(net.history)
-    allowed = round(1.0 / (remaining + 1), 1)
-    log.info(f"remain_num_tasks: {remaining}")
-    log.info(f"ratio_allow_for_curr_task: {allowed:.4f}")
-    return sparsity >= 1.0 - allowed
+    return task_checkpoint(folder, "run the stage that writes it first, or give --load_checkpoint")
 
 
 @report_user_errors
@@ -106,119 +84,64 @@ def main(argv=None):
     args = parse_args(argv)
     log_path = args.log_path or (f"{args.save_folder}/train.log" if args.save_folder else None)
     setup_logging(log_path)
-    baseline = baseline_accuracy(args) if args.mode != "inference" else None
-    if args.mode != "inference" and not args.save_folder:
-        raise UserError(f"--mode {args.mode} needs --save_folder.")
+    if args.mode != "inference":
+        baseline = baseline_accuracy(args.jsonfile, args.dataset, exit_code=EXIT_NO_BASELINE)
+        if not args.save_folder:
+            raise UserError(f"--mode {args.mode} needs --save_folder.")
     if args.network_width_multiplier > args.max_allowed_network_width_multiplier + 1e-9:
         raise UserError(f"--network_width_multiplier {args.network_width_multiplier} exceeds "
                         f"--max_allowed_network_width_multiplier {args.max_allowed_network_width_multiplier}.")
     record_file = args.pruning_ratio_to_acc_record_file
-    if args.mode == "prune" and not (record_file and Path(record_file).is_file()):
-        raise UserError(f"record file {record_file} does not exist: run --mode finetune first.",
-                        exit_code=EXIT_NO_RECORD)
+    if args.mode == "prune":
+        if not (record_file and Path(record_file).is_file()):
+            raise UserError(f"record file {record_file} does not exist: run --mode finetune first.",
+                            exit_code=EXIT_NO_RECORD)
+        record = read_record(record_file)
 
-    cfg, modality, device, train_loader, test_loader, num_classes = prepare_task(args)
-
+    cfg, data = prepare_task(args)
     start = starting_checkpoint(args)
     if start is None and args.mode != "finetune":
         raise UserError(f"--mode {args.mode} needs --load_folder or --load_checkpoint.")
-    net = Network.from_checkpoint(load_checkpoint(start)) if start else \
-        Network.new(model_config(cfg))
+    net = Network.from_checkpoint(load_checkpoint(start)) if start else Network.new(model_config(cfg))
     if start:
         log.info(f"loaded {start} (tasks {net.history})")
-
     if args.mode == "inference":
-        return inference(args, net, device, test_loader)
+        return inference(args, net, data)
 
-    width = args.network_width_multiplier
     if args.mode == "finetune":
-        log.info("Finetune stage...")
-        net.start_task(args.dataset, modality, num_classes, width)
-        width = max(width, net.model.width_multiplier)
+        width = start_cpg_task(net, data, args.network_width_multiplier)
     else:
         if not net.history or net.history[-1] != args.dataset:
             raise UserError(f"{start} was trained last on {net.history[-1] if net.history else 'nothing'}, "
                             f"not {args.dataset}: prune the task the checkpoint ends with.")
         width = net.model.width_multiplier
-    net.set_trainable(args.dataset)
-    net.model.to(device)
-    log.info(f"{args.expname}: task {args.dataset} ({modality}) as task {net.task_id(args.dataset)} of "
-             f"{net.history} on {device}; width x{width}, {net.num_parameters()} parameters")
+    log.info(f"{args.expname}: task {args.dataset} ({data.modality}) as task {net.task_id(args.dataset)} of "
+             f"{net.history} on {data.device}; width x{width}, {net.num_parameters()} parameters")
     csv_path = Path(log_path).with_name("train.csv") if log_path else None
-    trainer = Trainer(net, args.dataset, device, train_loader, test_loader, width, csv_path)
+    common = dict(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, baseline=baseline,
+                  max_width=args.max_allowed_network_width_multiplier, csv_path=csv_path)
     if args.mode == "finetune":
-        sys.exit(finetune(args, cfg, net, trainer, baseline, width))
-    sys.exit(prune(args, cfg, net, trainer, baseline, width))
+        outcome, acc = cpg_finetune(net, data, lr_mask=args.lr_mask, width=width, **common)
+        folder, key = Path(args.save_folder), "0.0"
+    else:
+        outcome, acc = cpg_prune(net, data, initial=args.initial_sparsity, target=args.target_sparsity,
+                                 frequency=args.pruning_frequency, interval=args.pruning_interval,
+                                 total_num_tasks=args.total_num_tasks, unpruned_acc=record["0.0"], **common)
+        key = sparsity_key(args.target_sparsity)
+        folder = Path(args.save_folder) / key
+    if acc is not None:
+        if record_file:
+            update_json(record_file, {key: round(acc, 4)})
+        finish_task(net, args.dataset)
+        log.info(f"saved {save_task_checkpoint(net, cfg, folder, args.epochs)}")
+    sys.exit(EXIT_CODES[outcome])
 
 
-def save(args, cfg, net, folder):
-    path = save_task_checkpoint(net, args.dataset, cfg, folder, args.epochs)
-    log.info(f"saved {path}")
-    return path
-
-
-def finetune(args, cfg, net, trainer, baseline, width):
-    optimizer, mask_optimizer = make_optimizers(net, args.dataset, args.lr, args.lr_mask)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(args.epochs), gamma=0.1)
-    owns_nothing = trainer.stats()["task_ratio"] == 0
-    mask_scheduler = None
-    if mask_optimizer and not owns_nothing:
-        half, late = milestones(args.epochs, (0.5, 0.7))[0], milestones(args.epochs, (0.7,))[0]
-        mask_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            mask_optimizer, lambda e: 0.0 if e >= late else 0.2 if e >= half else 1.0)
-    train_acc = val_acc = 0.0
-    for epoch in range(1, args.epochs + 1):
-        _, train_acc = trainer.train_epoch(epoch, optimizer, mask_optimizer, args.weight_decay)
-        _, val_acc = trainer.validate(epoch, train_acc)
-        scheduler.step()
-        if mask_scheduler:
-            mask_scheduler.step()
-    if args.pruning_ratio_to_acc_record_file:
-        update_json(args.pruning_ratio_to_acc_record_file, {"0.0": round(val_acc, 4)})
-    save(args, cfg, net, args.save_folder)
-    owns_nothing = trainer.stats()["task_ratio"] == 0
-    if train_acc > 0.95 and val_acc >= baseline:
-        return EXIT_NOTHING_TO_PRUNE if owns_nothing else 0
-    if width >= args.max_allowed_network_width_multiplier - 1e-9:
-        log.info(f"at max width x{width}: val acc {val_acc:.4f} stays below baseline {baseline:.4f}")
-        return EXIT_NOTHING_TO_PRUNE if owns_nothing else 0
-    log.info("It's time to expand the Network")
-    log.info("Auto expand network")
-    return EXIT_EXPAND
-
-
-def prune(args, cfg, net, trainer, baseline, width):
-    record = read_json(args.pruning_ratio_to_acc_record_file, {})
-    log.info(f"Sparsity range: {args.initial_sparsity} -> {args.target_sparsity}")
-    if upper_bound_reached(net, args.initial_sparsity, width, args, record, baseline):
-        return EXIT_STOP_PRUNING
-    log.info("Before pruning: ")
-    trainer.validate(0)
-    optimizer, _ = make_optimizers(net, args.dataset, args.lr, 0.0)
-    steps = args.epochs * len(trainer.train_loader)
-    pruner = GradualPruner(net, args.dataset, args.initial_sparsity, args.target_sparsity, begin=0,
-                           end=min(args.pruning_interval * len(trainer.train_loader), steps),
-                           frequency=args.pruning_frequency)
-    train_acc = val_acc = 0.0
-    for epoch in range(1, args.epochs + 1):
-        _, train_acc = trainer.train_epoch(epoch, optimizer, None, args.weight_decay, pruner)
-        _, val_acc = trainer.validate(epoch, train_acc)
-    key = sparsity_key(args.target_sparsity)
-    update_json(args.pruning_ratio_to_acc_record_file, {key: round(val_acc, 4)})
-    save(args, cfg, net, Path(args.save_folder) / key)
-    if train_acc <= 0.95:
-        log.info(f"train accuracy {100 * train_acc:.2f} <= 95: stop pruning")
-        return EXIT_STOP_PRUNING
-    if upper_bound_reached(net, args.target_sparsity, width, args, record, baseline):
-        return EXIT_STOP_PRUNING
-    return 0
-
-
-def inference(args, net, device, test_loader):
+def inference(args, net, data):
     if args.dataset not in net.history:
         raise UserError(f"the checkpoint has no task {args.dataset} (it has {net.history}).")
-    net.model.to(device)
-    _, acc, logits = Trainer(net, args.dataset, device, None, test_loader).evaluate(return_logits=True)
+    net.model.to(data.device)
+    _, acc, logits = Trainer(net, args.dataset, data.device, None, data.test_loader).evaluate(return_logits=True)
     if args.logits_out:
         Path(args.logits_out).parent.mkdir(parents=True, exist_ok=True)
         torch.save(logits, args.logits_out)

@@ -1,7 +1,8 @@
-"""Baseline stage: train an independent single-task Perceiver IO for one task (spec §1.1, §5).
+"""Baseline stage for one task: train an independent single-task Perceiver IO (the PackNet-style baseline).
 
 Its last-epoch test accuracy goes into `logs_perceiver_io/baseline_<cfg>_acc.txt` (`{"<group>": "0.xxxx"}`), the
-criterion of every later stage, and its checkpoint is what the backbone search (ModelDiff) compares.
+criterion of every later stage, and its checkpoint is what the backbone search (ModelDiff) compares. The stage
+script run_pickaback/baseline.sh runs every task through utils/stages.py; this entry point trains one.
 
     python packnet_main_normal.py --dataset_config demo --dataset group1 --epochs 5 \
         --save_folder checkpoints_perceiver_io/baseline_scratch/perceiver_io/demo/group1 \
@@ -10,13 +11,11 @@ criterion of every later stage, and its checkpoint is what the backbone search (
 import argparse
 import logging
 
-import torch
-
 from packnet_models import baseline_network
-from utils.checkpoint import update_json
+from utils.checkpoint import read_json, update_json
 from utils.errors import report_user_errors
 from utils.runtime import add_common_arguments, add_task_arguments, prepare_task, setup_logging
-from utils.trainer import Trainer, make_optimizers, milestones, save_task_checkpoint
+from utils.trainer import finish_task, save_task_checkpoint, train_baseline
 
 
 def parse_args(argv=None):
@@ -33,27 +32,18 @@ def parse_args(argv=None):
 @report_user_errors
 def main(argv=None):
     args = parse_args(argv)
+    read_json(args.logfile)                                   # a broken accuracy file stops us before training
     setup_logging(args.log_path or f"{args.save_folder}/train.log")
     log = logging.getLogger("root")
-    cfg, modality, device, train_loader, test_loader, num_classes = prepare_task(args)
-    log.info(f"{args.expname}: task {args.dataset} ({modality}, {num_classes} classes) of '{cfg.name}' on {device}")
-
-    net = baseline_network(cfg, args.dataset, modality, num_classes)
-    net.model.to(device)
-    trainer = Trainer(net, args.dataset, device, train_loader, test_loader)
-    optimizer, _ = make_optimizers(net, args.dataset, args.lr, lr_mask=0.0)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(args.epochs), gamma=0.1)
-    train_acc = val_acc = 0.0
-    for epoch in range(1, args.epochs + 1):
-        _, train_acc = trainer.train_epoch(epoch, optimizer, weight_decay=args.weight_decay)
-        _, val_acc = trainer.validate(epoch)
-        scheduler.step()
-    if train_acc < 0.97:
-        log.info("Cannot prune any more!")
-
-    path = save_task_checkpoint(net, args.dataset, cfg, args.save_folder, args.epochs)
-    update_json(args.logfile, {args.dataset: "%.4f" % val_acc})
-    log.info(f"saved {path}; {args.logfile}[{args.dataset}] = {val_acc:.4f}")
+    cfg, data = prepare_task(args)
+    log.info(f"{args.expname}: task {args.dataset} ({data.modality}, {data.num_classes} classes) of '{cfg.name}' "
+             f"on {data.device}")
+    net = baseline_network(cfg, data)
+    acc = train_baseline(net, data, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
+    finish_task(net, args.dataset)
+    path = save_task_checkpoint(net, cfg, args.save_folder, args.epochs)
+    update_json(args.logfile, {args.dataset: "%.4f" % acc})
+    log.info(f"saved {path}; {args.logfile}[{args.dataset}] = {acc:.4f}")
 
 
 if __name__ == "__main__":

@@ -45,14 +45,13 @@ def load_checkpoint(path, map_location="cpu"):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def find_checkpoint(folder):
-    """The checkpoint of a folder: the one with the highest epoch number (no hard-coded epochs, spec §10.4)."""
-    folder = Path(folder)
-    found = sorted(((int(m.group(1)), p) for p in folder.glob("checkpoint-*.pth.tar")
-                    if (m := CHECKPOINT_RE.match(p.name))), reverse=True) if folder.is_dir() else []
-    if not found:
-        raise UserError(f"no checkpoint-<epoch>.pth.tar in {folder}: run the stage that writes it first.")
-    return found[0][1]
+def remove_stale_checkpoints(path):
+    """After `path` is written: remove the folder's other checkpoint-<epoch>.pth.tar files (earlier runs with other
+    epochs), so that nothing can load a stale one in its place."""
+    path = Path(path)
+    for old in path.parent.iterdir():
+        if CHECKPOINT_RE.match(old.name) and old.name != path.name:
+            old.unlink()
 
 
 # ---- JSON records shared by concurrent runs -----------------------------------------------------------------------
@@ -77,6 +76,43 @@ def read_json(path, default=None):
         return json.loads(path.read_text() or "{}")
     except json.JSONDecodeError:
         raise UserError(f"{path} is not valid JSON: fix or delete the file.") from None
+
+
+def number(value, what):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} is {value!r}, not a number: fix or regenerate the file.") from None
+
+
+def baseline_accuracy(path, task, exit_code=3):
+    """A task's accuracy in the baseline accuracy JSON; a UserError with `exit_code` (3, as the original's
+    "provide the baseline file") when the file or the task's entry is missing."""
+    path = Path(path) if path else None
+    if path is None or not path.is_file():
+        raise UserError(f"baseline accuracy file {path} does not exist: provide the baseline file (run "
+                        f"run_pickaback/baseline.sh first).", exit_code=exit_code)
+    accs = read_json(path)
+    if not isinstance(accs, dict):
+        raise UserError(f"{path} is not a JSON object of task accuracies: rerun run_pickaback/baseline.sh.")
+    if task not in accs:
+        raise UserError(f"{path} has no accuracy for {task}: run the baseline of that task first.",
+                        exit_code=exit_code)
+    return number(accs[task], f"the accuracy of {task} in {path}")
+
+
+def read_record(path):
+    """record.txt ({sparsity: accuracy}, with the unpruned "0.0"), checked: a UserError naming the file when it is
+    missing, empty, not JSON, or holds anything but numbers."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise UserError(f"record file {path} is {'empty' if path.is_file() else 'missing'}: run "
+                        f"run_pickaback/wo_backbone.sh for this task first.")
+    record = read_json(path)
+    if not isinstance(record, dict) or "0.0" not in record:
+        raise UserError(f"record file {path} has no unpruned accuracy \"0.0\": rerun run_pickaback/wo_backbone.sh "
+                        f"for this task.")
+    return {str(k): number(v, f"the accuracy of sparsity {k} in {path}") for k, v in record.items()}
 
 
 def update_json(path, updates):

@@ -3,6 +3,7 @@ import logging
 import os
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,25 +81,43 @@ def add_task_arguments(parser, expname):
     return parser
 
 
-def prepare_task(args):
-    """Config, modality, device and loaders of the task a trainer's flags name; user mistakes become UserErrors.
-    Returns (cfg, modality, device, train_loader, test_loader, num_classes)."""
-    from utils.config import load_dataset_config
+@dataclass
+class TaskData:
+    """One task's config, modality, device, loaders and number of classes, loaded once and reused by its steps."""
+    cfg: object
+    task: str
+    modality: str
+    device: torch.device
+    train_loader: object
+    test_loader: object
+    num_classes: int
+
+
+def load_task(cfg, task, *, batch_size, val_batch_size=100, workers=0, seed=2, device="auto", num_classes=-1,
+              modality=None, epochs=1):
+    """A task's data and device from the config; user mistakes become UserErrors."""
     from utils.data import task_loaders
-    cfg = load_dataset_config(args.dataset_config, args.data_root, check_folders=False)
-    modality = cfg.modality(args.dataset)
-    if args.modality and args.modality != modality:
-        raise UserError(f"--modality {args.modality} contradicts utils/dataset_config.yaml, where task "
-                        f"{args.dataset} of '{cfg.name}' is {modality}: drop --modality or fix the config.")
-    if args.epochs < 1:
-        raise UserError(f"--epochs {args.epochs} must be at least 1.")
-    device = select_device(args.device)
-    seed_everything(args.seed)
-    train_loader, test_loader, found = task_loaders(cfg, args.dataset, args.batch_size, args.val_batch_size,
-                                                    args.workers, args.seed, device)
-    num_classes = cfg.num_classes if args.num_classes < 0 else args.num_classes
+    actual = cfg.modality(task)
+    if modality and modality != actual:
+        raise UserError(f"--modality {modality} contradicts utils/dataset_config.yaml, where task "
+                        f"{task} of '{cfg.name}' is {actual}: drop --modality or fix the config.")
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs} must be at least 1.")
+    device = select_device(device)
+    seed_everything(seed)
+    train_loader, test_loader, found = task_loaders(cfg, task, batch_size, val_batch_size, workers, seed, device)
+    num_classes = cfg.num_classes if num_classes < 0 else num_classes
     if num_classes != found:
-        raise UserError(f"task {args.dataset} has {found} class folders in {cfg.task_folder(args.dataset, 'train')}"
-                        f" but {num_classes} classes are configured: fix num_classes in utils/dataset_config.yaml "
+        raise UserError(f"task {task} has {found} class folders in {cfg.task_folder(task, 'train')} but "
+                        f"{num_classes} classes are configured: fix num_classes in utils/dataset_config.yaml "
                         f"or --num_classes.")
-    return cfg, modality, device, train_loader, test_loader, num_classes
+    return TaskData(cfg, task, actual, device, train_loader, test_loader, num_classes)
+
+
+def prepare_task(args):
+    """The config and the TaskData of the task a trainer's flags name."""
+    from utils.config import load_dataset_config
+    cfg = load_dataset_config(args.dataset_config, args.data_root, check_folders=False)
+    return cfg, load_task(cfg, args.dataset, batch_size=args.batch_size, val_batch_size=args.val_batch_size,
+                          workers=args.workers, seed=args.seed, device=args.device, num_classes=args.num_classes,
+                          modality=args.modality, epochs=args.epochs)

@@ -1,6 +1,9 @@
-"""The shared train/evaluate loop of every training stage: progress bars, CPG per-step constraints, log lines in
-the original's format (spec §6.7) and `train.csv` rows."""
+"""The shared train/evaluate loop of every training stage (progress bars, CPG per-step constraints, log lines in the
+original's format, `train.csv` rows) and the training steps of one task that the stages and entry points call:
+a baseline, a CPG finetune, one gradual-pruning stage. Each returns what it decided (`Outcome`) instead of exiting.
+"""
 import csv
+import enum
 import logging
 import math
 from pathlib import Path
@@ -10,7 +13,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import cpg
-from utils.checkpoint import checkpoint_path, save_checkpoint
+from utils.checkpoint import checkpoint_path, remove_stale_checkpoints, save_checkpoint
+from utils.runtime import seed_everything
 
 log = logging.getLogger("root")
 
@@ -119,11 +123,12 @@ class Trainer:
         return loss, acc
 
 
-def save_task_checkpoint(net, task, cfg, folder, epoch):
-    """The task's shared parameters become its own, then checkpoint-<epoch>.pth.tar is written atomically."""
-    net.claim_shared(task)
+def save_task_checkpoint(net, cfg, folder, epoch):
+    """Write checkpoint-<epoch>.pth.tar atomically, then remove the folder's checkpoints of earlier runs with other
+    epochs; returns its path. Call finish_task first."""
     path = checkpoint_path(folder, epoch)
     save_checkpoint(net.state(epoch=epoch, dataset_config=cfg.name, text_encoder=cfg.text_encoder), path)
+    remove_stale_checkpoints(path)
     return path
 
 
@@ -139,3 +144,121 @@ def make_optimizers(net, task, lr, lr_mask):
 
 def milestones(epochs, fractions=(0.5, 0.8)):
     return sorted({max(1, int(round(f * epochs))) for f in fractions})
+
+
+# ---- one task's training steps ------------------------------------------------------------------------------------
+class Outcome(enum.Enum):
+    """What a training step decided; the entry points turn these into the original's exit codes."""
+    DONE = "done"
+    EXPAND = "expand"                       # below the criterion and below max width: widen and train again
+    NOTHING_TO_PRUNE = "nothing_to_prune"   # the task owns no weights
+    STOP_PRUNING = "stop_pruning"           # train accuracy <= 0.95, or the sparsity upper bound is reached
+
+
+def begin(data, seed):
+    """Seed every random stream a training step uses, so its result depends only on its seed and its inputs, never
+    on what ran before it in the same process."""
+    seed_everything(seed)
+    data.train_loader.generator.manual_seed(seed)
+
+
+def train_baseline(net, data, *, epochs, lr, weight_decay, seed):
+    """Train a fresh single-task network (SGD, x0.1 at 50 % and 80 %); returns the last epoch's test accuracy."""
+    begin(data, seed)
+    trainer = Trainer(net, data.task, data.device, data.train_loader, data.test_loader)
+    optimizer, _ = make_optimizers(net, data.task, lr, lr_mask=0.0)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(epochs), gamma=0.1)
+    train_acc = val_acc = 0.0
+    for epoch in range(1, epochs + 1):
+        _, train_acc = trainer.train_epoch(epoch, optimizer, weight_decay=weight_decay)
+        _, val_acc = trainer.validate(epoch)
+        scheduler.step()
+    if train_acc < 0.97:
+        log.info("Cannot prune any more!")
+    return val_acc
+
+
+def start_cpg_task(net, data, width):
+    """Add the task to a network (widened to `width`), give it the free weights, make only its own trainable."""
+    net.start_task(data.task, data.modality, data.num_classes, width)
+    net.set_trainable(data.task)
+    net.model.to(data.device)
+    return max(width, net.model.width_multiplier)
+
+
+def finish_task(net, task):
+    """The shared parameters the task trained become its own: frozen for every later task."""
+    net.claim_shared(task)
+
+
+def cpg_finetune(net, data, *, epochs, lr, lr_mask, weight_decay, seed, baseline, width, max_width, csv_path=None):
+    """Train the active task's free weights (SGD) and its piggymask (Adam); returns (Outcome, test accuracy)."""
+    begin(data, seed)
+    task = data.task
+    log.info("Finetune stage...")
+    trainer = Trainer(net, task, data.device, data.train_loader, data.test_loader, width, csv_path)
+    optimizer, mask_optimizer = make_optimizers(net, task, lr, lr_mask)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(epochs), gamma=0.1)
+    owns_nothing = trainer.stats()["task_ratio"] == 0
+    mask_scheduler = None
+    if mask_optimizer and not owns_nothing:
+        half, late = milestones(epochs, (0.5, 0.7))[0], milestones(epochs, (0.7,))[0]
+        mask_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            mask_optimizer, lambda e: 0.0 if e >= late else 0.2 if e >= half else 1.0)
+    train_acc = val_acc = 0.0
+    for epoch in range(1, epochs + 1):
+        _, train_acc = trainer.train_epoch(epoch, optimizer, mask_optimizer, weight_decay)
+        _, val_acc = trainer.validate(epoch, train_acc)
+        scheduler.step()
+        if mask_scheduler:
+            mask_scheduler.step()
+    owns_nothing = trainer.stats()["task_ratio"] == 0
+    if train_acc > 0.95 and val_acc >= baseline:
+        return (Outcome.NOTHING_TO_PRUNE if owns_nothing else Outcome.DONE), val_acc
+    if width >= max_width - 1e-9:
+        log.info(f"at max width x{width}: val acc {val_acc:.4f} stays below baseline {baseline:.4f}")
+        return (Outcome.NOTHING_TO_PRUNE if owns_nothing else Outcome.DONE), val_acc
+    log.info("It's time to expand the Network")
+    log.info("Auto expand network")
+    return Outcome.EXPAND, val_acc
+
+
+def upper_bound_reached(net, sparsity, width, max_width, total_num_tasks, unpruned_acc, baseline):
+    """The original's rule: at max width and below baseline, leave room for the remaining tasks."""
+    if width < max_width or unpruned_acc >= baseline:
+        return False
+    remaining = total_num_tasks - len(net.history)
+    allowed = round(1.0 / (remaining + 1), 1)
+    log.info(f"remain_num_tasks: {remaining}")
+    log.info(f"ratio_allow_for_curr_task: {allowed:.4f}")
+    return sparsity >= 1.0 - allowed
+
+
+def cpg_prune(net, data, *, epochs, lr, weight_decay, seed, initial, target, frequency, interval, baseline,
+              max_width, total_num_tasks, unpruned_acc, csv_path=None):
+    """One gradual-pruning stage of the active task from `initial` to `target` sparsity (cubic schedule over the
+    first `interval` epochs). Returns (Outcome, test accuracy or None when the stage did not run)."""
+    width = net.model.width_multiplier
+    log.info(f"Sparsity range: {initial} -> {target}")
+    if upper_bound_reached(net, initial, width, max_width, total_num_tasks, unpruned_acc, baseline):
+        return Outcome.STOP_PRUNING, None
+    begin(data, seed)
+    net.set_trainable(data.task)
+    net.model.to(data.device)
+    trainer = Trainer(net, data.task, data.device, data.train_loader, data.test_loader, width, csv_path)
+    log.info("Before pruning: ")
+    trainer.validate(0)
+    optimizer, _ = make_optimizers(net, data.task, lr, 0.0)
+    steps = epochs * len(data.train_loader)
+    pruner = GradualPruner(net, data.task, initial, target, begin=0,
+                           end=min(interval * len(data.train_loader), steps), frequency=frequency)
+    train_acc = val_acc = 0.0
+    for epoch in range(1, epochs + 1):
+        _, train_acc = trainer.train_epoch(epoch, optimizer, None, weight_decay, pruner)
+        _, val_acc = trainer.validate(epoch, train_acc)
+    if train_acc <= 0.95:
+        log.info(f"train accuracy {100 * train_acc:.2f} <= 95: stop pruning")
+        return Outcome.STOP_PRUNING, val_acc
+    if upper_bound_reached(net, target, width, max_width, total_num_tasks, unpruned_acc, baseline):
+        return Outcome.STOP_PRUNING, val_acc
+    return Outcome.DONE, val_acc

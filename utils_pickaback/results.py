@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from utils.checkpoint import atomic_write, locked
+from utils.errors import UserError
 
 SELECTION_RULES = {"similar": "sim_euc", "original": "ddv_euc"}   # rule -> column whose maximum is picked
 RESULT_COLUMNS = ["target_id", "task_id"]
@@ -38,22 +39,40 @@ def select_backbones(table, rule="similar"):
     return picks
 
 
-def replace_target_rows(path, rows, columns):
-    """Write `rows` into the CSV at `path`, replacing every earlier row of their targets; returns the file's table."""
+def read_rows(path, columns):
+    """The rows of an existing result or table CSV, checked: a UserError naming the file when it cannot be merged
+    into (so that nothing is written when either file is broken)."""
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame(columns=columns)
+    try:
+        old = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        raise UserError(f"{path} is not a CSV: delete it or restore it, then rerun the backbone search.") from None
+    if list(old.columns) != columns or not all(pd.api.types.is_integer_dtype(old[c]) for c in columns[:2]):
+        raise UserError(f"{path} does not hold {','.join(columns)} rows of task ids: delete it or restore it, then "
+                        f"rerun the backbone search.")
+    return old
+
+
+def merge_rows(old, rows, columns):
+    """`old` with every row of the targets in `rows` replaced by `rows`, sorted by target."""
     new = pd.DataFrame(rows, columns=columns)
-    with locked(path):
-        old = pd.read_csv(path) if Path(path).is_file() else pd.DataFrame(columns=columns)
-        kept = old[~old["target_id"].isin(new["target_id"])]
-        merged = new if kept.empty else pd.concat([kept, new], ignore_index=True)
-        merged = merged.sort_values("target_id", kind="stable").reset_index(drop=True)
-        text = merged.to_csv(index=False, lineterminator="\n")
-        atomic_write(path, lambda f: f.write(text.encode()))
-    return merged
+    kept = old[~old["target_id"].isin(new["target_id"])]
+    merged = new if kept.empty else pd.concat([kept, new], ignore_index=True)
+    return merged.sort_values("target_id", kind="stable").reset_index(drop=True)
 
 
 def write_results(out_dir, dataset_config, table_rows, picks):
-    """Update pickaback_<cfg>_result.csv and pickback_<cfg>_table.csv; returns their paths."""
+    """Update pickaback_<cfg>_result.csv and pickback_<cfg>_table.csv together: both are read and checked before
+    either is written, so they never fall out of step. Returns their paths."""
     result, table = result_path(out_dir, dataset_config), table_path(out_dir, dataset_config)
-    replace_target_rows(table, table_rows, TABLE_COLUMNS)
-    replace_target_rows(result, [{"target_id": t, "task_id": k} for t, k in sorted(picks.items())], RESULT_COLUMNS)
+    with locked(result), locked(table):
+        merged = {table: merge_rows(read_rows(table, TABLE_COLUMNS), table_rows, TABLE_COLUMNS),
+                  result: merge_rows(read_rows(result, RESULT_COLUMNS),
+                                     [{"target_id": t, "task_id": k} for t, k in sorted(picks.items())],
+                                     RESULT_COLUMNS)}
+        for path, frame in merged.items():
+            text = frame.to_csv(index=False, lineterminator="\n")
+            atomic_write(path, lambda f, text=text: f.write(text.encode()))
     return result, table

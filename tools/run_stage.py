@@ -1,0 +1,44 @@
+"""Run one stage of the Pick-a-back pipeline (or all of them, in order) for a dataset config.
+
+    python tools/run_stage.py baseline demo
+    python tools/run_stage.py all demo
+    TASK_IDS="1 3" FORCE=1 EPOCHS=10 python tools/run_stage.py wo_backbone demo
+
+The run_pickaback/<stage>.sh scripts call this. Each stage's settings are the variables at the top of its script
+(the original's names), overridden by the environment. Also read from the environment: TASK_IDS (default: every
+task of the config), FORCE=1 (redo tasks that are already finished with the same settings), MMPAB_WORK_DIR (where
+checkpoints_perceiver_io/, logs_perceiver_io/ and the pickaback CSVs go; default: the repository) and
+MMPAB_DATA_ROOT. Exits 0 when every task is done, else with one sentence naming the stage and the task (exit 3: a
+baseline accuracy is missing).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from utils.errors import report_user_errors  # noqa: E402
+from utils.runtime import setup_logging  # noqa: E402
+from utils.stages import STAGES, VARIABLES, run_stage, script_defaults  # noqa: E402
+
+
+def parse_args(argv=None):
+    lines = [f"  {stage}: " + ", ".join(f"{name}={value!r}" for name, value in script_defaults(stage).items()
+                                        if name in VARIABLES[stage]) for stage in STAGES]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="stages and their variables (defaults as set in the scripts):\n" +
+                                "\n".join(lines))
+    p.add_argument("stage", choices=[*STAGES, "all", "run_all"], help="the stage to run, or all (run_all) of them "
+                   "in order")
+    p.add_argument("dataset_config", help="section of utils/dataset_config.yaml (cub, oxford, mscoco, demo, ...)")
+    return p.parse_args(argv)
+
+
+@report_user_errors
+def main(argv=None):
+    args = parse_args(argv)
+    setup_logging()
+    run_stage("all" if args.stage == "run_all" else args.stage, args.dataset_config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Where every stage's files live, and the record of what produced them.
+
+`Layout` is the one definition of the stage folders and files (the original's names, relative to the working
+folder). `Manifest` is the small JSON file a stage writes beside a task's outputs once they are complete: the
+settings (and input fingerprints) that produced them and the exact files it wrote. A later run skips a task whose
+manifest matches its settings and whose files all exist; the next stage reads exactly the files a manifest names.
+"""
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.checkpoint import CHECKPOINT_RE, atomic_write, read_json
+from utils.errors import UserError
+
+CHECKPOINTS, LOGS = "checkpoints_perceiver_io", "logs_perceiver_io"
+BASELINE_STAGE = "baseline_scratch"
+BACKBONE_STAGE = "CPG_single_scratch_woexp"
+TARGET_STAGE = "CPG_fromsingle_scratch_woexp_target"
+MANIFEST = "stage.json"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path of one dataset config's run, under `work_dir` (the repository root or $MMPAB_WORK_DIR)."""
+    work_dir: Path
+    config: str
+    arch: str = "perceiver_io"
+    checkpoint_root: Path = None          # default <work_dir>/checkpoints_perceiver_io
+
+    @property
+    def checkpoints(self):
+        return Path(self.checkpoint_root or Path(self.work_dir) / CHECKPOINTS)
+
+    def _stage(self, stage, *parts):
+        return self.checkpoints / stage / self.arch / self.config / Path(*parts)
+
+    # ---- logs and tables --------------------------------------------------------------------------------------
+    @property
+    def logs(self):
+        return Path(self.work_dir) / LOGS
+
+    @property
+    def baseline_acc_file(self):
+        return self.logs / f"baseline_{self.config}_acc.txt"
+
+    @property
+    def target_acc_csv(self):
+        return self.logs / f"w_backbone_{self.config}_acc.csv"
+
+    def stage_log(self, stage):
+        return self.logs / f"{stage}_{self.config}.log"
+
+    @property
+    def result_csv(self):
+        return Path(self.work_dir) / f"pickaback_{self.config}_result.csv"
+
+    @property
+    def table_csv(self):
+        return Path(self.work_dir) / f"pickback_{self.config}_table.csv"         # the original's spelling
+
+    @property
+    def search_manifest(self):
+        return Path(self.work_dir) / f"pickaback_{self.config}_{MANIFEST}"
+
+    # ---- stage 1: baselines -------------------------------------------------------------------------------------
+    def baseline_dir(self, group):
+        return self._stage(BASELINE_STAGE, group)
+
+    # ---- stage 2-3: CPG backbones (R) ---------------------------------------------------------------------------
+    def backbone_dir(self, group):
+        return self._stage(BACKBONE_STAGE, group)
+
+    def scratch_dir(self, group):
+        return self.backbone_dir(group) / "scratch"
+
+    def gradual_prune_dir(self, group):
+        return self.backbone_dir(group) / "gradual_prune"
+
+    def prune_stage_dir(self, group, sparsity):
+        return self.gradual_prune_dir(group) / sparsity_key(sparsity)
+
+    def record(self, group):
+        return self.gradual_prune_dir(group) / "record.txt"
+
+    def train_log(self, group):
+        return self.backbone_dir(group) / "train.log"
+
+    def choice_manifest(self, group):
+        return self.gradual_prune_dir(group) / "choice.json"
+
+    # ---- stage 5: k/v transfer ---------------------------------------------------------------------------------
+    def kv_transfer_file(self, backbone_checkpoint, target_id):
+        stem = Path(backbone_checkpoint).name.removesuffix(".pth.tar")
+        return Path(backbone_checkpoint).parent / f"{stem}_kv_transfer_{int(target_id)}.pth.tar"
+
+    def kv_manifest(self, backbone_group, target_id):
+        return self.gradual_prune_dir(backbone_group) / f"kv_transfer_{int(target_id)}.json"
+
+    # ---- stage 6: targets ---------------------------------------------------------------------------------------
+    def target_dir(self, backbone_group, target_group):
+        return self._stage(TARGET_STAGE, backbone_group, target_group)
+
+
+def sparsity_key(value):
+    """Record keys and pruning-stage folder names as the original's Python float strings: '0.1', '0.95'."""
+    return str(float(value))
+
+
+def file_digest(path):
+    """sha256 of a file, to tell whether a stage's input changed since its outputs were made."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Manifest:
+    """`settings`, `outputs` ({name: path}) and `results` of one finished task, in a JSON file beside its outputs.
+    Paths are stored relative to the manifest's folder, so a run's folders can be moved or shared whole."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def read(self):
+        data = read_json(self.path)
+        if data is not None and not (isinstance(data, dict) and {"settings", "outputs"} <= set(data)):
+            raise UserError(f"{self.path} is not a stage record (it lacks settings/outputs): delete it and rerun the "
+                            f"stage.")
+        return data
+
+    def outputs(self):
+        data = self.read() or {"outputs": {}}
+        return {k: (self.path.parent / v).resolve() for k, v in data["outputs"].items()}
+
+    def finished(self, settings):
+        """True when the task ran with exactly these settings and every file it wrote is still there."""
+        data = self.read()
+        return bool(data) and data["settings"] == json.loads(json.dumps(settings)) and \
+            all(p.is_file() for p in self.outputs().values())
+
+    def output(self, name):
+        return self.outputs().get(name)
+
+    def results(self):
+        return (self.read() or {}).get("results", {})
+
+    def clear(self):
+        """Mark the task unfinished before its outputs start being replaced."""
+        self.path.unlink(missing_ok=True)
+
+    def write(self, settings, outputs, results=None):
+        folder = self.path.parent.resolve()
+        data = {"settings": settings,
+                "outputs": {k: os.path.relpath(Path(v).resolve(), folder) for k, v in outputs.items()},
+                "results": results or {}}
+        atomic_write(self.path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
+
+
+def stale_checkpoints(folder, keep):
+    """checkpoint-<epoch>.pth.tar files of `folder` other than `keep`: left by earlier runs with other epochs."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if CHECKPOINT_RE.match(p.name) and p.resolve() != Path(keep).resolve()]
+
+
+def task_checkpoint(folder, what, manifest=None, key="checkpoint"):
+    """The checkpoint a stage wrote in `folder`, as its manifest names it; for a folder without one (checkpoints
+    placed by hand), its only checkpoint. Never "the highest epoch number": that may be a stale earlier run's."""
+    folder = Path(folder)
+    manifest = Manifest(manifest or folder / MANIFEST)
+    path = manifest.output(key) if manifest.path.is_file() else None
+    if path is not None:
+        if not path.is_file():
+            raise UserError(f"{manifest.path} names {path}, which does not exist: {what}.")
+        return path
+    found = sorted(p for p in folder.iterdir() if CHECKPOINT_RE.match(p.name)) if folder.is_dir() else []
+    if not found:
+        raise UserError(f"no checkpoint-<epoch>.pth.tar in {folder}: {what}.")
+    if len(found) > 1:
+        raise UserError(f"{folder} holds {len(found)} checkpoints ({', '.join(p.name for p in found)}) and no "
+                        f"{MANIFEST} saying which one its stage wrote: remove the stale ones or {what}.")
+    return found[0]

@@ -1,0 +1,567 @@
+"""The Pick-a-back stage graph: every stage of a dataset config, in order, each in one process.
+
+    baseline                            an independent model per task: the criterion of every later stage
+    wo_backbone                         CPG per task from scratch (widening while below the baseline), then the
+                                        gradual-pruning schedule, recording accuracy per sparsity
+    select_pruning_ratio_of_backbone    per task, the largest ratio within ALLOW_ACC_LOSS of the baseline
+    find_backbone                       per target, the most similar other task's baseline (ModelDiff)
+    transfer_kv                         the target's input adapter and k/v projection grafted into its backbone
+    w_backbone_MM                       the target trained with CPG on its backbone (widening while below baseline)
+
+Each stage is a function `stage(run, s)` over the tasks of `run` with the settings `s` (the variables at the top of
+run_pickaback/<stage>.sh). A stage first checks every input it needs for every task, then works task by task:
+- A task whose manifest (utils/layout.py) records the same settings and input fingerprints, and whose files all
+  exist, is skipped with one line. Other settings, other inputs or FORCE=1 redo it.
+- A task being redone is marked unfinished first; its old outputs are replaced as the new ones are written, and its
+  manifest is written last, naming exactly the files the next stage reads.
+- Each task is seeded by itself (utils.trainer.begin), so its result never depends on the tasks before it.
+Decisions are return values (utils.trainer.Outcome); user mistakes are UserErrors naming the stage and the task.
+"""
+import hashlib
+import json
+import logging
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+
+from models.build import Network
+from packnet_models import baseline_network
+from packnet_models_pickaback.kv_transfer import read_pairs, transfer
+from utils.checkpoint import (CHECKPOINT_RE, atomic_write, baseline_accuracy, load_checkpoint, locked, read_json,
+                              read_record, update_json)
+from utils.config import REPO_ROOT, load_dataset_config
+from utils.data import model_config
+from utils.errors import UserError
+from utils.layout import Layout, Manifest, file_digest, sparsity_key, task_checkpoint
+from utils.runtime import LOG_FORMAT, load_task, select_device
+from utils.trainer import (Outcome, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint, start_cpg_task,
+                           train_baseline)
+from utils_pickaback.backbone_search import plan, run_search, target_ids
+from utils_pickaback.modeldiff import ProfileSettings
+from utils_pickaback.results import SELECTION_RULES, write_results
+
+log = logging.getLogger("root")
+SCRIPTS = REPO_ROOT / "run_pickaback"
+
+
+def floats(text):
+    return [float(v) for v in str(text).split()]
+
+
+# Each stage's variables, with the original's names; their defaults are read from the top of its script, so a user
+# edits them in one place. The environment overrides the script.
+VARIABLES = {
+    "baseline": dict(ARCH=str, FINETUNE_EPOCHS=int, NUM_CLASSES=int, INIT_LR=float, WEIGHT_DECAY=float,
+                     BATCH_SIZE=int, SEED=int, DEVICE=str),
+    "wo_backbone": dict(ARCH=str, EPOCHS=int, NUM_CLASSES=int, INIT_LR=float, PRUNING_LR=float, LR_MASK=float,
+                        WEIGHT_DECAY=float, BATCH_SIZE=int, NETWORK_WIDTH_MULTIPLIER=float,
+                        MAX_NETWORK_WIDTH_MULTIPLIER=float, WIDTH_STEP=float, NR_EPOCH_FOR_EACH_PRUNE=int,
+                        PRUNING_FREQUENCY=int, PRUNING_INTERVAL=int, PRUNING_SCHEDULE=floats, TOTAL_NUM_TASKS=int,
+                        SEED=int, DEVICE=str),
+    "select_pruning_ratio_of_backbone": dict(ARCH=str, ALLOW_ACC_LOSS=float),
+    "find_backbone": dict(ARCH=str, TARGET_ID=str, CANDIDATES=str, SELECTION=str, PROFILE_SIZE=int, EPSILON=float,
+                          ITERATIONS=int, SEED=int, DEVICE=str),
+    "transfer_kv": dict(ARCH=str, CSV_PATH=str),
+    "w_backbone_MM": dict(ARCH=str, EPOCHS=int, NUM_CLASSES=int, INIT_LR=float, LR_MASK=float, WEIGHT_DECAY=float,
+                          BATCH_SIZE=int, NETWORK_WIDTH_MULTIPLIER=float, MAX_NETWORK_WIDTH_MULTIPLIER=float,
+                          WIDTH_STEP=float, TOTAL_NUM_TASKS=int, SEED=int, DEVICE=str, RESULT_CSV=str),
+}
+STAGES = tuple(VARIABLES)
+ASSIGNMENT = re.compile(r'^([A-Z_]+)="\$\{\1:-([^}]*)\}"\s*(#.*)?$')     # NAME="${NAME:-default}"
+
+
+def script_defaults(stage):
+    """{variable: default} as written at the top of run_pickaback/<stage>.sh."""
+    script = SCRIPTS / f"{stage}.sh"
+    found = {}
+    for line in script.read_text().splitlines():
+        if m := ASSIGNMENT.match(line.strip()):
+            found[m.group(1)] = m.group(2)
+    missing = [name for name in VARIABLES[stage] if name not in found]
+    if missing:
+        raise UserError(f"{script} does not set {', '.join(missing)} in the form NAME=\"${{NAME:-value}}\": "
+                        f"restore those lines.")
+    return found
+
+
+def stage_settings(stage, env=None):
+    """The settings of a stage: the script's variables, overridden by the environment. Keys are lower case."""
+    env = os.environ if env is None else env
+    values = {}
+    for name, kind in VARIABLES[stage].items():
+        text = env.get(name) or script_defaults(stage)[name]
+        try:
+            values[name.lower()] = kind(text)
+        except ValueError:
+            raise UserError(f"{name}={text!r} (run_pickaback/{stage}.sh or the environment) is not "
+                            f"{'a list of numbers' if kind is floats else 'a ' + kind.__name__}: fix the value."
+                            ) from None
+    if values["arch"] != "perceiver_io":
+        raise UserError(f"ARCH={values['arch']} is not an architecture of this repository: use perceiver_io.")
+    return SimpleNamespace(**values)
+
+
+@dataclass
+class Run:
+    """One dataset config's run: its config, where its files live, which tasks, whether to redo finished ones."""
+    cfg: object
+    work_dir: Path
+    task_ids: list = field(default_factory=list)
+    force: bool = False
+
+    @classmethod
+    def from_environment(cls, config, env=None):
+        env = os.environ if env is None else env
+        cfg = load_dataset_config(config, check_folders=False)
+        work_dir = Path(env.get("MMPAB_WORK_DIR") or REPO_ROOT)
+        ids = target_ids(cfg, env.get("TASK_IDS") or "all")
+        return cls(cfg, work_dir, ids, env.get("FORCE", "0") not in ("", "0"))
+
+    def layout(self, arch):
+        return Layout(self.work_dir, self.cfg.name, arch)
+
+    def tasks(self):
+        return [(t, self.cfg.task_name(t)) for t in self.task_ids]
+
+    def data_settings(self, group):
+        """What a task's data depends on: the config (without its task list) and the files' names and sizes."""
+        raw = {k: v for k, v in self.cfg.raw.items() if k not in ("DATASETS", "num_groups", "modality")}
+        listing = []
+        for split in ("train", "test"):
+            folder = self.cfg.task_folder(group, split)
+            if folder.is_dir():
+                listing += sorted(f"{p.relative_to(folder)}:{p.stat().st_size}" for p in folder.rglob("*")
+                                  if p.is_file())
+        digest = hashlib.sha256("\n".join(listing).encode()).hexdigest()
+        return {"config": raw, "model": self.cfg.model, "modality": self.cfg.modality(group), "files": digest}
+
+
+@contextmanager
+def task_log(path):
+    """Also append the log to `path` (the task's train.log, as the original) while a task is worked on."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def skip(run, manifest, settings, what):
+    if not run.force and manifest.finished(settings):
+        log.info(f"{what}: finished with these settings, skipped (FORCE=1 redoes it)")
+        return True
+    return False
+
+
+@contextmanager
+def failing_task(stage, what):
+    """A user error inside a task names the stage and the task."""
+    try:
+        yield
+    except UserError as e:
+        raise UserError(f"stage {stage}, {what}: {e}", exit_code=e.exit_code) from None
+
+
+def write_json(path, data):
+    atomic_write(path, lambda f: f.write(json.dumps(data).encode()))
+
+
+def training_settings(s, names):
+    return {n: getattr(s, n) for n in names}
+
+
+# ---- 1. baseline --------------------------------------------------------------------------------------------------
+def baseline(run, s):
+    """Train an independent single-task model per task; its accuracy is the criterion of every later stage."""
+    layout = run.layout(s.arch)
+    acc_file = layout.baseline_acc_file
+    read_json(acc_file)                                           # a broken accuracy file stops us before training
+    for n, (task_id, group) in enumerate(run.tasks(), 1):
+        what = f"task {task_id} ({group})"
+        folder = layout.baseline_dir(group)
+        manifest = Manifest(folder / "stage.json")
+        settings = {"stage": "baseline", **training_settings(s, ("finetune_epochs", "num_classes", "init_lr",
+                                                                 "weight_decay", "batch_size", "seed")),
+                    "data": run.data_settings(group)}
+        recorded = manifest.results().get("accuracy")
+        if recorded is not None and (read_json(acc_file) or {}).get(group) == recorded and \
+                skip(run, manifest, settings, f"baseline {what}"):
+            continue
+        log.info(f"== baseline: {run.cfg.name} task {task_id} ({n}/{len(run.task_ids)}: {group}, "
+                 f"{run.cfg.modality(group)})")
+        with failing_task("baseline", what), task_log(folder / "train.log"):
+            data = load_task(run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
+                             num_classes=s.num_classes)
+            manifest.clear()
+            net = baseline_network(run.cfg, data)
+            acc = train_baseline(net, data, epochs=s.finetune_epochs, lr=s.init_lr, weight_decay=s.weight_decay,
+                                 seed=s.seed)
+            finish_task(net, group)
+            path = save_task_checkpoint(net, run.cfg, folder, s.finetune_epochs)
+            update_json(acc_file, {group: "%.4f" % acc})
+            manifest.write(settings, {"checkpoint": path}, {"accuracy": "%.4f" % acc})
+            log.info(f"saved {path}; {acc_file.name}[{group}] = {acc:.4f}")
+
+
+# ---- 2. CPG backbones: finetune with growth, then the pruning schedule ---------------------------------------------
+def finetune_with_growth(make_net, data, s, baseline_acc, csv_path):
+    """CPG-train the task at width NETWORK_WIDTH_MULTIPLIER; while it stays below the criterion, start again
+    WIDTH_STEP wider, up to MAX_NETWORK_WIDTH_MULTIPLIER. Returns (net, outcome, accuracy, width)."""
+    width = s.network_width_multiplier
+    if width > s.max_network_width_multiplier + 1e-9:
+        raise UserError(f"NETWORK_WIDTH_MULTIPLIER={width} exceeds MAX_NETWORK_WIDTH_MULTIPLIER="
+                        f"{s.max_network_width_multiplier}: lower it or raise the maximum.")
+    while True:
+        net = make_net()
+        width = start_cpg_task(net, data, width)
+        log.info(f"task {data.task} ({data.modality}) as task {net.task_id(data.task)} of {net.history} on "
+                 f"{data.device}; width x{width}, {net.num_parameters()} parameters")
+        outcome, acc = cpg_finetune(net, data, epochs=s.epochs, lr=s.init_lr, lr_mask=s.lr_mask,
+                                    weight_decay=s.weight_decay, seed=s.seed, baseline=baseline_acc, width=width,
+                                    max_width=s.max_network_width_multiplier, csv_path=csv_path)
+        if outcome is not Outcome.EXPAND:
+            return net, outcome, acc, width
+        width = round(width + s.width_step, 4)
+        log.info(f"expanding the network to width x{width}")
+
+
+def wo_backbone(run, s):
+    """CPG-train every task from scratch, then prune it gradually along PRUNING_SCHEDULE, recording the accuracy
+    at every sparsity in record.txt."""
+    layout = run.layout(s.arch)
+    jobs = []
+    for task_id, group in run.tasks():                            # check every input before any work
+        with failing_task("wo_backbone", f"task {task_id} ({group})"):
+            criterion = baseline_accuracy(layout.baseline_acc_file, group)
+        jobs.append((task_id, group, criterion))
+    names = ("epochs", "num_classes", "init_lr", "pruning_lr", "lr_mask", "weight_decay", "batch_size",
+             "network_width_multiplier", "max_network_width_multiplier", "width_step", "nr_epoch_for_each_prune",
+             "pruning_frequency", "pruning_interval", "pruning_schedule", "total_num_tasks", "seed")
+    for n, (task_id, group, criterion) in enumerate(jobs, 1):
+        what = f"task {task_id} ({group})"
+        manifest = Manifest(layout.backbone_dir(group) / "stage.json")
+        settings = {"stage": "wo_backbone", **training_settings(s, names), "baseline": criterion,
+                    "data": run.data_settings(group)}
+        if skip(run, manifest, settings, f"wo_backbone {what}"):
+            continue
+        log.info(f"== wo_backbone: {run.cfg.name} task {task_id} ({n}/{len(jobs)}: {group}, "
+                 f"{run.cfg.modality(group)})")
+        with failing_task("wo_backbone", what), task_log(layout.train_log(group)):
+            data = load_task(run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
+                             num_classes=s.num_classes)
+            manifest.clear()
+            train_backbone(run, layout, s, data, criterion, manifest, settings)
+
+
+def train_backbone(run, layout, s, data, criterion, manifest, settings):
+    group = data.task
+    csv_path = layout.train_log(group).with_name("train.csv")
+    net, outcome, acc, width = finetune_with_growth(lambda: Network.new(model_config(run.cfg)), data, s,
+                                                    criterion, csv_path)
+    record = {"0.0": round(acc, 4)}
+    finish_task(net, group)
+    outputs = {"0.0": save_task_checkpoint(net, run.cfg, layout.scratch_dir(group), s.epochs),
+               "record": layout.record(group)}
+    write_json(layout.record(group), record)
+    if outcome is Outcome.NOTHING_TO_PRUNE:
+        log.info(f"{group} owns no weights: nothing to prune")
+    else:
+        start = 0.0
+        for end in s.pruning_schedule:
+            outcome, acc = cpg_prune(net, data, epochs=s.nr_epoch_for_each_prune, lr=s.pruning_lr,
+                                     weight_decay=s.weight_decay, seed=s.seed, initial=start, target=end,
+                                     frequency=s.pruning_frequency, interval=s.pruning_interval,
+                                     baseline=criterion, max_width=s.max_network_width_multiplier,
+                                     total_num_tasks=s.total_num_tasks, unpruned_acc=record["0.0"],
+                                     csv_path=csv_path)
+            if acc is None:
+                log.info(f"stop pruning {group} at sparsity {start}")
+                break
+            key = sparsity_key(end)
+            record[key] = round(acc, 4)
+            finish_task(net, group)
+            outputs[key] = save_task_checkpoint(net, run.cfg, layout.prune_stage_dir(group, end),
+                                                s.nr_epoch_for_each_prune)
+            write_json(layout.record(group), record)
+            if outcome is Outcome.STOP_PRUNING:
+                log.info(f"stop pruning {group} at sparsity {end}")
+                break
+            start = end
+    remove_stale_stages(layout.gradual_prune_dir(group), outputs)
+    manifest.write(settings, outputs, {"record": record, "width": width})
+    log.info(f"record of {group}: {json.dumps(record)}")
+
+
+def remove_stale_stages(gradual_prune, outputs):
+    """Pruning-stage checkpoints of earlier runs that this run did not write (e.g. a longer schedule)."""
+    keep = {Path(p).resolve() for p in outputs.values()}
+    for folder in Path(gradual_prune).iterdir():
+        if folder.is_dir() and re.fullmatch(r"\d+\.\d+", folder.name):
+            for f in folder.iterdir():
+                if CHECKPOINT_RE.match(f.name) and f.resolve() not in keep:
+                    f.unlink()
+            if not any(folder.iterdir()):
+                folder.rmdir()
+
+
+# ---- 3. pruning-ratio choice -------------------------------------------------------------------------------------
+def choose_ratio(record, criterion, allow_acc_loss, at_max_width):
+    """The largest recorded ratio whose accuracy is within `allow_acc_loss` of the criterion, or None (scratch).
+    The criterion is the baseline accuracy, except when the backbone is at its maximum width and its unpruned
+    accuracy is below the baseline: then no ratio could reach the baseline, and pruning may cost at most
+    `allow_acc_loss` of what the task reached (the original chose 0.95 outright)."""
+    record = dict(record)
+    acc0 = float(record.pop("0.0", 0.0))
+    if at_max_width and acc0 < criterion:
+        criterion = acc0
+    for key in sorted(record, key=float, reverse=True):
+        if float(record[key]) + allow_acc_loss >= criterion:
+            return key
+    return None
+
+
+def place_choice(source, gradual_prune):
+    """Copy the chosen checkpoint into gradual_prune/ (atomically), then remove an earlier choice and the k/v
+    files made from it. Returns the placed path."""
+    placed = Path(gradual_prune) / Path(source).name
+    atomic_write(placed, lambda f: f.write(Path(source).read_bytes()))
+    for old in Path(gradual_prune).iterdir():
+        if old.is_file() and old != placed and (CHECKPOINT_RE.match(old.name) or "_kv_transfer_" in old.name):
+            old.unlink()
+    return placed
+
+
+def backbone_width(checkpoint, group):
+    info = load_checkpoint(checkpoint).get("shared_layer_info", {}).get(group, {})
+    return float(info.get("network_width_multiplier", 1.0))
+
+
+def select_pruning_ratio_of_backbone(run, s):
+    """Per task: choose the backbone's pruning ratio from its record and place that checkpoint in gradual_prune/."""
+    layout = run.layout(s.arch)
+    jobs = []
+    for task_id, group in run.tasks():                            # check every input before changing anything
+        with failing_task("select_pruning_ratio_of_backbone", f"task {task_id} ({group})"):
+            backbone = Manifest(layout.backbone_dir(group) / "stage.json")
+            if not backbone.read() or not all(p.is_file() for p in backbone.outputs().values()):
+                raise UserError(f"the CPG backbone in {layout.backbone_dir(group)} is not finished: run "
+                                f"run_pickaback/wo_backbone.sh {run.cfg.name} first.")
+            record = read_record(layout.record(group))
+            criterion = baseline_accuracy(layout.baseline_acc_file, group)
+            width = backbone_width(backbone.output("0.0"), group)
+            max_width = float(backbone.read()["settings"]["max_network_width_multiplier"])
+        settings = {"stage": "select_pruning_ratio_of_backbone", "allow_acc_loss": s.allow_acc_loss,
+                    "record": record, "baseline": criterion, "width": width, "max_width": max_width,
+                    "backbone": file_digest(backbone.path)}
+        jobs.append((task_id, group, backbone, record, criterion, width >= max_width - 1e-9, settings))
+    for task_id, group, backbone, record, criterion, at_max, settings in jobs:
+        manifest = Manifest(layout.choice_manifest(group))
+        if skip(run, manifest, settings, f"select_pruning_ratio_of_backbone task {task_id} ({group})"):
+            continue
+        with task_log(layout.train_log(group)):
+            manifest.clear()
+            key = choose_ratio(record, criterion, s.allow_acc_loss, at_max)
+            if key is None:
+                log.info("We select scratch")
+            placed = place_choice(backbone.output(key or "0.0"), layout.gradual_prune_dir(group))
+            log.info(f"We choose pruning ratio {key or '0.0'}")
+            log.info(f"{group}: {placed} (record {record}, criterion {criterion})")
+            manifest.write(settings, {"checkpoint": placed}, {"ratio": key or "0.0"})
+
+
+def chosen_backbone(run, layout, group):
+    """The checkpoint the chooser placed for `group`; a UserError naming the stages to run when there is none."""
+    return task_checkpoint(layout.gradual_prune_dir(group),
+                           f"run run_pickaback/wo_backbone.sh {run.cfg.name} and then "
+                           f"run_pickaback/select_pruning_ratio_of_backbone.sh {run.cfg.name} first",
+                           manifest=layout.choice_manifest(group))
+
+
+# ---- 4. backbone search ------------------------------------------------------------------------------------------
+class SearchManifest(Manifest):
+    """The search's manifests, one entry per target in one JSON file beside the result CSVs."""
+
+    def __init__(self, path, target):
+        super().__init__(path)
+        self.target = str(target)
+
+    def read(self):
+        return (read_json(self.path) or {}).get(self.target)
+
+    def outputs(self):
+        data = self.read() or {"outputs": {}}
+        return {k: (self.path.parent / v).resolve() for k, v in data["outputs"].items()}
+
+    def write(self, settings, outputs, results=None):
+        with locked(self.path):
+            data = read_json(self.path) or {}
+            data[self.target] = {"settings": settings, "results": results or {},
+                                 "outputs": {k: os.path.relpath(Path(v).resolve(), self.path.parent.resolve())
+                                             for k, v in outputs.items()}}
+            atomic_write(self.path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
+
+
+def find_backbone(run, s):
+    """Per target, score every candidate's baseline with ModelDiff and pick the backbone (SELECTION)."""
+    layout = run.layout(s.arch)
+    if s.selection not in SELECTION_RULES:
+        raise UserError(f"SELECTION={s.selection} is not one of {', '.join(SELECTION_RULES)}.")
+    targets = target_ids(run.cfg, s.target_id) if s.target_id != "all" else run.task_ids
+    with failing_task("find_backbone", f"targets {targets}"):
+        candidates_of, checkpoints = plan(run.cfg, layout, targets, s.candidates)
+    settings_of = {t: {"stage": "find_backbone", "candidates": candidates_of[t], "selection": s.selection,
+                       "profile_size": s.profile_size, "epsilon": s.epsilon, "iterations": s.iterations,
+                       "seed": s.seed, "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}}
+                   for t in targets}
+    todo = [t for t in targets if not skip(run, SearchManifest(layout.search_manifest, t), settings_of[t],
+                                           f"find_backbone target {t}")]
+    if not todo:
+        return
+    with failing_task("find_backbone", f"targets {todo}"), task_log(layout.stage_log("find_backbone")):
+        device = select_device(s.device)
+        profile = ProfileSettings(s.profile_size, s.epsilon, s.iterations, s.seed)
+        log.info(f"== find_backbone: '{run.cfg.name}' targets {todo}, candidates {s.candidates}, selection "
+                 f"{s.selection}, {profile}, device {device}")
+        rows, picks = run_search(run.cfg, {t: candidates_of[t] for t in todo}, checkpoints, profile, s.selection,
+                                 device)
+        result, table = write_results(layout.work_dir, run.cfg.name, rows, picks)
+        for t in todo:
+            SearchManifest(layout.search_manifest, t).write(settings_of[t], {"result": result, "table": table},
+                                                            {"backbone": picks[t]})
+        log.info(f"backbones: {picks}")
+
+
+# ---- 5. k/v transfer ---------------------------------------------------------------------------------------------
+def target_source(run, layout, group):
+    """The target's own earlier model: its chosen CPG backbone if there is one, else its baseline."""
+    try:
+        return chosen_backbone(run, layout, group), "CPG backbone"
+    except UserError:
+        pass
+    return task_checkpoint(layout.baseline_dir(group), f"task {group} has neither a CPG backbone nor a baseline: "
+                           f"run run_pickaback/baseline.sh {run.cfg.name} first"), "baseline"
+
+
+def selected_pairs(run, csv_path):
+    pairs = read_pairs(csv_path, run.cfg)
+    return [(t, k) for t, k in pairs if t in run.task_ids]
+
+
+def transfer_kv(run, s):
+    """For every (target, backbone) row of the search result, write the backbone's chosen checkpoint with the
+    target's reader grafted in (cross-modal pairs) or unchanged (same modality)."""
+    layout = run.layout(s.arch)
+    csv_path = Path(s.csv_path) if s.csv_path else layout.result_csv
+    jobs = []
+    with failing_task("transfer_kv", str(csv_path)):
+        pairs = selected_pairs(run, csv_path)
+    for t, k in pairs:                                            # check every pair before writing any file
+        target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)
+        with failing_task("transfer_kv", f"target {t} ({target}) on backbone {k} ({backbone})"):
+            k_path = chosen_backbone(run, layout, backbone)
+            cross = run.cfg.modality(target) != run.cfg.modality(backbone)
+            source = target_source(run, layout, target) if cross else (None, None)
+        settings = {"stage": "transfer_kv", "target": t, "backbone": k, "backbone_checkpoint": file_digest(k_path),
+                    "source": file_digest(source[0]) if cross else None}
+        jobs.append((t, k, k_path, source, settings))
+    for t, k, k_path, source, settings in jobs:
+        manifest = Manifest(layout.kv_manifest(run.cfg.task_name(k), t))
+        if skip(run, manifest, settings, f"transfer_kv target {t} on backbone {k}"):
+            continue
+        with failing_task("transfer_kv", f"target {t} on backbone {k}"), task_log(layout.stage_log("transfer_kv")):
+            manifest.clear()
+            out = layout.kv_transfer_file(k_path, t)
+            copied = transfer(run.cfg, t, k, k_path, source, out)
+            manifest.write(settings, {"checkpoint": out}, {"copied": copied})
+
+
+# ---- 6. targets on their backbones -------------------------------------------------------------------------------
+def target_start(run, layout, t, backbone):
+    """The k/v-transferred backbone made for target t, else the chosen backbone checkpoint."""
+    manifest = Manifest(layout.kv_manifest(backbone, t))
+    if manifest.path.is_file():
+        path = manifest.output("checkpoint")
+        if path is None or not path.is_file():
+            raise UserError(f"{manifest.path} names a k/v transfer file that does not exist: rerun "
+                            f"run_pickaback/transfer_kv.sh {run.cfg.name}.")
+        return path
+    return chosen_backbone(run, layout, backbone)
+
+
+def record_target(layout, row):
+    """Put the row of a (target, backbone) pair in w_backbone_<cfg>_acc.csv, replacing an earlier one."""
+    out = layout.target_acc_csv
+    with locked(out):
+        table = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=list(row))
+        table = table[~((table.target == row["target"]) & (table.backbone == row["backbone"]))]
+        table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
+        text = table.to_csv(index=False, lineterminator="\n")
+        atomic_write(out, lambda f: f.write(text.encode()))
+    return table
+
+
+def w_backbone_MM(run, s):  # noqa: N802 (the original script's name)
+    """CPG-train every target of the search result on its backbone, widening while below its baseline."""
+    layout = run.layout(s.arch)
+    csv_path = Path(s.result_csv) if s.result_csv else layout.result_csv
+    with failing_task("w_backbone_MM", str(csv_path)):
+        pairs = selected_pairs(run, csv_path)
+    jobs = []
+    names = ("epochs", "num_classes", "init_lr", "lr_mask", "weight_decay", "batch_size", "network_width_multiplier",
+             "max_network_width_multiplier", "width_step", "total_num_tasks", "seed")
+    for t, k in pairs:                                            # check every row before training any
+        target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)
+        with failing_task("w_backbone_MM", f"target {t} ({target}) on backbone {k} ({backbone})"):
+            criterion = baseline_accuracy(layout.baseline_acc_file, target)
+            start = target_start(run, layout, t, backbone)
+        settings = {"stage": "w_backbone_MM", **training_settings(s, names), "baseline": criterion,
+                    "start": file_digest(start), "data": run.data_settings(target)}
+        jobs.append((t, k, target, backbone, criterion, start, settings))
+    for n, (t, k, target, backbone, criterion, start, settings) in enumerate(jobs, 1):
+        out = layout.target_dir(backbone, target)
+        manifest = Manifest(out / "stage.json")
+        if skip(run, manifest, settings, f"w_backbone_MM target {t} ({target}) on backbone {k} ({backbone})"):
+            continue
+        log.info(f"== w_backbone_MM: target {t} ({n}/{len(jobs)}: {target}, {run.cfg.modality(target)}) on "
+                 f"backbone {k} ({backbone}) from {start}")
+        with failing_task("w_backbone_MM", f"target {t} ({target})"), task_log(out / "train.log"):
+            data = load_task(run.cfg, target, batch_size=s.batch_size, seed=s.seed, device=s.device,
+                             num_classes=s.num_classes)
+            manifest.clear()
+            net, _, acc, width = finetune_with_growth(lambda: Network.from_checkpoint(load_checkpoint(start)), data,
+                                                      s, criterion, out / "train.csv")
+            finish_task(net, target)
+            path = save_task_checkpoint(net, run.cfg, out / "scratch", s.epochs)
+            record = out / "gradual_prune" / "record.txt"
+            write_json(record, {"0.0": round(acc, 4)})
+            row = {"target": target, "backbone": backbone, "width": width, "target_acc": round(acc, 4),
+                   "baseline_acc": criterion}
+            table = record_target(layout, row)
+            manifest.write(settings, {"checkpoint": path, "record": record}, row)
+            log.info(f"saved {path}\n{table.to_string(index=False)}")
+
+
+STAGE_FUNCTIONS = {"baseline": baseline, "wo_backbone": wo_backbone,
+                   "select_pruning_ratio_of_backbone": select_pruning_ratio_of_backbone,
+                   "find_backbone": find_backbone, "transfer_kv": transfer_kv, "w_backbone_MM": w_backbone_MM}
+
+
+def run_stage(stage, config, env=None):
+    """Run one stage (or `all`, every stage in order) of a dataset config, with the settings of its script(s) and
+    the environment."""
+    run = Run.from_environment(config, env)
+    for name in (STAGES if stage == "all" else (stage,)):
+        s = stage_settings(name, env)
+        log.info(f"==== stage {name} of '{run.cfg.name}' (tasks {run.task_ids})")
+        STAGE_FUNCTIONS[name](run, s)
+    return run

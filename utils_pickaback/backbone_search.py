@@ -1,0 +1,84 @@
+"""The backbone search over a dataset config: which targets, which candidates, whose baseline checkpoints, and the
+ModelDiff scores and picks. Shared by the find_backbone stage and pickaback_perceiverIO.py."""
+import logging
+
+import pandas as pd
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from packnet_models_pickaback import InferenceModel
+from utils.data import task_dataset
+from utils.errors import UserError
+from utils.layout import task_checkpoint
+from utils_pickaback.modeldiff import search
+from utils_pickaback.results import select_backbones
+
+log = logging.getLogger("root")
+CANDIDATE_CHOICES = ("all", "same", "cross")
+
+
+def target_ids(cfg, spec):
+    """Task ids of `spec`: 'all', one id, or a list like 1,3."""
+    if str(spec).lower() == "all":
+        return list(range(1, len(cfg.groups) + 1))
+    try:
+        ids = sorted({int(t) for t in str(spec).replace(" ", ",").split(",") if t})
+    except ValueError:
+        raise UserError(f"target id '{spec}' is not a task id: give 1..{len(cfg.groups)}, a list like 1,3 or "
+                        f"'all'.") from None
+    for t in ids:
+        cfg.task_name(t)                                                     # range check with a clear error
+    return ids
+
+
+def candidate_ids(cfg, target, which):
+    if which not in CANDIDATE_CHOICES:
+        raise UserError(f"candidates '{which}' is not one of {', '.join(CANDIDATE_CHOICES)}.")
+    modality = cfg.modality(cfg.task_name(target))
+    ids = [k for k in range(1, len(cfg.groups) + 1) if k != target]
+    if which == "same":
+        return [k for k in ids if cfg.modality(cfg.task_name(k)) == modality]
+    if which == "cross":
+        return [k for k in ids if cfg.modality(cfg.task_name(k)) != modality]
+    return ids
+
+
+def plan(cfg, layout, targets, which):
+    """({target: [candidates]}, {task id: baseline checkpoint}), checked: one error naming every missing baseline."""
+    candidates_of = {t: candidate_ids(cfg, t, which) for t in targets}
+    empty = [t for t, ks in candidates_of.items() if not ks]
+    if empty:
+        raise UserError(f"target(s) {', '.join(map(str, empty))} of config '{cfg.name}' have no candidate with "
+                        f"candidates '{which}': use all.")
+    needed = sorted(set(targets) | {k for ks in candidates_of.values() for k in ks})
+    paths, missing = {}, []
+    for k in needed:
+        try:
+            paths[k] = task_checkpoint(layout.baseline_dir(cfg.task_name(k)),
+                                       f"run run_pickaback/baseline.sh {cfg.name} first")
+        except UserError as e:
+            missing.append(str(e))
+    if missing:
+        raise UserError(f"no usable baseline checkpoint: {'; '.join(missing)}" if len(missing) > 1 else missing[0])
+    for t in targets:
+        cfg.check_task_data(cfg.task_name(t))
+    return candidates_of, paths
+
+
+def run_search(cfg, candidates_of, checkpoints, settings, selection, device, batch_size=32):
+    """ModelDiff over the pairs of `candidates_of`; returns (table rows, {target: picked task id})."""
+    def load(task_id):
+        model = InferenceModel.load(checkpoints[task_id], device=device, batch_size=batch_size)
+        if model.task != cfg.task_name(task_id):
+            log.warning(f"{checkpoints[task_id]} holds task {model.task}, not {cfg.task_name(task_id)}; comparing it "
+                        f"as task {task_id}")
+        return model
+
+    def test_data(task_id):
+        return task_dataset(cfg, cfg.task_name(task_id), "test", device)
+
+    with logging_redirect_tqdm():
+        rows = search(candidates_of, load, test_data, settings)
+    picks = select_backbones(pd.DataFrame(rows), selection)
+    for t, k in picks.items():
+        log.info(f"Selected backbone for target {t} = (euc) {k}")
+    return rows, picks
