@@ -31,7 +31,7 @@ from utils.data import model_config
 from utils.errors import UserError, report_user_errors
 from utils.layout import sparsity_key, task_checkpoint
 from utils.runtime import add_common_arguments, add_task_arguments, prepare_task, setup_logging
-from utils.trainer import (Outcome, Trainer, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint,
+from utils.trainer import (Outcome, Trainer, begin, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint,
                            start_cpg_task)
 
 log = logging.getLogger("root")
@@ -102,6 +102,7 @@ def main(argv=None):
     start = starting_checkpoint(args)
     if start is None and args.mode != "finetune":
         raise UserError(f"--mode {args.mode} needs --load_folder or --load_checkpoint.")
+    begin(data, args.seed)                                    # the initial weights depend on the seed only
     net = Network.from_checkpoint(load_checkpoint(start)) if start else Network.new(model_config(cfg))
     if start:
         log.info(f"loaded {start} (tasks {net.history})")

@@ -15,7 +15,7 @@ from packnet_models import baseline_network
 from utils.checkpoint import read_json, update_json
 from utils.errors import report_user_errors
 from utils.runtime import add_common_arguments, add_task_arguments, prepare_task, setup_logging
-from utils.trainer import finish_task, save_task_checkpoint, train_baseline
+from utils.trainer import begin, finish_task, save_task_checkpoint, train_baseline
 
 
 def parse_args(argv=None):
@@ -38,6 +38,7 @@ def main(argv=None):
     cfg, data = prepare_task(args)
     log.info(f"{args.expname}: task {args.dataset} ({data.modality}, {data.num_classes} classes) of '{cfg.name}' "
              f"on {data.device}")
+    begin(data, args.seed)                                    # the initial weights depend on the seed only
     net = baseline_network(cfg, data)
     acc = train_baseline(net, data, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
     finish_task(net, args.dataset)

@@ -1,7 +1,7 @@
 """The k/v transfer: a chosen backbone checkpoint made ready to read its target's modality.
 
 For a (target T, backbone K) pair it writes K's chosen CPG backbone checkpoint plus a key `kv_transfer` =
-{target, target_id, backbone, source_checkpoint, copied}:
+{target, target_id, backbone, source_checkpoint (relative to the file), copied}:
 - cross-modal (T's modality differs from K's): K never used its projection of T's modality (ownership 0, free).
   T's input adapter and k/v projection of that modality, as T computes with them, are copied into
   `model_state_dict` from T's own earlier model. The mask stays 0, so the target trainer gives these weights to T,
@@ -9,6 +9,7 @@ For a (target T, backbone K) pair it writes K's chosen CPG backbone checkpoint p
 - same modality: K's projection must keep serving K, so nothing is copied; T reuses it through its piggymask.
 """
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -85,8 +86,10 @@ def transfer(cfg, target_id, backbone_id, backbone_checkpoint, target_source, ou
             state[key] = tensor.clone()
             copied.append(key)
         log.info(f"copied {', '.join(copied)}")
+    # the source as a path relative to the written file, so a run's folders can be moved or shared whole
     ckpt["kv_transfer"] = {"target": target, "target_id": int(target_id), "backbone": backbone,
-                           "source_checkpoint": None if source is None else str(source), "copied": copied}
+                           "source_checkpoint": None if source is None else
+                           os.path.relpath(source.resolve(), Path(out).parent.resolve()), "copied": copied}
     save_checkpoint(ckpt, out)
     log.info(f"wrote {out}")
     return copied

@@ -16,13 +16,18 @@ import pickaback_perceiverIO as pickaback
 from models import cpg
 from models.build import Network
 from packnet_models_pickaback import InferenceModel, kv_layer_name
-from utils.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.layout import task_checkpoint
 from utils.config import load_dataset_config
 from utils.data import model_config, task_dataset
 from utils_pickaback.modeldiff import (class_balanced_sample, collate, mutation_search, output_diversity,
                                        task_generator)
 
 IMAGE_TARGET, TEXT_TARGET = 1, 6          # demo: groups 1-4 are images, 5-8 texts
+
+
+def checkpoint_in(folder):
+    return task_checkpoint(folder, "the test wrote none")
 
 
 def baseline_folder(checkpoint_root, group):
@@ -98,7 +103,7 @@ def as_other_modality(ckpt, group, modality):
 # ---- similarity ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("target, clone_into", [(IMAGE_TARGET, 3), (TEXT_TARGET, 8)])
 def test_a_copy_of_the_target_is_selected_with_similarity_one(demo, checkpoints, tmp_path, target, clone_into):
-    source = find_checkpoint(baseline_folder(checkpoints, demo.cfg.task_name(target)))
+    source = checkpoint_in(baseline_folder(checkpoints, demo.cfg.task_name(target)))
     shutil.copy(source, baseline_folder(checkpoints, demo.cfg.task_name(clone_into)) / "checkpoint-1.pth.tar")
     picks = run_search(demo, checkpoints, tmp_path, "--target_id", target)
     assert picks == {target: clone_into}
@@ -115,7 +120,7 @@ def test_cross_modal_candidates_read_the_targets_inputs_through_the_kv_swap(demo
     """A candidate of the other modality whose network behind the k/v is the target's scores 1.0: it reads the
     target's profile through the target's adapter and k/v, which its ownership mask would otherwise zero."""
     cfg = demo.cfg
-    source = load_checkpoint(find_checkpoint(baseline_folder(checkpoints, cfg.task_name(target))))
+    source = load_checkpoint(checkpoint_in(baseline_folder(checkpoints, cfg.task_name(target))))
     other = "text" if cfg.modality(cfg.task_name(target)) == "image" else "image"
     clone_group = cfg.task_name(clone_into)
     save_checkpoint(as_other_modality(source, clone_group, other),
@@ -128,8 +133,8 @@ def test_cross_modal_candidates_read_the_targets_inputs_through_the_kv_swap(demo
 
 
 def test_kv_swap_makes_the_targets_projection_the_candidates_own(demo):
-    target = InferenceModel.load(find_checkpoint(baseline_folder(demo.checkpoints, "group1")))
-    candidate = InferenceModel.load(find_checkpoint(baseline_folder(demo.checkpoints, "group5")))
+    target = InferenceModel.load(checkpoint_in(baseline_folder(demo.checkpoints, "group1")))
+    candidate = InferenceModel.load(checkpoint_in(baseline_folder(demo.checkpoints, "group5")))
     before = {k: v.clone() for k, v in candidate.net.model.state_dict().items()}
     swapped = candidate.reading(target.reader(), "image")
     layer = swapped.net.model.get_submodule(kv_layer_name("image"))
@@ -205,7 +210,7 @@ def test_profiling_inputs_are_a_seeded_class_balanced_sample():
 
 
 def test_mutation_search_raises_diversity_without_autograd(demo):
-    model = InferenceModel.load(find_checkpoint(baseline_folder(demo.checkpoints, "group6")))
+    model = InferenceModel.load(checkpoint_in(baseline_folder(demo.checkpoints, "group6")))
     dataset = task_dataset(demo.cfg, "group6", "test")
     inputs = collate(dataset, class_balanced_sample(dataset.targets, 12, task_generator(2, 6)))
     before = float(output_diversity(model(inputs)))

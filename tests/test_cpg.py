@@ -10,10 +10,15 @@ from models import cpg
 from models.build import Network
 from tests.conftest import REPO, run_main, run_script
 from tools.choose_appropriate_pruning_ratio_for_next_task_notrmfiles import choose_ratio
-from utils.checkpoint import find_checkpoint, load_checkpoint, read_json
+from utils.checkpoint import load_checkpoint, read_json
+from utils.layout import task_checkpoint
 from utils.config import load_dataset_config
 from utils.data import task_loaders
 from utils.trainer import GradualPruner, Trainer, make_optimizers
+
+
+def checkpoint_in(folder):
+    return task_checkpoint(folder, "the test wrote none")
 
 
 def run_cpg(demo_root, *args):
@@ -41,7 +46,7 @@ def backbone(demo_root, tmp_path_factory):
     assert run_cpg(demo_root, "--mode", "prune", "--epochs", 2, "--lr", 1e-3, "--initial_sparsity", 0.0,
                "--target_sparsity", 0.5, "--pruning_interval", 1, "--load_folder", r / "scratch",
                "--save_folder", r / "gradual_prune", *common) in (0, 6)
-    return dict(ckpt=find_checkpoint(r / "gradual_prune" / "0.5"), baseline=base, root=tmp)
+    return dict(ckpt=checkpoint_in(r / "gradual_prune" / "0.5"), baseline=base, root=tmp)
 
 
 @pytest.mark.parametrize("target", ["group2", "group5"])   # same modality, cross-modal
@@ -54,7 +59,7 @@ def test_target_training_leaves_backbone_logits_bit_identical(demo_root, backbon
     assert rc in (0, 2)
     after = logits(demo_root, "group1", tmp_path, load_folder=out)
     assert torch.equal(before, after)
-    ckpt = load_checkpoint(find_checkpoint(out))
+    ckpt = load_checkpoint(checkpoint_in(out))
     assert ckpt["dataset_history"] == ["group1", target]
     assert set(read_json(out / "rec.txt")) == {"0.0"}
 
@@ -70,7 +75,7 @@ def test_forced_growth_adds_parameters_and_keeps_backbone_logits(demo_root, back
                  backbone["ckpt"], "--save_folder", out, "--jsonfile", unreachable, "--network_width_multiplier",
                  width, "--max_allowed_network_width_multiplier", 2.0)
         assert rc == expected_rc
-        net = Network.from_checkpoint(load_checkpoint(find_checkpoint(out)))
+        net = Network.from_checkpoint(load_checkpoint(checkpoint_in(out)))
         sizes.append(net.num_parameters())
         assert net.model.width_multiplier == width
         assert torch.equal(before, logits(demo_root, "group1", tmp_path, load_folder=out))
@@ -139,13 +144,13 @@ def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):
     keys = ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"]
     assert list(record) == keys
     for key in keys[1:]:
-        net = Network.from_checkpoint(load_checkpoint(find_checkpoint(r / "gradual_prune" / key)))
+        net = Network.from_checkpoint(load_checkpoint(checkpoint_in(r / "gradual_prune" / key)))
         assert all(abs(s - float(key)) <= 0.01 for s in cpg.layer_sparsity(net.model, "text", 1).values())
     assert "In validate()-> Val Ep. #1 loss:" in (r / "train.log").read_text()
     run_script(["bash", str(REPO / "run_pickaback" / "select_pruning_ratio_of_backbone.sh"), "demo"], cwd=tmp_path,
                env=env, check=True)
     assert "We choose pruning ratio" in (r / "train.log").read_text()
-    chosen = find_checkpoint(r / "gradual_prune")
+    chosen = checkpoint_in(r / "gradual_prune")
     assert chosen.parent == r / "gradual_prune"
 
 
@@ -163,7 +168,7 @@ def test_target_script_widens_on_exit_2_up_to_max_width(demo_root, backbone, tmp
                            "BATCH_SIZE": "8"})
     assert "expanding the network to width x1.5" in proc.stdout and "expanding the network to width x2.0" in proc.stdout
     out = work / "checkpoints_perceiver_io/CPG_fromsingle_scratch_woexp_target/perceiver_io/demo/group1/group2"
-    net = Network.from_checkpoint(load_checkpoint(find_checkpoint(out / "scratch")))
+    net = Network.from_checkpoint(load_checkpoint(checkpoint_in(out / "scratch")))
     assert net.model.width_multiplier == 2.0 and net.history == ["group1", "group2"]
     summary = (work / "logs_perceiver_io" / "w_backbone_demo_acc.csv").read_text().splitlines()
     assert summary[0] == "target,backbone,width,target_acc,baseline_acc" and summary[1].startswith("group2,group1,2.0,")

@@ -203,7 +203,8 @@ def test_new_image_only_config_section_trains_with_baseline_script(demo_root, tm
     section = demo_section()
     for key in ("modality", "text_train_path", "text_test_path", "model"):
         section.pop(key)
-    section.update(DATASETS=["None", "group1", "group3"], num_groups=2, resize=[8, 8])
+    section.update(DATASETS=["None", "group1", "group3"], num_groups=2, resize=[8, 8],
+                   model={"num_latents": 8, "latent_dim": 32})                  # small; the rest is the default
     path = write_config(tmp_path, "shapes", section)
     work = tmp_path / "work"
     proc = run_script(["bash", str(REPO / "run_pickaback" / "baseline.sh"), "shapes"], cwd=tmp_path,
@@ -212,7 +213,7 @@ def test_new_image_only_config_section_trains_with_baseline_script(demo_root, tm
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert set(read_json(work / "logs_perceiver_io" / "baseline_shapes_acc.txt")) == {"group1", "group3"}
     ckpt = load_checkpoint(work / "checkpoints_perceiver_io/baseline_scratch/perceiver_io/shapes/group3/checkpoint-1.pth.tar")
-    assert ckpt["model_config"]["depth"] == 3    # the original's default model
+    assert ckpt["model_config"]["depth"] == 3 and ckpt["model_config"]["latent_dim"] == 32   # defaults filled in
 
 
 def test_hidden_state_features_are_a_separate_cache_entry(demo_root):

@@ -39,11 +39,11 @@ from utils.data import model_config
 from utils.errors import UserError
 from utils.layout import Layout, Manifest, file_digest, sparsity_key, task_checkpoint
 from utils.runtime import LOG_FORMAT, load_task, select_device
-from utils.trainer import (Outcome, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint, start_cpg_task,
+from utils.trainer import (Outcome, begin, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint, start_cpg_task,
                            train_baseline)
 from utils_pickaback.backbone_search import plan, run_search, target_ids
 from utils_pickaback.modeldiff import ProfileSettings
-from utils_pickaback.results import SELECTION_RULES, write_results
+from utils_pickaback.results import RESULT_COLUMNS, SELECTION_RULES, TABLE_COLUMNS, read_rows, write_results
 
 log = logging.getLogger("root")
 SCRIPTS = REPO_ROOT / "run_pickaback"
@@ -117,7 +117,7 @@ class Run:
     @classmethod
     def from_environment(cls, config, env=None):
         env = os.environ if env is None else env
-        cfg = load_dataset_config(config, check_folders=False)
+        cfg = load_dataset_config(config, env.get("MMPAB_DATA_ROOT"), check_folders=False)
         work_dir = Path(env.get("MMPAB_WORK_DIR") or REPO_ROOT)
         ids = target_ids(cfg, env.get("TASK_IDS") or "all")
         return cls(cfg, work_dir, ids, env.get("FORCE", "0") not in ("", "0"))
@@ -154,6 +154,14 @@ def task_log(path):
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+
+
+def start_over(manifest, folder):
+    """Mark a task unfinished before its outputs are replaced, and remove temporary files that an interrupted
+    earlier attempt left behind (atomic writes rename a temporary file into place)."""
+    manifest.clear()
+    for tmp in Path(folder).rglob(".*.tmp"):
+        tmp.unlink()
 
 
 def skip(run, manifest, settings, what):
@@ -202,7 +210,8 @@ def baseline(run, s):
         with failing_task("baseline", what), task_log(folder / "train.log"):
             data = load_task(run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
                              num_classes=s.num_classes)
-            manifest.clear()
+            start_over(manifest, folder)
+            begin(data, s.seed)
             net = baseline_network(run.cfg, data)
             acc = train_baseline(net, data, epochs=s.finetune_epochs, lr=s.init_lr, weight_decay=s.weight_decay,
                                  seed=s.seed)
@@ -222,6 +231,7 @@ def finetune_with_growth(make_net, data, s, baseline_acc, csv_path):
         raise UserError(f"NETWORK_WIDTH_MULTIPLIER={width} exceeds MAX_NETWORK_WIDTH_MULTIPLIER="
                         f"{s.max_network_width_multiplier}: lower it or raise the maximum.")
     while True:
+        begin(data, s.seed)                                       # the initial weights depend on the seed only
         net = make_net()
         width = start_cpg_task(net, data, width)
         log.info(f"task {data.task} ({data.modality}) as task {net.task_id(data.task)} of {net.history} on "
@@ -259,7 +269,7 @@ def wo_backbone(run, s):
         with failing_task("wo_backbone", what), task_log(layout.train_log(group)):
             data = load_task(run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
                              num_classes=s.num_classes)
-            manifest.clear()
+            start_over(manifest, layout.backbone_dir(group))
             train_backbone(run, layout, s, data, criterion, manifest, settings)
 
 
@@ -419,6 +429,7 @@ def find_backbone(run, s):
     targets = target_ids(run.cfg, s.target_id) if s.target_id != "all" else run.task_ids
     with failing_task("find_backbone", f"targets {targets}"):
         candidates_of, checkpoints = plan(run.cfg, layout, targets, s.candidates)
+        read_rows(layout.result_csv, RESULT_COLUMNS), read_rows(layout.table_csv, TABLE_COLUMNS)   # mergeable?
     settings_of = {t: {"stage": "find_backbone", "candidates": candidates_of[t], "selection": s.selection,
                        "profile_size": s.profile_size, "epsilon": s.epsilon, "iterations": s.iterations,
                        "seed": s.seed, "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}}
@@ -537,7 +548,7 @@ def w_backbone_MM(run, s):  # noqa: N802 (the original script's name)
         with failing_task("w_backbone_MM", f"target {t} ({target})"), task_log(out / "train.log"):
             data = load_task(run.cfg, target, batch_size=s.batch_size, seed=s.seed, device=s.device,
                              num_classes=s.num_classes)
-            manifest.clear()
+            start_over(manifest, out)
             net, _, acc, width = finetune_with_growth(lambda: Network.from_checkpoint(load_checkpoint(start)), data,
                                                       s, criterion, out / "train.csv")
             finish_task(net, target)

@@ -1,0 +1,216 @@
+"""The stage graph (utils/stages.py): every stage in one process, finished work skipped and never lost, inputs
+checked before anything is trained, deleted or rewritten, and a run killed half-way that ends like an
+uninterrupted one.
+
+One tiny run of every stage on the demo data (1 epoch per step, one pruning stage) is shared by the module; tests
+that change files work on a copy of it.
+"""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, run_main, run_script
+from utils.checkpoint import load_checkpoint, read_json
+from utils.errors import UserError
+from utils.layout import Layout, task_checkpoint
+from utils.stages import run_stage, stage_settings
+
+TINY = {"FINETUNE_EPOCHS": "1", "EPOCHS": "1", "NR_EPOCH_FOR_EACH_PRUNE": "1", "PRUNING_INTERVAL": "1",
+        "PRUNING_SCHEDULE": "0.5", "PROFILE_SIZE": "8", "ITERATIONS": "5", "BATCH_SIZE": "16", "DEVICE": "cpu"}
+BACKBONES = "checkpoints_perceiver_io/CPG_single_scratch_woexp"
+TARGETS = "checkpoints_perceiver_io/CPG_fromsingle_scratch_woexp_target"
+
+
+def env_for(demo_root, work, **extra):
+    return {**TINY, "MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), **extra}
+
+
+def checksums(root, below=""):
+    """{relative path: sha256} of every file under root/below except logs and locks (they are not results)."""
+    base = Path(root) / below
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(base.rglob("*"))
+            if p.is_file() and not p.name.endswith((".lock", ".log")) and p.name != "train.csv"}
+
+
+@pytest.fixture(scope="module")
+def pipeline(demo_root, tmp_path_factory):
+    """Every stage of the demo config, run once in-process with tiny settings."""
+    work = tmp_path_factory.mktemp("pipeline")
+    torch.set_num_threads(1)
+    run_stage("all", "demo", env_for(demo_root, work))
+    return work
+
+
+@pytest.fixture
+def copy_of(pipeline, tmp_path):
+    return Path(shutil.copytree(pipeline, tmp_path / "work"))
+
+
+def layout(work):
+    return Layout(Path(work), "demo")
+
+
+def test_every_stage_writes_its_outputs_and_manifests(pipeline):
+    lay = layout(pipeline)
+    assert set(read_json(lay.baseline_acc_file)) == {f"group{i}" for i in range(1, 9)}
+    for i in range(1, 9):
+        group = f"group{i}"
+        assert set(read_json(lay.record(group))) == {"0.0", "0.5"}
+        assert read_json(lay.choice_manifest(group))["results"]["ratio"] in ("0.0", "0.5")
+    result = (pipeline / "pickaback_demo_result.csv").read_text().splitlines()
+    assert result[0] == "target_id,task_id" and len(result) == 9
+    summary = lay.target_acc_csv.read_text().splitlines()
+    assert summary[0] == "target,backbone,width,target_acc,baseline_acc" and len(summary) == 9
+
+
+def test_rerun_skips_every_finished_task_and_changes_no_file(pipeline, demo_root, caplog):
+    before = checksums(pipeline)
+    caplog.set_level("INFO")
+    run_stage("all", "demo", env_for(demo_root, pipeline))
+    assert checksums(pipeline) == before
+    skipped = [r.message for r in caplog.records if "skipped (FORCE=1 redoes it)" in r.message]
+    assert len(skipped) == 8 * 6                       # every task of every stage
+    assert not any("Train Ep." in r.message for r in caplog.records)
+
+
+def test_a_task_depends_only_on_its_own_seed_not_on_the_tasks_before_it(pipeline, demo_root, tmp_path):
+    run_stage("baseline", "demo", env_for(demo_root, tmp_path, TASK_IDS="3"))
+    alone = load_checkpoint(task_checkpoint(layout(tmp_path).baseline_dir("group3"), "-"))
+    after_others = load_checkpoint(task_checkpoint(layout(pipeline).baseline_dir("group3"), "-"))
+    for key, tensor in after_others["model_state_dict"].items():
+        assert torch.equal(alone["model_state_dict"][key], tensor), key
+
+
+def test_changed_settings_redo_the_task_and_the_next_stage_reads_the_new_checkpoint(copy_of, demo_root):
+    lay = layout(copy_of)
+    folder = lay.baseline_dir("group1")
+    assert [p.name for p in folder.glob("checkpoint-*")] == ["checkpoint-1.pth.tar"]
+    run_stage("baseline", "demo", env_for(demo_root, copy_of, TASK_IDS="1", FINETUNE_EPOCHS="2"))
+    assert [p.name for p in folder.glob("checkpoint-*")] == ["checkpoint-2.pth.tar"]     # the old one is replaced
+    run_stage("baseline", "demo", env_for(demo_root, copy_of, TASK_IDS="1"))             # back to 1 epoch: redone
+    assert [p.name for p in folder.glob("checkpoint-*")] == ["checkpoint-1.pth.tar"]
+    # a stale higher-numbered checkpoint left in the folder is never read in place of the one the stage wrote
+    shutil.copy(folder / "checkpoint-1.pth.tar", folder / "checkpoint-99.pth.tar")
+    assert task_checkpoint(folder, "-") == (folder / "checkpoint-1.pth.tar").resolve()
+    (folder / "stage.json").unlink()
+    with pytest.raises(UserError, match="holds 2 checkpoints"):
+        task_checkpoint(folder, "-")
+
+
+def test_chooser_checks_the_record_before_replacing_its_choice(copy_of, demo_root):
+    lay = layout(copy_of)
+    gradual_prune = lay.gradual_prune_dir("group1")
+    (gradual_prune / "checkpoint-1_kv_transfer_9.pth.tar").write_bytes(b"k/v file of an earlier choice")
+    before = checksums(gradual_prune.parent)
+    lay.record("group1").write_bytes(b"")
+    with pytest.raises(UserError, match="record file .*record.txt is empty") as error:
+        run_stage("select_pruning_ratio_of_backbone", "demo", env_for(demo_root, copy_of, FORCE="1"))
+    assert "select_pruning_ratio_of_backbone, task 1 (group1)" in str(error.value)
+    lay.record("group1").write_text(json.dumps(read_json(lay.backbone_dir("group1") / "stage.json")["results"]
+                                               ["record"]))
+    assert checksums(gradual_prune.parent) == before                           # nothing was deleted or replaced
+    # the one-task tool refuses the same way
+    lay.record("group1").write_bytes(b"")
+    tool = REPO / "tools" / "choose_appropriate_pruning_ratio_for_next_task_notrmfiles.py"
+    proc = run_script([sys.executable, str(tool), "--dataset", "group1", "--pruning_ratio_to_acc_record_file",
+                       str(lay.record("group1")), "--baseline_acc_file", str(lay.baseline_acc_file)], cwd=copy_of)
+    assert proc.returncode == 1 and "is empty" in proc.stderr and "Traceback" not in proc.stderr
+    assert (gradual_prune / "checkpoint-1_kv_transfer_9.pth.tar").is_file()
+
+
+@pytest.mark.parametrize("stage, record", [("wo_backbone", BACKBONES + "/perceiver_io/demo/group1/gradual_prune"),
+                                           ("w_backbone_MM", TARGETS)])
+def test_a_missing_baseline_stops_the_stage_before_any_record_is_touched(copy_of, demo_root, stage, record):
+    before = checksums(copy_of, record)
+    layout(copy_of).baseline_acc_file.rename(copy_of / "moved.txt")
+    with pytest.raises(UserError, match="provide the baseline file") as error:
+        run_stage(stage, "demo", env_for(demo_root, copy_of, FORCE="1"))
+    assert error.value.exit_code == 3 and f"stage {stage}" in str(error.value)
+    assert checksums(copy_of, record) == before
+
+
+def test_target_stage_checks_every_row_before_training_any(copy_of, demo_root):
+    before = checksums(copy_of, TARGETS)
+    result = copy_of / "pickaback_demo_result.csv"
+    result.write_text(result.read_text() + "9,1\n")
+    with pytest.raises(UserError, match="names task 9, but config 'demo' has tasks 1..8"):
+        run_stage("w_backbone_MM", "demo", env_for(demo_root, copy_of, FORCE="1"))
+    assert checksums(copy_of, TARGETS) == before
+
+
+def test_search_writes_neither_csv_when_one_is_malformed(copy_of, demo_root):
+    table, result = copy_of / "pickback_demo_table.csv", copy_of / "pickaback_demo_result.csv"
+    before = table.read_bytes()
+    result.write_text("target_id,task_id\n1,two\n")
+    with pytest.raises(UserError, match="pickaback_demo_result.csv does not hold target_id,task_id rows"):
+        run_stage("find_backbone", "demo", env_for(demo_root, copy_of, FORCE="1", TARGET_ID="1"))
+    assert table.read_bytes() == before and result.read_text() == "target_id,task_id\n1,two\n"
+
+
+def test_settings_come_from_the_script_and_the_environment():
+    assert stage_settings("wo_backbone", {}).epochs == 100                          # the script's default
+    s = stage_settings("wo_backbone", {"EPOCHS": "7", "PRUNING_SCHEDULE": "0.2 0.4"})
+    assert s.epochs == 7 and s.pruning_schedule == [0.2, 0.4] and s.batch_size == 16
+    with pytest.raises(UserError, match=r"EPOCHS='ten' .* is not a int"):
+        stage_settings("w_backbone_MM", {"EPOCHS": "ten"})
+
+
+def test_stage_scripts_run_alone_with_the_original_variables(copy_of, demo_root):
+    """find_backbone.sh and transfer_kv.sh called directly (the training scripts are run in test_cpg)."""
+    env = env_for(demo_root, copy_of, FORCE="1", TARGET_ID="2,6")
+    proc = run_script(["bash", str(REPO / "run_pickaback" / "find_backbone.sh"), "demo"], cwd=copy_of, env=env,
+                      check=True)
+    assert "Selected backbone for target 6 = (euc)" in proc.stdout
+    proc = run_script(["bash", str(REPO / "run_pickaback" / "transfer_kv.sh"), "demo"], cwd=copy_of,
+                      env=env_for(demo_root, copy_of, TASK_IDS="2 6", FORCE="1"), check=True)
+    assert proc.stdout.count("wrote ") == 2
+
+
+def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run(pipeline, demo_root, tmp_path):
+    work = tmp_path / "work"
+    for part in ("checkpoints_perceiver_io/baseline_scratch", "logs_perceiver_io"):
+        shutil.copytree(pipeline / part, work / part)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "PYTHON": sys.executable,
+           "OMP_NUM_THREADS": "1", **env_for(demo_root, work)}          # one thread, as the fixture's run
+    script = ["bash", str(REPO / "run_pickaback" / "run_all.sh"), "demo"]
+    proc = subprocess.Popen(script, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    third = work / BACKBONES / "perceiver_io/demo/group3"
+    deadline = time.time() + 120
+    while not (third / "train.log").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)                          # in the middle of the backbone stage, task 3
+    proc.wait()
+    assert not (third / "stage.json").exists() and (work / BACKBONES / "perceiver_io/demo/group2/stage.json").exists()
+
+    rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env_for(demo_root, work)}, check=True)
+    log = rerun.stdout
+    assert "wo_backbone task 2 (group2): finished with these settings, skipped" in log
+    assert "== wo_backbone: demo task 3" in log and "wo_backbone task 3 (group3): finished" not in log
+    assert checksums(work, BACKBONES) == checksums(pipeline, BACKBONES)
+    assert checksums(work, TARGETS) == checksums(pipeline, TARGETS)
+    assert (work / "pickaback_demo_result.csv").read_text() == (pipeline / "pickaback_demo_result.csv").read_text()
+
+
+def test_a_stage_script_without_baselines_exits_3_with_one_sentence(demo_root, tmp_path):
+    proc = run_script(["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"], cwd=tmp_path,
+                      env=env_for(demo_root, tmp_path, TASK_IDS="1"))
+    assert proc.returncode == 3
+    assert proc.stderr.strip().startswith("error: stage wo_backbone, task 1 (group1): baseline accuracy file")
+    assert "Traceback" not in proc.stderr
+
+
+def test_entry_point_exit_codes_are_kept(demo_root, tmp_path):
+    from CPG_MM_main_normal import main as cpg_main
+    assert run_main(cpg_main, ["--dataset_config", "demo", "--data_root", str(demo_root), "--dataset", "group1",
+                               "--epochs", "1", "--save_folder", str(tmp_path), "--jsonfile",
+                               str(tmp_path / "none.txt")]) == 3
