@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes, `weights_only=True` loads, and finding a folder's checkpoint (spec §1.7)."""
+"""Checkpoint files and JSON records: atomic writes, `weights_only=True` loads, locked read-modify-write, and the
+checks of the baseline accuracy file and record.txt that every stage makes before using them."""
 import json
 import os
 import re

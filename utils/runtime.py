@@ -39,7 +39,7 @@ def seed_everything(seed):
 
 
 def setup_logging(log_path=None):
-    """Root logger to stdout and (appended) to `log_path`, in the original's format (spec §6.7)."""
+    """Root logger to stdout and (appended) to `log_path`, in the original's format."""
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     for h in list(root.handlers):
@@ -65,7 +65,7 @@ def add_common_arguments(parser):
 
 
 def add_task_arguments(parser, expname):
-    """The task and optimisation flags both trainers share, with the original's names (spec §1.1, §1.2)."""
+    """The task and optimisation flags both trainers share, with the original's names."""
     parser.add_argument("--arch", default="perceiver_io", choices=["perceiver_io"], help="network architecture")
     parser.add_argument("--expname", default=expname, help="experiment name (used in log messages)")
     parser.add_argument("--modality", choices=["image", "text"], default=None,

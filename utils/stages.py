@@ -567,6 +567,20 @@ STAGE_FUNCTIONS = {"baseline": baseline, "wo_backbone": wo_backbone,
                    "find_backbone": find_backbone, "transfer_kv": transfer_kv, "w_backbone_MM": w_backbone_MM}
 
 
+def summary(run, arch="perceiver_io"):
+    """The run's results in a few lines: baseline accuracies, backbone picks, targets against their baselines."""
+    layout = run.layout(arch)
+    lines = [f"baseline accuracies ({layout.baseline_acc_file}): {json.dumps(read_json(layout.baseline_acc_file))}"]
+    if layout.result_csv.is_file():
+        picks = pd.read_csv(layout.result_csv)
+        lines.append(f"backbone picks ({layout.result_csv}): " +
+                     ", ".join(f"{t}->{k}" for t, k in zip(picks.target_id, picks.task_id)))
+    if layout.target_acc_csv.is_file():
+        lines.append(f"targets on their backbones vs baseline ({layout.target_acc_csv}):\n" +
+                     pd.read_csv(layout.target_acc_csv).to_string(index=False))
+    return "\n".join(lines)
+
+
 def run_stage(stage, config, env=None):
     """Run one stage (or `all`, every stage in order) of a dataset config, with the settings of its script(s) and
     the environment."""
@@ -575,4 +589,6 @@ def run_stage(stage, config, env=None):
         s = stage_settings(name, env)
         log.info(f"==== stage {name} of '{run.cfg.name}' (tasks {run.task_ids})")
         STAGE_FUNCTIONS[name](run, s)
+    if stage == "all":
+        log.info(summary(run))
     return run

@@ -26,7 +26,7 @@ def to_device(batch, device):
 
 
 class GradualPruner:
-    """Cubic sparsity schedule over training steps (spec §6.4); the last update lands exactly on `end`."""
+    """Cubic sparsity schedule over training steps (Zhu & Gupta, 2017); the last update lands exactly on `end`."""
 
     def __init__(self, net, task, initial, target, begin, end, frequency):
         self.net, self.task = net, task
@@ -133,7 +133,7 @@ def save_task_checkpoint(net, cfg, folder, epoch):
 
 
 def make_optimizers(net, task, lr, lr_mask):
-    """SGD (momentum 0.9, Nesterov) for weights, Adam(lr_mask) for the task's piggymask (spec §6.3)."""
+    """SGD (momentum 0.9, Nesterov) for weights, Adam(lr_mask) for the task's piggymask, as the original."""
     piggy = cpg.piggymask_parameters(net.model, net.task_id(task))
     piggy_ids = {id(p) for p in piggy}
     weights = [p for p in net.model.parameters() if p.requires_grad and id(p) not in piggy_ids]
