@@ -1,8 +1,9 @@
 """The network with its continual-learning state, built from a dataset config or rebuilt from a checkpoint.
 
 A checkpoint keeps the original's keys (`model_state_dict`, `dataset_history`, `dataset2num_classes`, `masks`,
-`shared_layer_info`, spec §1.8) plus what rebuilding needs: `model_config` (hyperparameters, text feature width),
-`growth` (feed-forward units added by each task), `modalities` (task -> modality), `shared_owners` (which task trained each unmasked parameter).
+`shared_layer_info`) plus what rebuilding needs: `model_config` (hyperparameters, text feature width),
+`growth` (feed-forward units added by each task), `modalities` (task -> modality), `shared_owners` (which task
+trained each unmasked parameter).
 """
 from dataclasses import dataclass, field
 

@@ -105,7 +105,7 @@ def load_masks(model, masks):
 
 # ---- starting a task -------------------------------------------------------------------------------------------
 def make_finetuning_mask(model, modality, task_id):
-    """Give every free weight of the layers `modality` uses to task `task_id` (spec §6.2)."""
+    """Give every free weight of the layers `modality` uses to task `task_id`."""
     for layer in used_layers(model, modality).values():
         mask = ownership(layer).mask
         mask[mask == 0] = task_id
@@ -158,7 +158,7 @@ def set_trainable(model, modality, task, task_id, frozen):
 
 # ---- per-step constraints ---------------------------------------------------------------------------------------
 def constrain_gradients(model, modality, task_id, weight_decay, prune_mode):
-    """Weight decay on owned weights only, and no gradient on weights the task does not own (spec §6.3)."""
+    """Weight decay on owned weights only, and no gradient on weights the task does not own."""
     for layer in prunable_layers(model).values():
         w = raw_weight(layer)
         if w.grad is None:
@@ -173,14 +173,15 @@ def constrain_gradients(model, modality, task_id, weight_decay, prune_mode):
 
 @torch.no_grad()
 def zero_pruned_weights(model, modality):
-    """Pruned (free) weights of the layers in use stay exactly zero after every optimiser step (spec §10.18)."""
+    """Pruned (free) weights of the layers in use stay exactly zero after every optimiser step (the original CPG
+    code re-zeroed them only at validation, once per epoch)."""
     for layer in used_layers(model, modality).values():
         raw_weight(layer).masked_fill_(ownership(layer).mask == 0, 0.0)
 
 
 # ---- compacting ------------------------------------------------------------------------------------------------
 def cubic_sparsity(step, begin, end, initial, target):
-    """s(t) = s_f + (s_i - s_f) (1 - p)^3 with p = clip((t - begin) / (end - begin), 0, 1) (spec §6.4)."""
+    """s(t) = s_f + (s_i - s_f) (1 - p)^3 with p = clip((t - begin) / (end - begin), 0, 1)."""
     p = min(max((step - begin) / max(end - begin, 1), 0.0), 1.0)
     return target + (initial - target) * (1.0 - p) ** 3
 
@@ -202,7 +203,7 @@ def prune_to(model, modality, task_id, sparsity):
         w.view(-1)[idx] = 0.0
 
 
-# ---- metrics for the log lines (spec §6.7) ------------------------------------------------------------------------
+# ---- metrics for the log lines ---------------------------------------------------------------------------------
 def layer_sparsity(model, modality, task_id):
     """{layer: #free / #(free + owned by task)} over the layers the task uses."""
     out = {}

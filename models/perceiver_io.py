@@ -1,4 +1,7 @@
-"""One multimodal Perceiver IO for every stage, built on perceiver-pytorch's blocks (spec §4; §10.5, §10.6).
+"""One multimodal Perceiver IO for every stage, built on perceiver-pytorch's blocks.
+
+(The original code trained with depth 3 but searched and transferred with depth 4, used different heads in different
+stages, and kept its heads in a plain list that was never saved; here every stage uses this one network.)
 
 image [b, 3, h, w] --Fourier positions--> tokens [b, h*w, 3 + 2*(2*bands+1)] --\
                                                                              cross-attention (k/v projection of

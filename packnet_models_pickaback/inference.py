@@ -1,4 +1,4 @@
-"""Any stage's checkpoint as a frozen classifier for the backbone search, and the k/v swap (spec §8.2, §9).
+"""Any stage's checkpoint as a frozen classifier for the backbone search, and the k/v swap.
 
 A task reads a modality through two parts of the network: the modality's input adapter (`adapters.<m>`: no
 parameters for images, a position table for text) and its k/v projection (`model.kv.projections[m]`). Together

@@ -1,4 +1,4 @@
-"""What the three dataset preparers share (spec §3, §10.11): arguments, output folders, CSV reading, copying, checks.
+"""What the three dataset preparers share: arguments, output folders, CSV reading, copying, checks.
 
 The preparers write the layout `utils/dataset_config.yaml` reads: `<dataset>/image/{train,test}/<group>/<class>/<file>`
 and, for captioned datasets, `<dataset>/text/{train,test}/<group>/<class>/<stem>.txt`.

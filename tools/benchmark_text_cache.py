@@ -1,5 +1,5 @@
 """Benchmark: how much faster one epoch of a text task loads from the feature cache than when every sample is
-tokenised and embedded in `__getitem__` each epoch (the original's way, spec §10.12). Prints the numbers.
+tokenised and embedded in `__getitem__` each epoch (the original's way). Prints the numbers.
 
     python tools/benchmark_text_cache.py --dataset_config demo --dataset group5
 """

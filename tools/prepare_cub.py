@@ -1,9 +1,10 @@
-"""Prepare CUB-200-2011 with captions for config 'cub' (replaces the original's cub.ipynb, spec §3.1).
+"""Prepare CUB-200-2011 with captions for config 'cub' (replaces the original's cub.ipynb).
 
 Keeps the classes with exactly 60 images, sorts them and chunks them into groups of 5 (the incomplete last chunk is
 dropped: 27 groups on the full dataset). Each class is split 80/20 (48/12) with a seeded split, and the captions use
-the SAME split as their images (spec §10.11). Caption group k is written as text group K+k, K = number of image
-groups, so the full dataset gives image groups 1..27 and text groups 28..54 as in utils/dataset_config.yaml.
+the SAME split as their images (the original notebook split the captions with a separate, unseeded shuffle).
+Caption group k is written as text group K+k, K = number of image groups, so the full dataset gives image groups
+1..27 and text groups 28..54 as in utils/dataset_config.yaml (the original numbered caption groups 1..27).
 
     python tools/prepare_cub.py --raw_dir ~/downloads --captions_csv ~/downloads/image_caption.csv
 """

@@ -1,10 +1,11 @@
-"""Prepare MSCOCO 2017 for config 'mscoco' (replaces the original's preprocess_0430.ipynb, spec §3.3).
+"""Prepare MSCOCO 2017 for config 'mscoco' (replaces the original's preprocess_0430.ipynb).
 
 Fifteen groups of four COCO categories (60 of the 80; 'person' and the rest are skipped). The label of an image is the
 category of its FIRST annotation in the instances file; images whose label is not in a group are skipped. Images are
-copied to image/{train,test}/<Group>/<category>/<file> (train2017 -> train, val2017 -> test; spec §10.11: no `_image`
-suffix, no symlinks). Then every category with fewer than ceil(0.2 * n_train) test images gets the deficit moved from
-train to test, chosen by random.Random(--seed).sample over its train files sorted by name. Image-only, as the config.
+copied to image/{train,test}/<Group>/<category>/<file> (train2017 -> train, val2017 -> test; unlike the original
+notebook, no `_image` suffix and no symlinks). Then every category with fewer than ceil(0.2 * n_train) test images
+gets the deficit moved from train to test, chosen by random.Random(--seed).sample over its train files sorted by
+name. Image-only, as the config.
 
     python tools/prepare_mscoco.py --raw_dir ~/downloads/coco2017
 """
@@ -89,7 +90,7 @@ def label_images(path):
 
 
 def rebalance(roots, seed):
-    """Move train files to test until each category has at least ceil(0.2 * n_train) test images (spec §3.3)."""
+    """Move train files to test until each category has at least ceil(0.2 * n_train) test images."""
     moved = {}
     for group, names in GROUPS.items():
         for name in names:

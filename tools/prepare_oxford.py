@@ -1,9 +1,10 @@
-"""Prepare Oxford-102 flowers with captions for config 'oxford' (replaces the original's oxford.ipynb, spec §3.2).
+"""Prepare Oxford-102 flowers with captions for config 'oxford' (replaces the original's oxford.ipynb).
 
 Six fixed groups of four classes. Per class the caption-CSV rows are split 80/20 with sklearn's train_test_split
 (random_state = --seed, 42 as in the original), and the same split serves the image and its caption. Images go to
 image/{train,test}/group<k>/class_000NN/ and captions to text/{train,test}/group<k+6>/class_000NN/<stem>.txt, the
-layout utils/dataset_config.yaml reads (spec §10.11: the original wrote caption/ and group1..6).
+layout utils/dataset_config.yaml reads (the original notebook wrote caption/ and group1..6, which the yaml does not
+read).
 
     python tools/prepare_oxford.py --raw_dir ~/downloads/oxford-102-flower-pytorch --captions_csv image_caption.csv
 """

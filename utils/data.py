@@ -1,9 +1,10 @@
-"""Image and text task datasets and their loaders (spec §2; §10.12).
+"""Image and text task datasets and their loaders.
 
 Image tasks are torchvision ImageFolders with the config's transforms. Text tasks are one `.txt` per sample under
 class folders; they are tokenised with the configured encoder's tokenizer and embedded once, in batches, on the
 run's device, and the features (with the padding mask) are cached on disk under `<data_root>/.cache/`. The cache
 key covers every file's content, the encoder, the feature kind and the length, so any change recomputes it.
+(The original embedded every text sample on the CPU in `__getitem__`, every epoch.)
 """
 import hashlib
 import json

@@ -102,6 +102,12 @@ class Layout:
     def target_dir(self, backbone_group, target_group):
         return self._stage(TARGET_STAGE, backbone_group, target_group)
 
+    def target_scratch_dir(self, backbone_group, target_group):
+        return self.target_dir(backbone_group, target_group) / "scratch"
+
+    def target_record(self, backbone_group, target_group):
+        return self.target_dir(backbone_group, target_group) / "gradual_prune" / "record.txt"
+
 
 def sparsity_key(value):
     """Record keys and pruning-stage folder names as the original's Python float strings: '0.1', '0.95'."""

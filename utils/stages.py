@@ -552,8 +552,8 @@ def w_backbone_MM(run, s):  # noqa: N802 (the original script's name)
             net, _, acc, width = finetune_with_growth(lambda: Network.from_checkpoint(load_checkpoint(start)), data,
                                                       s, criterion, out / "train.csv")
             finish_task(net, target)
-            path = save_task_checkpoint(net, run.cfg, out / "scratch", s.epochs)
-            record = out / "gradual_prune" / "record.txt"
+            path = save_task_checkpoint(net, run.cfg, layout.target_scratch_dir(backbone, target), s.epochs)
+            record = layout.target_record(backbone, target)
             write_json(record, {"0.0": round(acc, 4)})
             row = {"target": target, "backbone": backbone, "width": width, "target_acc": round(acc, 4),
                    "baseline_acc": criterion}

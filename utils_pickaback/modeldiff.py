@@ -1,12 +1,13 @@
 """ModelDiff (Li et al., ISSTA 2021) as the backbone search uses it: profiling inputs and their mutation search,
-decision distance vectors (DDV) and the similarity of two models (spec §8; fixes of §10.1 and §10.10).
+decision distance vectors (DDV) and the similarity of two models.
 
 For a target task T, a seeded, class-balanced sample of T's test data is refined by ModelDiff's random mutation
 search so that T's outputs on it are as diverse as possible (`profile`). Each candidate K then runs on exactly these
 inputs through its own trained head (`score_candidate`); a candidate of the other modality reads them through T's
 input adapter and k/v projection (the k/v swap of packnet_models_pickaback). A model's DDV holds the distances
 between its outputs on the input pairs (i, i + n/2); the similarity of K to T is 1 - the cosine distance between
-their DDVs, in a cosine and a Euclidean variant.
+their DDVs, in a cosine and a Euclidean variant. (The original code profiled each model on the first, unshuffled
+batch of its own test set, so the two DDVs it compared came from different inputs.)
 
 A profile depends on its target only, so `search` runs one mutation search per target and reuses the profile (and
 the target's outputs) for every candidate: O(T) searches for T targets instead of one per pair.

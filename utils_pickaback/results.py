@@ -1,7 +1,7 @@
-"""Backbone selection from the ModelDiff table, and the result files (spec §1.7, §8.2; fix of §10.1).
+"""Backbone selection from the ModelDiff table, and the result files.
 
 Rules: `similar` (default, the paper's intent) picks the candidate most similar to the target by the Euclidean-DDV
-similarity; `original` picks the largest Euclidean-DDV distance, as the original code did (spec §8.2, §10.1), which
+similarity; `original` picks the largest Euclidean-DDV distance, as the original code did, which
 reproduces its published picks. Ties go to the lowest task id.
 
 Files, as the original's (note the spelling "pickback" of the table):
