@@ -68,7 +68,7 @@ def main(argv=None):
     log.info(f"backbone search on '{cfg.name}': targets {targets}, candidates {args.candidates}, selection "
              f"{args.selection}, {settings}, device {device}")
     rows, picks = run_search(cfg, candidates_of, checkpoints, settings, args.selection, device, args.batch_size)
-    result, table = write_results(args.out_dir, cfg.name, rows, picks)
+    result, table = write_results(layout.result_csv, layout.table_csv, rows, picks)
     log.info(f"wrote {result} and {table}")
     return picks
 

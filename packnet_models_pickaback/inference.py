@@ -20,20 +20,6 @@ from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
 KV_PROJECTIONS = "cross_attend_blocks.0.fn.to_kv.projections"
-BASELINE_STAGE = "baseline_scratch"
-BACKBONE_STAGE = "CPG_single_scratch_woexp"
-
-
-def baseline_folder(checkpoint_root, arch, cfg, group):
-    """Where run_pickaback/baseline.sh writes a task's baseline checkpoint."""
-    return Path(checkpoint_root) / BASELINE_STAGE / arch / cfg.name / group
-
-
-def backbone_folder(checkpoint_root, arch, cfg, group):
-    """Where select_pruning_ratio_of_backbone.sh places a task's chosen CPG backbone checkpoint."""
-    return Path(checkpoint_root) / BACKBONE_STAGE / arch / cfg.name / group / "gradual_prune"
-
-
 def kv_layer_name(modality):
     """Module name of the k/v projection of `modality` (also its key in a checkpoint's `masks`)."""
     return f"{KV_PROJECTIONS}.{modality}"

@@ -17,7 +17,7 @@ from models import cpg
 from models.build import Network
 from packnet_models_pickaback import InferenceModel, kv_layer_name
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.layout import task_checkpoint
+from utils.layout import Layout, task_checkpoint
 from utils.config import load_dataset_config
 from utils.data import model_config, task_dataset
 from utils_pickaback.modeldiff import (class_balanced_sample, collate, mutation_search, output_diversity,
@@ -31,7 +31,7 @@ def checkpoint_in(folder):
 
 
 def baseline_folder(checkpoint_root, group):
-    return Path(checkpoint_root) / "baseline_scratch" / "perceiver_io" / "demo" / group
+    return Layout(Path("."), "demo", checkpoint_root=Path(checkpoint_root)).baseline_dir(group)
 
 
 @pytest.fixture(scope="module", autouse=True)

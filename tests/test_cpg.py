@@ -11,7 +11,7 @@ from models.build import Network
 from tests.conftest import REPO, run_main, run_script
 from tools.choose_appropriate_pruning_ratio_for_next_task_notrmfiles import choose_ratio
 from utils.checkpoint import load_checkpoint, read_json
-from utils.layout import task_checkpoint
+from utils.layout import Layout, task_checkpoint
 from utils.config import load_dataset_config
 from utils.data import task_loaders
 from utils.trainer import GradualPruner, Trainer, make_optimizers
@@ -134,41 +134,41 @@ def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):
     """wo_backbone.sh -> record.txt with the 11 keys and every stage checkpoint at its sparsity; then the chooser
     places the chosen checkpoint in gradual_prune/."""
     work = tmp_path / "work"
-    (work / "logs_perceiver_io").mkdir(parents=True)
-    (work / "logs_perceiver_io" / "baseline_demo_acc.txt").write_text('{"group5": "0.6000"}')
+    lay = Layout(work, "demo")
+    lay.logs.mkdir(parents=True)
+    lay.baseline_acc_file.write_text('{"group5": "0.6000"}')
     env = {"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "TASK_IDS": "5", "EPOCHS": "10",
            "NR_EPOCH_FOR_EACH_PRUNE": "2", "PRUNING_INTERVAL": "1", "BATCH_SIZE": "8"}
     run_script(["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"], cwd=tmp_path, env=env, check=True)
-    r = work / "checkpoints_perceiver_io/CPG_single_scratch_woexp/perceiver_io/demo/group5"
-    record = read_json(r / "gradual_prune" / "record.txt")
+    record = read_json(lay.record("group5"))
     keys = ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"]
     assert list(record) == keys
     for key in keys[1:]:
-        net = Network.from_checkpoint(load_checkpoint(checkpoint_in(r / "gradual_prune" / key)))
+        net = Network.from_checkpoint(load_checkpoint(checkpoint_in(lay.prune_stage_dir("group5", key))))
         assert all(abs(s - float(key)) <= 0.01 for s in cpg.layer_sparsity(net.model, "text", 1).values())
-    assert "In validate()-> Val Ep. #1 loss:" in (r / "train.log").read_text()
+    assert "In validate()-> Val Ep. #1 loss:" in lay.train_log("group5").read_text()
     run_script(["bash", str(REPO / "run_pickaback" / "select_pruning_ratio_of_backbone.sh"), "demo"], cwd=tmp_path,
                env=env, check=True)
-    assert "We choose pruning ratio" in (r / "train.log").read_text()
-    chosen = checkpoint_in(r / "gradual_prune")
-    assert chosen.parent == r / "gradual_prune"
+    assert "We choose pruning ratio" in lay.train_log("group5").read_text()
+    chosen = task_checkpoint(lay.gradual_prune_dir("group5"), "-", manifest=lay.choice_manifest("group5"))
+    assert chosen.parent == lay.gradual_prune_dir("group5").resolve()
 
 
 def test_target_script_widens_on_exit_2_up_to_max_width(demo_root, backbone, tmp_path):
     """w_backbone_MM.sh acts on exit code 2: 1.0 -> 1.5 -> 2.0, and the final checkpoint really is wider."""
     work = tmp_path / "work"
-    gp = work / "checkpoints_perceiver_io/CPG_single_scratch_woexp/perceiver_io/demo/group1/gradual_prune"
+    lay = Layout(work, "demo")
+    gp = lay.gradual_prune_dir("group1")
     gp.mkdir(parents=True)
     (gp / backbone["ckpt"].name).write_bytes(backbone["ckpt"].read_bytes())
-    (work / "pickaback_demo_result.csv").write_text("target_id,task_id\n2,1\n")
-    (work / "logs_perceiver_io").mkdir()
-    (work / "logs_perceiver_io" / "baseline_demo_acc.txt").write_text('{"group1": "0.5", "group2": "1.01"}')
+    lay.result_csv.write_text("target_id,task_id\n2,1\n")
+    lay.logs.mkdir()
+    lay.baseline_acc_file.write_text('{"group1": "0.5", "group2": "1.01"}')
     proc = run_script(["bash", str(REPO / "run_pickaback" / "w_backbone_MM.sh"), "demo"], cwd=tmp_path, check=True,
                       env={"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "EPOCHS": "1",
                            "BATCH_SIZE": "8"})
     assert "expanding the network to width x1.5" in proc.stdout and "expanding the network to width x2.0" in proc.stdout
-    out = work / "checkpoints_perceiver_io/CPG_fromsingle_scratch_woexp_target/perceiver_io/demo/group1/group2"
-    net = Network.from_checkpoint(load_checkpoint(checkpoint_in(out / "scratch")))
+    net = Network.from_checkpoint(load_checkpoint(checkpoint_in(lay.target_scratch_dir("group1", "group2"))))
     assert net.model.width_multiplier == 2.0 and net.history == ["group1", "group2"]
-    summary = (work / "logs_perceiver_io" / "w_backbone_demo_acc.csv").read_text().splitlines()
+    summary = lay.target_acc_csv.read_text().splitlines()
     assert summary[0] == "target,backbone,width,target_acc,baseline_acc" and summary[1].startswith("group2,group1,2.0,")

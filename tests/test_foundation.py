@@ -14,6 +14,7 @@ from utils import data as data_mod
 from utils.checkpoint import load_checkpoint, read_json, save_checkpoint, update_json
 from utils.config import load_dataset_config
 from utils.errors import UserError
+from utils.layout import Layout
 
 TINY = dict(num_freq_bands=6, max_freq=10.0, depth=1, num_latents=8, latent_dim=32, cross_heads=1,
             cross_dim_head=16, latent_heads=2, latent_dim_head=16, ff_mult=2, text_dim=24, max_text_length=16)
@@ -211,8 +212,9 @@ def test_new_image_only_config_section_trains_with_baseline_script(demo_root, tm
                       env={"MMPAB_CONFIG_FILE": str(path), "MMPAB_DATA_ROOT": str(demo_root),
                            "MMPAB_WORK_DIR": str(work), "FINETUNE_EPOCHS": "1", "BATCH_SIZE": "16"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert set(read_json(work / "logs_perceiver_io" / "baseline_shapes_acc.txt")) == {"group1", "group3"}
-    ckpt = load_checkpoint(work / "checkpoints_perceiver_io/baseline_scratch/perceiver_io/shapes/group3/checkpoint-1.pth.tar")
+    lay = Layout(work, "shapes")
+    assert set(read_json(lay.baseline_acc_file)) == {"group1", "group3"}
+    ckpt = load_checkpoint(lay.baseline_dir("group3") / "checkpoint-1.pth.tar")
     assert ckpt["model_config"]["depth"] == 3 and ckpt["model_config"]["latent_dim"] == 32   # defaults filled in
 
 

@@ -14,6 +14,7 @@ from models import cpg
 from models.build import Network
 from packnet_models_pickaback import kv_layer_name, reader_keys
 from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.layout import Layout
 
 CONFIG = dict(num_freq_bands=2, max_freq=4.0, depth=1, num_latents=4, latent_dim=16, cross_heads=1, cross_dim_head=8,
               latent_heads=1, latent_dim_head=8, ff_mult=1, text_dim=12, max_text_length=6)
@@ -21,11 +22,11 @@ MODALITY = {f"group{i}": "image" if i <= 4 else "text" for i in range(1, 9)}    
 
 
 def folder(root, stage, group):
-    base = Path(root) / stage / "perceiver_io" / "demo" / group
-    return base / "gradual_prune" if stage == "CPG_single_scratch_woexp" else base
+    layout = Layout(Path("."), "demo", checkpoint_root=Path(root))
+    return layout.gradual_prune_dir(group) if stage == "backbone" else layout.baseline_dir(group)
 
 
-def make_model(root, group, stage="CPG_single_scratch_woexp", epoch=20, sparsity=0.5):
+def make_model(root, group, stage="backbone", epoch=20, sparsity=0.5):
     """A single-task network of `group` whose layers are pruned to `sparsity` (a chosen CPG backbone)."""
     torch.manual_seed(int(group.removeprefix("group")))
     net = Network.new(CONFIG)
@@ -108,7 +109,7 @@ def test_same_modality_transfer_copies_nothing_and_keeps_the_backbone(tmp_path):
 
 def test_a_target_without_a_cpg_backbone_gives_its_baseline_reader(tmp_path):
     make_model(tmp_path, "group1", epoch=100)                                # the chooser kept scratch
-    baseline = make_model(tmp_path, "group7", stage="baseline_scratch", epoch=15, sparsity=0.0)
+    baseline = make_model(tmp_path, "group7", stage="baseline", epoch=15, sparsity=0.0)
     (out,) = run_transfer(tmp_path, [(7, 1)])
     assert out.name == "checkpoint-100_kv_transfer_7.pth.tar"
     new = load_checkpoint(out)

@@ -26,8 +26,9 @@ from utils.stages import run_stage, stage_settings
 
 TINY = {"FINETUNE_EPOCHS": "1", "EPOCHS": "1", "NR_EPOCH_FOR_EACH_PRUNE": "1", "PRUNING_INTERVAL": "1",
         "PRUNING_SCHEDULE": "0.5", "PROFILE_SIZE": "8", "ITERATIONS": "5", "BATCH_SIZE": "16", "DEVICE": "cpu"}
-BACKBONES = "checkpoints_perceiver_io/CPG_single_scratch_woexp"
-TARGETS = "checkpoints_perceiver_io/CPG_fromsingle_scratch_woexp_target"
+HERE = Layout(Path("."), "demo")
+BACKBONES = str(HERE.backbone_dir("group1").parent)            # every task's CPG backbone folder
+TARGETS = str(HERE.target_dir("group1", "group2").parent.parent)  # every target's folder
 
 
 def env_for(demo_root, work, **extra):
@@ -66,7 +67,7 @@ def test_every_stage_writes_its_outputs_and_manifests(pipeline):
         group = f"group{i}"
         assert set(read_json(lay.record(group))) == {"0.0", "0.5"}
         assert read_json(lay.choice_manifest(group))["results"]["ratio"] in ("0.0", "0.5")
-    result = (pipeline / "pickaback_demo_result.csv").read_text().splitlines()
+    result = lay.result_csv.read_text().splitlines()
     assert result[0] == "target_id,task_id" and len(result) == 9
     summary = lay.target_acc_csv.read_text().splitlines()
     assert summary[0] == "target,backbone,width,target_acc,baseline_acc" and len(summary) == 9
@@ -127,7 +128,7 @@ def test_chooser_checks_the_record_before_replacing_its_choice(copy_of, demo_roo
     assert (gradual_prune / "checkpoint-1_kv_transfer_9.pth.tar").is_file()
 
 
-@pytest.mark.parametrize("stage, record", [("wo_backbone", BACKBONES + "/perceiver_io/demo/group1/gradual_prune"),
+@pytest.mark.parametrize("stage, record", [("wo_backbone", str(HERE.gradual_prune_dir("group1"))),
                                            ("w_backbone_MM", TARGETS)])
 def test_a_missing_baseline_stops_the_stage_before_any_record_is_touched(copy_of, demo_root, stage, record):
     before = checksums(copy_of, record)
@@ -140,7 +141,7 @@ def test_a_missing_baseline_stops_the_stage_before_any_record_is_touched(copy_of
 
 def test_target_stage_checks_every_row_before_training_any(copy_of, demo_root):
     before = checksums(copy_of, TARGETS)
-    result = copy_of / "pickaback_demo_result.csv"
+    result = layout(copy_of).result_csv
     result.write_text(result.read_text() + "9,1\n")
     with pytest.raises(UserError, match="names task 9, but config 'demo' has tasks 1..8"):
         run_stage("w_backbone_MM", "demo", env_for(demo_root, copy_of, FORCE="1"))
@@ -148,7 +149,7 @@ def test_target_stage_checks_every_row_before_training_any(copy_of, demo_root):
 
 
 def test_search_writes_neither_csv_when_one_is_malformed(copy_of, demo_root):
-    table, result = copy_of / "pickback_demo_table.csv", copy_of / "pickaback_demo_result.csv"
+    table, result = layout(copy_of).table_csv, layout(copy_of).result_csv
     before = table.read_bytes()
     result.write_text("target_id,task_id\n1,two\n")
     with pytest.raises(UserError, match="pickaback_demo_result.csv does not hold target_id,task_id rows"):
@@ -177,20 +178,20 @@ def test_stage_scripts_run_alone_with_the_original_variables(copy_of, demo_root)
 
 def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run(pipeline, demo_root, tmp_path):
     work = tmp_path / "work"
-    for part in ("checkpoints_perceiver_io/baseline_scratch", "logs_perceiver_io"):
+    for part in (HERE.baseline_dir("group1").parent, HERE.logs):
         shutil.copytree(pipeline / part, work / part)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1", **env_for(demo_root, work)}          # one thread, as the fixture's run
     script = ["bash", str(REPO / "run_pickaback" / "run_all.sh"), "demo"]
     proc = subprocess.Popen(script, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    third = work / BACKBONES / "perceiver_io/demo/group3"
+    third = layout(work).backbone_dir("group3")
     deadline = time.time() + 120
     while not (third / "train.log").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)                          # in the middle of the backbone stage, task 3
     proc.wait()
-    assert not (third / "stage.json").exists() and (work / BACKBONES / "perceiver_io/demo/group2/stage.json").exists()
+    assert not (third / "stage.json").exists() and (layout(work).backbone_dir("group2") / "stage.json").exists()
 
     rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env_for(demo_root, work)}, check=True)
     log = rerun.stdout
@@ -198,7 +199,7 @@ def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run
     assert "== wo_backbone: demo task 3" in log and "wo_backbone task 3 (group3): finished" not in log
     assert checksums(work, BACKBONES) == checksums(pipeline, BACKBONES)
     assert checksums(work, TARGETS) == checksums(pipeline, TARGETS)
-    assert (work / "pickaback_demo_result.csv").read_text() == (pipeline / "pickaback_demo_result.csv").read_text()
+    assert layout(work).result_csv.read_text() == layout(pipeline).result_csv.read_text()
 
 
 def test_a_stage_script_without_baselines_exits_3_with_one_sentence(demo_root, tmp_path):

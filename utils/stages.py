@@ -445,7 +445,7 @@ def find_backbone(run, s):
                  f"{s.selection}, {profile}, device {device}")
         rows, picks = run_search(run.cfg, {t: candidates_of[t] for t in todo}, checkpoints, profile, s.selection,
                                  device)
-        result, table = write_results(layout.work_dir, run.cfg.name, rows, picks)
+        result, table = write_results(layout.result_csv, layout.table_csv, rows, picks)
         for t in todo:
             SearchManifest(layout.search_manifest, t).write(settings_of[t], {"result": result, "table": table},
                                                             {"backbone": picks[t]})

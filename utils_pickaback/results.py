@@ -22,14 +22,6 @@ RESULT_COLUMNS = ["target_id", "task_id"]
 TABLE_COLUMNS = ["target_id", "task_id", "ddv_cos", "ddv_euc", "sim_cos", "sim_euc"]
 
 
-def result_path(out_dir, dataset_config):
-    return Path(out_dir) / f"pickaback_{dataset_config}_result.csv"
-
-
-def table_path(out_dir, dataset_config):
-    return Path(out_dir) / f"pickback_{dataset_config}_table.csv"
-
-
 def select_backbones(table, rule="similar"):
     """{target id: chosen task id} over the rows of `table` (a DataFrame with TABLE_COLUMNS)."""
     column = SELECTION_RULES[rule]
@@ -63,10 +55,9 @@ def merge_rows(old, rows, columns):
     return merged.sort_values("target_id", kind="stable").reset_index(drop=True)
 
 
-def write_results(out_dir, dataset_config, table_rows, picks):
+def write_results(result, table, table_rows, picks):
     """Update pickaback_<cfg>_result.csv and pickback_<cfg>_table.csv together: both are read and checked before
     either is written, so they never fall out of step. Returns their paths."""
-    result, table = result_path(out_dir, dataset_config), table_path(out_dir, dataset_config)
     with locked(result), locked(table):
         merged = {table: merge_rows(read_rows(table, TABLE_COLUMNS), table_rows, TABLE_COLUMNS),
                   result: merge_rows(read_rows(result, RESULT_COLUMNS),
