@@ -46,3 +46,25 @@ def baseline_file(tmp_path):
         path.write_text(json.dumps({k: "%.4f" % v for k, v in accs.items()}))
         return path
     return write
+
+
+# Tiny settings of every stage: one epoch per training step, one pruning stage, a small profile.
+TINY = {"FINETUNE_EPOCHS": "1", "EPOCHS": "1", "NR_EPOCH_FOR_EACH_PRUNE": "1", "PRUNING_INTERVAL": "1",
+        "PRUNING_SCHEDULE": "0.5", "PROFILE_SIZE": "8", "ITERATIONS": "5", "BATCH_SIZE": "16", "DEVICE": "cpu"}
+
+
+def env_for(demo_root, work, **extra):
+    """The stage settings and folders of a tiny run in `work`, as the environment gives them to the stages."""
+    return {**TINY, "MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), **extra}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(demo_root, tmp_path_factory):
+    """Every stage of the demo config, run once in-process with tiny settings on one thread (a real backbone ->
+    target chain per task). Tests must not change it: copy it first."""
+    import torch
+    from utils.stages import run_stage
+    work = tmp_path_factory.mktemp("tiny_run")
+    torch.set_num_threads(1)
+    run_stage("all", "demo", env_for(demo_root, work))
+    return work

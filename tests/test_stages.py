@@ -2,8 +2,8 @@
 checked before anything is trained, deleted or rewritten, and a run killed half-way that ends like an
 uninterrupted one.
 
-One tiny run of every stage on the demo data (1 epoch per step, one pruning stage) is shared by the module; tests
-that change files work on a copy of it.
+One tiny run of every stage on the demo data (1 epoch per step, one pruning stage; conftest's tiny_run) is shared;
+tests that change files work on a copy of it.
 """
 import hashlib
 import json
@@ -18,21 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, run_main, run_script
+from tests.conftest import REPO, env_for, run_main, run_script
 from utils.checkpoint import load_checkpoint, read_json
 from utils.errors import UserError
 from utils.layout import Layout, task_checkpoint
 from utils.stages import run_stage, stage_settings
 
-TINY = {"FINETUNE_EPOCHS": "1", "EPOCHS": "1", "NR_EPOCH_FOR_EACH_PRUNE": "1", "PRUNING_INTERVAL": "1",
-        "PRUNING_SCHEDULE": "0.5", "PROFILE_SIZE": "8", "ITERATIONS": "5", "BATCH_SIZE": "16", "DEVICE": "cpu"}
 HERE = Layout(Path("."), "demo")
 BACKBONES = str(HERE.backbone_dir("group1").parent)            # every task's CPG backbone folder
 TARGETS = str(HERE.target_dir("group1", "group2").parent.parent)  # every target's folder
-
-
-def env_for(demo_root, work, **extra):
-    return {**TINY, "MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), **extra}
 
 
 def checksums(root, below=""):
@@ -42,13 +36,9 @@ def checksums(root, below=""):
             if p.is_file() and not p.name.endswith((".lock", ".log")) and p.name != "train.csv"}
 
 
-@pytest.fixture(scope="module")
-def pipeline(demo_root, tmp_path_factory):
-    """Every stage of the demo config, run once in-process with tiny settings."""
-    work = tmp_path_factory.mktemp("pipeline")
-    torch.set_num_threads(1)
-    run_stage("all", "demo", env_for(demo_root, work))
-    return work
+@pytest.fixture
+def pipeline(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture

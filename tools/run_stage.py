@@ -8,7 +8,8 @@ The run_pickaback/<stage>.sh scripts call this. Each stage's settings are the va
 (the original's names), overridden by the environment. Also read from the environment: TASK_IDS (default: every
 task of the config), FORCE=1 (redo tasks that are already finished with the same settings), MMPAB_WORK_DIR (where
 checkpoints_perceiver_io/, logs_perceiver_io/ and the pickaback CSVs go; default: the repository) and
-MMPAB_DATA_ROOT. Exits 0 when every task is done, else with one sentence naming the stage and the task (exit 3: a
+MMPAB_DATA_ROOT. `all` and `compare_selection` end by writing the report (tools/report.py) and printing its path.
+Exits 0 when every task is done, else with one sentence naming the stage and the task (exit 3: a
 baseline accuracy is missing).
 """
 import argparse
@@ -18,17 +19,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from utils.errors import report_user_errors  # noqa: E402
 from utils.runtime import setup_logging  # noqa: E402
-from utils.stages import STAGES, VARIABLES, run_stage, script_defaults  # noqa: E402
+from utils.stages import VARIABLES, run_stage, script_defaults  # noqa: E402
 
 
 def parse_args(argv=None):
     lines = [f"  {stage}: " + ", ".join(f"{name}={value!r}" for name, value in script_defaults(stage).items()
-                                        if name in VARIABLES[stage]) for stage in STAGES]
+                                        if name in VARIABLES[stage]) for stage in VARIABLES]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="stages and their variables (defaults as set in the scripts):\n" +
                                 "\n".join(lines))
-    p.add_argument("stage", choices=[*STAGES, "all", "run_all"], help="the stage to run, or all (run_all) of them "
-                   "in order")
+    p.add_argument("stage", choices=[*VARIABLES, "all", "run_all"],
+                   help="a stage, all (run_all) of them in order, or compare_selection (the selection rules side by "
+                        "side)")
     p.add_argument("dataset_config", help="section of utils/dataset_config.yaml (cub, oxford, mscoco, demo, ...)")
     return p.parse_args(argv)
 
@@ -37,7 +39,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     setup_logging()
-    run_stage("all" if args.stage == "run_all" else args.stage, args.dataset_config)
+    stage = "all" if args.stage == "run_all" else args.stage
+    run = run_stage(stage, args.dataset_config)
+    if stage in ("all", "compare_selection"):                 # the last step: the report of what the stages wrote
+        from tools.report import write_report                 # (matplotlib is imported only when needed)
+        path, _ = write_report(run.cfg.name, run.work_dir, run.cfg.data_root)
+        print(f"report: {path}")
 
 
 if __name__ == "__main__":

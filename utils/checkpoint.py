@@ -19,10 +19,19 @@ def checkpoint_path(folder, epoch):
     return Path(folder) / f"checkpoint-{int(epoch)}.pth.tar"
 
 
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write):
+    """Write `path` through a temporary file in the same folder and rename it into place, so a reader never sees a
+    half-written file. The file gets the permissions the user's umask gives (mkstemp alone would make it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~current_umask())
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
@@ -164,18 +164,35 @@ def task_dataset(cfg, group, split, device="cpu"):
     return image_task(cfg, group, split)
 
 
-def task_loaders(cfg, group, batch_size, val_batch_size, workers=0, seed=0, device="cpu"):
-    """(train loader, test loader, number of classes) of one task; train shuffles with a seeded generator."""
+def few_per_class(dataset, per_class, seed):
+    """A seeded subset of `dataset` with at most `per_class` samples of each class (few-shot training)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset.targets), generator=g).tolist()
+    taken, keep = {}, []
+    for i in order:
+        label = dataset.targets[i]
+        if taken.get(label, 0) < per_class:
+            taken[label] = taken.get(label, 0) + 1
+            keep.append(i)
+    return Subset(dataset, sorted(keep))
+
+
+def task_loaders(cfg, group, batch_size, val_batch_size, workers=0, seed=0, device="cpu", train_per_class=0):
+    """(train loader, test loader, number of classes) of one task; train shuffles with a seeded generator.
+    `train_per_class` > 0 trains on a seeded subset of that many samples per class."""
     train, test = task_dataset(cfg, group, "train", device), task_dataset(cfg, group, "test", device)
     if len(train.classes) != len(test.classes):
         raise UserError(f"task '{group}' has {len(train.classes)} classes in {cfg.task_folder(group, 'train')} but "
                         f"{len(test.classes)} in {cfg.task_folder(group, 'test')}: re-run the dataset preparer.")
+    classes = len(train.classes)
+    if train_per_class > 0:
+        train = few_per_class(train, train_per_class, seed)
     pin = torch.device(device).type == "cuda"
     g = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=g, num_workers=workers,
                               pin_memory=pin)
     test_loader = DataLoader(test, batch_size=val_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
-    return train_loader, test_loader, len(train.classes)
+    return train_loader, test_loader, classes
 
 
 def model_config(cfg):

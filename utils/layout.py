@@ -18,6 +18,7 @@ CHECKPOINTS, LOGS = "checkpoints_perceiver_io", "logs_perceiver_io"
 BASELINE_STAGE = "baseline_scratch"
 BACKBONE_STAGE = "CPG_single_scratch_woexp"
 TARGET_STAGE = "CPG_fromsingle_scratch_woexp_target"
+COMPARISON_STAGE = "CPG_compare_selection"
 MANIFEST = "stage.json"
 
 
@@ -101,6 +102,20 @@ class Layout:
     # ---- stage 6: targets ---------------------------------------------------------------------------------------
     def target_dir(self, backbone_group, target_group):
         return self._stage(TARGET_STAGE, backbone_group, target_group)
+
+    # ---- the selection-rule comparison: one training per (seed, backbone or "scratch", target) ---------------
+    def comparison_dir(self, seed, backbone_group, target_group):
+        return self.checkpoints / COMPARISON_STAGE / self.arch / self.config / f"seed{int(seed)}" / backbone_group / \
+            target_group
+
+    @property
+    def comparison_csv(self):
+        return self.logs / f"compare_selection_{self.config}.csv"
+
+    # ---- the report (tools/report.py) ---------------------------------------------------------------------------
+    def report(self, suffix=".md"):
+        """logs_perceiver_io/report_<cfg><suffix>: the report, its CSV and its figures (report_<cfg>_<name>.png)."""
+        return self.logs / f"report_{self.config}{suffix}"
 
     def target_scratch_dir(self, backbone_group, target_group):
         return self.target_dir(backbone_group, target_group) / "scratch"

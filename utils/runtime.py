@@ -94,7 +94,7 @@ class TaskData:
 
 
 def load_task(cfg, task, *, batch_size, val_batch_size=100, workers=0, seed=2, device="auto", num_classes=-1,
-              modality=None, epochs=1):
+              modality=None, epochs=1, train_per_class=0):
     """A task's data and device from the config; user mistakes become UserErrors."""
     from utils.data import task_loaders
     actual = cfg.modality(task)
@@ -105,7 +105,8 @@ def load_task(cfg, task, *, batch_size, val_batch_size=100, workers=0, seed=2, d
         raise UserError(f"--epochs {epochs} must be at least 1.")
     device = select_device(device)
     seed_everything(seed)
-    train_loader, test_loader, found = task_loaders(cfg, task, batch_size, val_batch_size, workers, seed, device)
+    train_loader, test_loader, found = task_loaders(cfg, task, batch_size, val_batch_size, workers, seed, device,
+                                                    train_per_class)
     num_classes = cfg.num_classes if num_classes < 0 else num_classes
     if num_classes != found:
         raise UserError(f"task {task} has {found} class folders in {cfg.task_folder(task, 'train')} but "

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,6 +54,10 @@ def floats(text):
     return [float(v) for v in str(text).split()]
 
 
+def ints(text):
+    return [int(v) for v in str(text).split()]
+
+
 # Each stage's variables, with the original's names; their defaults are read from the top of its script, so a user
 # edits them in one place. The environment overrides the script.
 VARIABLES = {
@@ -70,8 +75,11 @@ VARIABLES = {
     "w_backbone_MM": dict(ARCH=str, EPOCHS=int, NUM_CLASSES=int, INIT_LR=float, LR_MASK=float, WEIGHT_DECAY=float,
                           BATCH_SIZE=int, NETWORK_WIDTH_MULTIPLIER=float, MAX_NETWORK_WIDTH_MULTIPLIER=float,
                           WIDTH_STEP=float, TOTAL_NUM_TASKS=int, SEED=int, DEVICE=str, RESULT_CSV=str),
+    # not a stage of run_all: the experiment that compares selection rules (run_pickaback/compare_selection.sh)
+    "compare_selection": dict(ARCH=str, SELECTIONS=str.split, SEEDS=ints, TARGET_TRAIN_PER_CLASS=int),
 }
-STAGES = tuple(VARIABLES)
+STAGES = ("baseline", "wo_backbone", "select_pruning_ratio_of_backbone", "find_backbone", "transfer_kv",
+          "w_backbone_MM")
 ASSIGNMENT = re.compile(r'^([A-Z_]+)="\$\{\1:-([^}]*)\}"\s*(#.*)?$')     # NAME="${NAME:-default}"
 
 
@@ -99,8 +107,8 @@ def stage_settings(stage, env=None):
             values[name.lower()] = kind(text)
         except ValueError:
             raise UserError(f"{name}={text!r} (run_pickaback/{stage}.sh or the environment) is not "
-                            f"{'a list of numbers' if kind is floats else 'a ' + kind.__name__}: fix the value."
-                            ) from None
+                            f"{'a list of numbers' if kind in (floats, ints) else 'a ' + kind.__name__}: fix the "
+                            f"value.") from None
     if values["arch"] != "perceiver_io":
         raise UserError(f"ARCH={values['arch']} is not an architecture of this repository: use perceiver_io.")
     return SimpleNamespace(**values)
@@ -468,14 +476,15 @@ def selected_pairs(run, csv_path):
     return [(t, k) for t, k in pairs if t in run.task_ids]
 
 
-def transfer_kv(run, s):
-    """For every (target, backbone) row of the search result, write the backbone's chosen checkpoint with the
-    target's reader grafted in (cross-modal pairs) or unchanged (same modality)."""
+def transfer_kv(run, s, pairs=None):
+    """For every (target, backbone) row of the search result (or of `pairs`), write the backbone's chosen
+    checkpoint with the target's reader grafted in (cross-modal pairs) or unchanged (same modality)."""
     layout = run.layout(s.arch)
     csv_path = Path(s.csv_path) if s.csv_path else layout.result_csv
     jobs = []
-    with failing_task("transfer_kv", str(csv_path)):
-        pairs = selected_pairs(run, csv_path)
+    if pairs is None:
+        with failing_task("transfer_kv", str(csv_path)):
+            pairs = selected_pairs(run, csv_path)
     for t, k in pairs:                                            # check every pair before writing any file
         target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)
         with failing_task("transfer_kv", f"target {t} ({target}) on backbone {k} ({backbone})"):
@@ -509,9 +518,8 @@ def target_start(run, layout, t, backbone):
     return chosen_backbone(run, layout, backbone)
 
 
-def record_target(layout, row):
+def record_target(out, row):
     """Put the row of a (target, backbone) pair in w_backbone_<cfg>_acc.csv, replacing an earlier one."""
-    out = layout.target_acc_csv
     with locked(out):
         table = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=list(row))
         table = table[~((table.target == row["target"]) & (table.backbone == row["backbone"]))]
@@ -521,6 +529,39 @@ def record_target(layout, row):
     return table
 
 
+TARGET_SETTINGS = ("epochs", "num_classes", "init_lr", "lr_mask", "weight_decay", "batch_size",
+                   "network_width_multiplier", "max_network_width_multiplier", "width_step", "total_num_tasks", "seed")
+
+
+def train_target(run, s, target, start, criterion, out, what, train_per_class=0):
+    """CPG-train `target` on the checkpoint `start` (None: alone, from scratch) into the folder `out`, widening while
+    below its baseline, unless `out` already holds this task finished with the same settings. Returns the result
+    row {target, backbone, width, target_acc, baseline_acc}."""
+    settings = {"stage": "w_backbone_MM", **training_settings(s, TARGET_SETTINGS), "baseline": criterion,
+                "start": file_digest(start) if start else None, "data": run.data_settings(target),
+                "train_per_class": train_per_class}
+    manifest = Manifest(out / "stage.json")
+    if skip(run, manifest, settings, what):
+        return manifest.results()
+    log.info(f"== {what}, from {start or 'scratch'}")
+    with failing_task("w_backbone_MM", what), task_log(out / "train.log"):
+        data = load_task(run.cfg, target, batch_size=s.batch_size, seed=s.seed, device=s.device,
+                         num_classes=s.num_classes, train_per_class=train_per_class)
+        start_over(manifest, out)
+        make_net = (lambda: Network.from_checkpoint(load_checkpoint(start))) if start else \
+            (lambda: Network.new(model_config(run.cfg)))
+        net, _, acc, width = finetune_with_growth(make_net, data, s, criterion, out / "train.csv")
+        finish_task(net, target)
+        path = save_task_checkpoint(net, run.cfg, out / "scratch", s.epochs)
+        record = out / "gradual_prune" / "record.txt"
+        write_json(record, {"0.0": round(acc, 4)})
+        row = {"target": target, "backbone": net.history[0] if start else "", "width": width,
+               "target_acc": round(acc, 4), "baseline_acc": criterion}
+        manifest.write(settings, {"checkpoint": path, "record": record}, row)
+        log.info(f"saved {path}")
+    return row
+
+
 def w_backbone_MM(run, s):  # noqa: N802 (the original script's name)
     """CPG-train every target of the search result on its backbone, widening while below its baseline."""
     layout = run.layout(s.arch)
@@ -528,38 +569,85 @@ def w_backbone_MM(run, s):  # noqa: N802 (the original script's name)
     with failing_task("w_backbone_MM", str(csv_path)):
         pairs = selected_pairs(run, csv_path)
     jobs = []
-    names = ("epochs", "num_classes", "init_lr", "lr_mask", "weight_decay", "batch_size", "network_width_multiplier",
-             "max_network_width_multiplier", "width_step", "total_num_tasks", "seed")
     for t, k in pairs:                                            # check every row before training any
         target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)
         with failing_task("w_backbone_MM", f"target {t} ({target}) on backbone {k} ({backbone})"):
             criterion = baseline_accuracy(layout.baseline_acc_file, target)
             start = target_start(run, layout, t, backbone)
-        settings = {"stage": "w_backbone_MM", **training_settings(s, names), "baseline": criterion,
-                    "start": file_digest(start), "data": run.data_settings(target)}
-        jobs.append((t, k, target, backbone, criterion, start, settings))
-    for n, (t, k, target, backbone, criterion, start, settings) in enumerate(jobs, 1):
-        out = layout.target_dir(backbone, target)
-        manifest = Manifest(out / "stage.json")
-        if skip(run, manifest, settings, f"w_backbone_MM target {t} ({target}) on backbone {k} ({backbone})"):
-            continue
-        log.info(f"== w_backbone_MM: target {t} ({n}/{len(jobs)}: {target}, {run.cfg.modality(target)}) on "
-                 f"backbone {k} ({backbone}) from {start}")
-        with failing_task("w_backbone_MM", f"target {t} ({target})"), task_log(out / "train.log"):
-            data = load_task(run.cfg, target, batch_size=s.batch_size, seed=s.seed, device=s.device,
-                             num_classes=s.num_classes)
-            start_over(manifest, out)
-            net, _, acc, width = finetune_with_growth(lambda: Network.from_checkpoint(load_checkpoint(start)), data,
-                                                      s, criterion, out / "train.csv")
-            finish_task(net, target)
-            path = save_task_checkpoint(net, run.cfg, layout.target_scratch_dir(backbone, target), s.epochs)
-            record = layout.target_record(backbone, target)
-            write_json(record, {"0.0": round(acc, 4)})
-            row = {"target": target, "backbone": backbone, "width": width, "target_acc": round(acc, 4),
-                   "baseline_acc": criterion}
-            table = record_target(layout, row)
-            manifest.write(settings, {"checkpoint": path, "record": record}, row)
-            log.info(f"saved {path}\n{table.to_string(index=False)}")
+        jobs.append((t, k, target, backbone, criterion, start))
+    for n, (t, k, target, backbone, criterion, start) in enumerate(jobs, 1):
+        what = (f"w_backbone_MM target {t} ({n}/{len(jobs)}: {target}, {run.cfg.modality(target)}) on backbone {k} "
+                f"({backbone})")
+        row = train_target(run, s, target, start, criterion, layout.target_dir(backbone, target), what)
+        table = record_target(layout.target_acc_csv, {**row, "backbone": backbone})
+        log.info(f"{layout.target_acc_csv.name}:\n{table.to_string(index=False)}")
+
+
+# ---- does picking pay? the selection rules side by side ----------------------------------------------------------
+SELECTIONS = ("similar", "original", "random", "scratch", "oracle")
+
+
+def rule_picks(table, rule, target, seed):
+    """The backbone ids `rule` trains `target` on: one, none (scratch) or every candidate (oracle)."""
+    rows = table[table.target_id == target].sort_values("task_id")
+    candidates = [int(k) for k in rows.task_id]
+    if rule == "scratch":
+        return []
+    if rule in ("oracle",):
+        return candidates
+    if rule == "random":
+        return [random.Random(f"{seed}-{target}").choice(candidates)]
+    return [int(rows.loc[rows[SELECTION_RULES[rule]].idxmax(), "task_id"])]
+
+
+def compare_selection(run, s, env=None):
+    """Train every target under each selection rule and seed, and write one row per (rule, seed, target) to
+    logs_perceiver_io/compare_selection_<cfg>.csv. The stages before the target stage are the default run's
+    (reused when finished); every (seed, backbone, target) training is done once and shared by the rules that pick
+    it, in its own folder apart from the default run's."""
+    unknown = [r for r in s.selections if r not in SELECTIONS]
+    if unknown or not s.selections or not s.seeds:
+        raise UserError(f"SELECTIONS={' '.join(s.selections)} SEEDS={' '.join(map(str, s.seeds))}: give rules from "
+                        f"{', '.join(SELECTIONS)} and at least one seed.")
+    for name in ("baseline", "wo_backbone", "select_pruning_ratio_of_backbone", "find_backbone"):
+        log.info(f"==== stage {name} of '{run.cfg.name}' (reused when finished)")
+        STAGE_FUNCTIONS[name](run, stage_settings(name, env))
+    layout = run.layout(s.arch)
+    target_settings = stage_settings("w_backbone_MM", env)
+    table = read_rows(layout.table_csv, TABLE_COLUMNS)
+    criteria = {t: baseline_accuracy(layout.baseline_acc_file, group) for t, group in run.tasks()}
+    plan_of = {(rule, seed, t): rule_picks(table, rule, t, seed)
+               for rule in s.selections for seed in s.seeds for t in run.task_ids}
+    missing = sorted({t for (rule, _, t), ks in plan_of.items() if rule != "scratch" and not ks})
+    if missing:
+        raise UserError(f"targets {missing} have no row in {layout.table_csv}: run run_pickaback/find_backbone.sh "
+                        f"{run.cfg.name} for them.")
+    pairs = sorted({(t, k) for (_, _, t), ks in plan_of.items() for k in ks})
+    transfer_kv(run, SimpleNamespace(arch=s.arch, csv_path=None), pairs=pairs)
+    # one training per (seed, backbone, target); backbone 0 = none (scratch)
+    results, trainings = {}, sorted({(seed, k, t) for (_, seed, t), ks in plan_of.items() for k in (ks or [0])})
+    for n, (seed, k, t) in enumerate(trainings, 1):
+        target = run.cfg.task_name(t)
+        backbone = run.cfg.task_name(k) if k else None
+        start = target_start(run, layout, t, backbone) if k else None
+        what = (f"compare_selection {n}/{len(trainings)}: seed {seed}, target {t} ({target}) "
+                f"{'on backbone ' + str(k) + ' (' + backbone + ')' if k else 'alone'}")
+        s_seed = SimpleNamespace(**{**vars(target_settings), "seed": seed})
+        results[seed, k, t] = train_target(run, s_seed, target, start, criteria[t],
+                                           layout.comparison_dir(seed, backbone or "scratch", target), what,
+                                           s.target_train_per_class)
+    rows = []
+    for (rule, seed, t), ks in plan_of.items():
+        done = [results[seed, k, t] for k in (ks or [0])]
+        best = max(done, key=lambda r: r["target_acc"])             # one row unless oracle: its best candidate
+        rows.append({"rule": rule, "seed": seed, "target": run.cfg.task_name(t), "backbone": best["backbone"],
+                     "target_acc": best["target_acc"], "baseline_acc": criteria[t], "width": best["width"]})
+    frame = pd.DataFrame(rows)
+    text = frame.to_csv(index=False, lineterminator="\n")
+    atomic_write(layout.comparison_csv, lambda f: f.write(text.encode()))
+    log.info(f"wrote {layout.comparison_csv}\n" +
+             frame.groupby("rule", sort=False).target_acc.agg(["mean", "std"]).round(4).to_string())
+    return frame
 
 
 STAGE_FUNCTIONS = {"baseline": baseline, "wo_backbone": wo_backbone,
@@ -585,6 +673,9 @@ def run_stage(stage, config, env=None):
     """Run one stage (or `all`, every stage in order) of a dataset config, with the settings of its script(s) and
     the environment."""
     run = Run.from_environment(config, env)
+    if stage == "compare_selection":
+        compare_selection(run, stage_settings(stage, env), env)
+        return run
     for name in (STAGES if stage == "all" else (stage,)):
         s = stage_settings(name, env)
         log.info(f"==== stage {name} of '{run.cfg.name}' (tasks {run.task_ids})")
