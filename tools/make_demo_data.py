@@ -1,17 +1,22 @@
 """Write the deterministic multimodal demo dataset of config `demo` (4 image + 4 text tasks, 3 classes each).
 
-Every sample is a small picture of one coloured shape and a caption of the same picture. The tasks are built from
-two shared attributes so that the backbone search has a right answer:
+Every sample is a small picture (the config's `resize`, 8 x 8 pixels) of one coloured shape, drawn at 4x and
+downsampled, with Gaussian pixel noise, and a caption of the same picture. The tasks are built from two shared
+attributes so that the backbone search has a right answer:
 
     task     modality  classes by  samples
     group1   image     colour      red / green / blue shapes on a dark background
     group2   image     colour      red / green / blue shapes on a light background (related to group1)
-    group3   image     place       a random shape on the left / right / top, in random colours
+    group3   image     place       a random shape on the left / right / top, in random colours, on black
     group4   image     place       the same places, smaller shapes, other colours (related to group3)
     group5   text      colour      the captions of group1's pictures (same split)
     group6   text      colour      the captions of group2's pictures
     group7   text      place       the captions of group3's pictures
     group8   text      place       the captions of group4's pictures
+
+The place tasks have near-black backgrounds and the config's mean/std (0.1/0.1) map black to about 0, so that the
+shape's pixels stand out in the cross-attention; with 100 training samples per class (the default) every task
+reaches ~100% test accuracy within 10 epochs at batch 32.
 
 Layout (as the real preparers write): <root>/demo/image/{train,test}/group<k>/<class>/<id>.png and
 <root>/demo/text/{train,test}/group<k+4>/<class>/<id>.txt.
@@ -41,14 +46,14 @@ TEMPLATES = ("a {size} {colour} {shape} {place}", "there is a {colour} {shape} {
 TASKS = {
     "group1": ("colour", ("red", "green", "blue"), None, (20, 20, 30), (0.55, 0.8)),
     "group2": ("colour", ("red", "green", "blue"), None, (200, 200, 190), (0.4, 0.7)),
-    "group3": ("place", ("left", "right", "top"), ("red", "green", "blue", "yellow"), (25, 25, 25), (0.35, 0.45)),
-    "group4": ("place", ("left", "right", "top"), ("purple", "orange", "cyan", "white"), (60, 60, 70), (0.25, 0.35)),
+    "group3": ("place", ("left", "right", "top"), ("red", "green", "blue", "yellow"), (10, 10, 10), (0.35, 0.45)),
+    "group4": ("place", ("left", "right", "top"), ("purple", "orange", "cyan", "white"), (20, 20, 25), (0.25, 0.35)),
 }
-PIXELS, DRAW_SCALE = 16, 4
+DRAW_SCALE, NOISE = 4, 8
 
 
-def draw(shape, colour, background, scale, centre):
-    size = PIXELS * DRAW_SCALE
+def draw(shape, colour, background, scale, centre, pixels):
+    size = pixels * DRAW_SCALE
     img = Image.new("RGB", (size, size), background)
     d = ImageDraw.Draw(img)
     r = scale * size / 2
@@ -60,10 +65,10 @@ def draw(shape, colour, background, scale, centre):
         d.rectangle([cx - 0.8 * r, cy - 0.8 * r, cx + 0.8 * r, cy + 0.8 * r], fill=colour)
     else:
         d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
-    return img.resize((PIXELS, PIXELS), Image.LANCZOS)
+    return img.resize((pixels, pixels), Image.LANCZOS)
 
 
-def make_sample(rng, attribute, value, palette, background, scale_range):
+def make_sample(rng, attribute, value, palette, background, scale_range, pixels):
     colour = value if attribute == "colour" else str(rng.choice(palette))
     shape = str(rng.choice(SHAPES))
     place = value if attribute == "place" else "middle"
@@ -71,8 +76,8 @@ def make_sample(rng, attribute, value, palette, background, scale_range):
     (x, y), place_words = PLACES[place]
     centre = (x + float(rng.uniform(-0.06, 0.06)), y + float(rng.uniform(-0.06, 0.06)))
     bg = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in background)
-    img = draw(shape, COLOURS[colour], bg, scale, centre)
-    noise = rng.normal(0, 8, (PIXELS, PIXELS, 3))
+    img = draw(shape, COLOURS[colour], bg, scale, centre, pixels)
+    noise = rng.normal(0, NOISE, (pixels, pixels, 3))
     img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) + noise, 0, 255).astype(np.uint8))
     caption = TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(
         size="large" if scale > np.mean(scale_range) else "small", colour=colour, shape=shape, place=place_words)
@@ -83,7 +88,7 @@ def make_sample(rng, attribute, value, palette, background, scale_range):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_root", default=None, help="data root (default: $MMPAB_DATA_ROOT or data/)")
-    p.add_argument("--train_per_class", type=int, default=40, help="training samples per class")
+    p.add_argument("--train_per_class", type=int, default=100, help="training samples per class")
     p.add_argument("--test_per_class", type=int, default=10, help="test samples per class")
     p.add_argument("--seed", type=int, default=0, help="random seed (the data is identical for the same seed)")
     args = p.parse_args(argv)
@@ -94,6 +99,7 @@ def main(argv=None):
         for modality in ("image", "text"):
             shutil.rmtree(cfg.split_root(modality, split), ignore_errors=True)
     rng = np.random.default_rng(args.seed)
+    pixels = int((cfg.raw.get("resize") or [16])[0])
     for image_group, text_group in tqdm(list(zip(image_groups, text_groups)), desc="demo tasks"):
         attribute, values, palette, background, scale_range = TASKS[image_group]
         for split, n in (("train", args.train_per_class), ("test", args.test_per_class)):
@@ -103,7 +109,7 @@ def main(argv=None):
                 img_dir.mkdir(parents=True, exist_ok=True)
                 txt_dir.mkdir(parents=True, exist_ok=True)
                 for i in range(n):
-                    img, caption = make_sample(rng, attribute, value, palette, background, scale_range)
+                    img, caption = make_sample(rng, attribute, value, palette, background, scale_range, pixels)
                     img.save(img_dir / f"{value}_{i:03d}.png")
                     (txt_dir / f"{value}_{i:03d}.txt").write_text(caption + "\n", encoding="utf-8")
     print(f"demo data written under {cfg.data_root / 'demo'}")
