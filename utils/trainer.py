@@ -63,7 +63,8 @@ class Trainer:
         self.net.activate(self.task)
         self.model.train()
         total_loss = correct = seen = 0
-        bar = tqdm(self.train_loader, desc=f"{self.task} train ep {epoch}", leave=False)
+        # a bar on a terminal; in a file or CI log the per-epoch log lines below are the progress (disable=None)
+        bar = tqdm(self.train_loader, desc=f"{self.task} train ep {epoch}", leave=False, disable=None)
         for batch in bar:
             x, mask, y = to_device(batch, self.device)
             optimizer.zero_grad(set_to_none=True)
@@ -96,7 +97,7 @@ class Trainer:
         self.model.eval()
         total_loss = correct = seen = 0
         all_logits = []
-        for batch in tqdm(loader or self.test_loader, desc=f"{self.task} eval", leave=False):
+        for batch in tqdm(loader or self.test_loader, desc=f"{self.task} eval", leave=False, disable=None):
             x, mask, y = to_device(batch, self.device)
             logits = self.model(x, mask=mask)
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
