@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The README's first quick-start command: install the pinned requirements, write the demo data and run every stage
-# on it with run_pickaback/run_all.sh demo, at the demo sizes below (a few minutes on 2 CPU cores).
+# on it with run_pickaback/run_all.sh demo, at the demo sizes below (about 1.5 minutes on 2 CPU cores), ending with
+# the report's path.
 #
-#   bash run_pickaback/demo.sh
+#   bash run_pickaback/demo.sh             # every stage, then the report
+#   bash run_pickaback/demo.sh compare     # then also the selection rules side by side (compare_selection.sh)
 #
 # SKIP_INSTALL=1 skips the pip step. Any stage variable can be set in the environment as usual (FORCE=1 redoes
 # finished tasks); a rerun skips everything already finished.
@@ -16,9 +18,14 @@ export PYTHON
 # demo sizes (the stages' own defaults are the original's, for the real datasets)
 export FINETUNE_EPOCHS="${FINETUNE_EPOCHS:-10}" EPOCHS="${EPOCHS:-10}" NR_EPOCH_FOR_EACH_PRUNE="${NR_EPOCH_FOR_EACH_PRUNE:-2}"
 export PRUNING_INTERVAL="${PRUNING_INTERVAL:-1}"
+# the comparison trains each target on 5 samples per class: with all 100 every demo target learns alone
+export TARGET_TRAIN_PER_CLASS="${TARGET_TRAIN_PER_CLASS:-5}"
 
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     time "$PYTHON" -m pip install -q -r requirements.txt
 fi
 "$PYTHON" tools/make_demo_data.py
 time bash run_pickaback/run_all.sh demo
+if [ "${1:-}" = compare ]; then
+    time bash run_pickaback/compare_selection.sh demo
+fi

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -205,3 +206,29 @@ def test_entry_point_exit_codes_are_kept(demo_root, tmp_path):
     assert run_main(cpg_main, ["--dataset_config", "demo", "--data_root", str(demo_root), "--dataset", "group1",
                                "--epochs", "1", "--save_folder", str(tmp_path), "--jsonfile",
                                str(tmp_path / "none.txt")]) == 3
+
+
+def test_selection_rules_are_compared_apart_from_the_default_run(copy_of, demo_root, caplog):
+    lay = layout(copy_of)
+    default = {**checksums(copy_of, TARGETS), "csv": lay.target_acc_csv.read_text(),
+               "result": lay.result_csv.read_text()}
+    env = env_for(demo_root, copy_of, SELECTIONS="similar random scratch oracle", SEEDS="1",
+                  TARGET_TRAIN_PER_CLASS="4")
+    run_stage("compare_selection", "demo", env)
+    assert {**checksums(copy_of, TARGETS), "csv": lay.target_acc_csv.read_text(),
+            "result": lay.result_csv.read_text()} == default
+    rows = pd.read_csv(lay.comparison_csv, keep_default_na=False)
+    assert len(rows) == 4 * 8 and set(rows.rule) == {"similar", "random", "scratch", "oracle"}
+    picks = pd.read_csv(lay.result_csv)
+    for t, k in zip(picks.target_id, picks.task_id):                    # similar = the search's pick
+        row = rows[(rows.rule == "similar") & (rows.target == f"group{t}")].iloc[0]
+        assert row.backbone == f"group{k}"
+    assert (rows[rows.rule == "scratch"].backbone == "").all()
+    for target, group in rows.groupby("target"):                        # the oracle is the best of every candidate
+        assert group[group.rule == "oracle"].target_acc.iloc[0] >= group[group.rule != "scratch"].target_acc.max()
+    # one training per (seed, backbone, target), shared by the rules: 7 candidates + scratch per target
+    trained = list((lay.checkpoints / "CPG_compare_selection").rglob("stage.json"))
+    assert len(trained) == 8 * 8
+    caplog.set_level("INFO")
+    run_stage("compare_selection", "demo", env)                         # a rerun trains nothing
+    assert not any("Train Ep." in r.message for r in caplog.records)

@@ -640,8 +640,10 @@ def compare_selection(run, s, env=None):
     for (rule, seed, t), ks in plan_of.items():
         done = [results[seed, k, t] for k in (ks or [0])]
         best = max(done, key=lambda r: r["target_acc"])             # one row unless oracle: its best candidate
+        tied = sorted(r["backbone"] for r in done if r["target_acc"] == best["target_acc"])
         rows.append({"rule": rule, "seed": seed, "target": run.cfg.task_name(t), "backbone": best["backbone"],
-                     "target_acc": best["target_acc"], "baseline_acc": criteria[t], "width": best["width"]})
+                     "target_acc": best["target_acc"], "baseline_acc": criteria[t], "width": best["width"],
+                     "best_backbones": ";".join(tied)})                # the oracle's equally good candidates
     frame = pd.DataFrame(rows)
     text = frame.to_csv(index=False, lineterminator="\n")
     atomic_write(layout.comparison_csv, lambda f: f.write(text.encode()))
