@@ -230,5 +230,6 @@ def test_selection_rules_are_compared_apart_from_the_default_run(copy_of, demo_r
     trained = list((lay.checkpoints / "CPG_compare_selection").rglob("stage.json"))
     assert len(trained) == 8 * 8
     caplog.set_level("INFO")
+    caplog.clear()
     run_stage("compare_selection", "demo", env)                         # a rerun trains nothing
     assert not any("Train Ep." in r.message for r in caplog.records)
