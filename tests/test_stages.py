@@ -233,3 +233,40 @@ def test_selection_rules_are_compared_apart_from_the_default_run(copy_of, demo_r
     caplog.clear()
     run_stage("compare_selection", "demo", env)                         # a rerun trains nothing
     assert not any("Train Ep." in r.message for r in caplog.records)
+
+
+def test_killed_inside_a_task_twice_resumes_to_bit_identical_outputs(demo_root, tmp_path):
+    """SIGKILL during the finetuning of a task, then during one of its pruning steps: each rerun continues from the
+    last epoch's resume state and the task ends exactly as an uninterrupted run."""
+    longer = dict(TASK_IDS="1", EPOCHS="8", NR_EPOCH_FOR_EACH_PRUNE="10", PRUNING_SCHEDULE="0.3 0.6")
+    reference, work = tmp_path / "reference", tmp_path / "work"
+    torch.set_num_threads(1)
+    run_stage("baseline", "demo", env_for(demo_root, reference, TASK_IDS="1"))
+    run_stage("wo_backbone", "demo", env_for(demo_root, reference, **longer))
+    for part in (HERE.baseline_dir("group1"), HERE.logs):
+        shutil.copytree(reference / part, work / part)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "PYTHON": sys.executable,
+           "OMP_NUM_THREADS": "1", **env_for(demo_root, work, **longer)}
+    script = ["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"]
+    lay = layout(work)
+    resume, first_stage = lay.backbone_dir("group1") / "resume.pt", lay.prune_stage_dir("group1", 0.3)
+
+    def kill_when(ready):
+        proc = subprocess.Popen(script, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        deadline = time.time() + 120
+        while not ready() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.communicate()[0]
+
+    kill_when(resume.is_file)                                    # inside the finetuning
+    out = kill_when(lambda: first_stage.is_dir() and any(first_stage.iterdir()) and resume.is_file() and
+                    resume.stat().st_mtime > next(first_stage.iterdir()).stat().st_mtime)   # inside pruning 0.6
+    assert "resuming {'kind': 'finetune'" in out
+    rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env_for(demo_root, work, **longer)},
+                       check=True)
+    assert "resuming {'kind': 'prune', 'initial': 0.3, 'target': 0.6}" in rerun.stdout
+    assert not resume.exists()                                   # removed once the task is finished
+    backbone = str(HERE.backbone_dir("group1"))
+    assert checksums(work, backbone) == checksums(reference, backbone)

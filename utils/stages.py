@@ -40,7 +40,7 @@ from utils.data import model_config
 from utils.errors import UserError
 from utils.layout import Layout, Manifest, file_digest, sparsity_key, task_checkpoint
 from utils.runtime import LOG_FORMAT, load_task, select_device
-from utils.trainer import (Outcome, begin, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint, start_cpg_task,
+from utils.trainer import (Outcome, Resume, begin, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint, start_cpg_task,
                            train_baseline)
 from utils_pickaback.backbone_search import plan, run_search, target_ids
 from utils_pickaback.modeldiff import ProfileSettings
@@ -166,7 +166,8 @@ def task_log(path):
 
 def start_over(manifest, folder):
     """Mark a task unfinished before its outputs are replaced, and remove temporary files that an interrupted
-    earlier attempt left behind (atomic writes rename a temporary file into place)."""
+    earlier attempt left behind (atomic writes rename a temporary file into place). Its resume state stays: the
+    training steps continue from it when its settings match."""
     manifest.clear()
     for tmp in Path(folder).rglob(".*.tmp"):
         tmp.unlink()
@@ -221,23 +222,29 @@ def baseline(run, s):
             start_over(manifest, folder)
             begin(data, s.seed)
             net = baseline_network(run.cfg, data)
+            resume = Resume(folder / "resume.pt", settings)
             acc = train_baseline(net, data, epochs=s.finetune_epochs, lr=s.init_lr, weight_decay=s.weight_decay,
-                                 seed=s.seed)
+                                 seed=s.seed, resume=resume)
             finish_task(net, group)
             path = save_task_checkpoint(net, run.cfg, folder, s.finetune_epochs)
             update_json(acc_file, {group: "%.4f" % acc})
             manifest.write(settings, {"checkpoint": path}, {"accuracy": "%.4f" % acc})
+            resume.clear()
             log.info(f"saved {path}; {acc_file.name}[{group}] = {acc:.4f}")
 
 
 # ---- 2. CPG backbones: finetune with growth, then the pruning schedule ---------------------------------------------
-def finetune_with_growth(make_net, data, s, baseline_acc, csv_path):
+def finetune_with_growth(make_net, data, s, baseline_acc, csv_path, resume=None):
     """CPG-train the task at width NETWORK_WIDTH_MULTIPLIER; while it stays below the criterion, start again
-    WIDTH_STEP wider, up to MAX_NETWORK_WIDTH_MULTIPLIER. Returns (net, outcome, accuracy, width)."""
+    WIDTH_STEP wider, up to MAX_NETWORK_WIDTH_MULTIPLIER. Returns (net, outcome, accuracy, width). A resume state
+    saved at some width continues there (the narrower attempts had ended in widening)."""
     width = s.network_width_multiplier
     if width > s.max_network_width_multiplier + 1e-9:
         raise UserError(f"NETWORK_WIDTH_MULTIPLIER={width} exceeds MAX_NETWORK_WIDTH_MULTIPLIER="
                         f"{s.max_network_width_multiplier}: lower it or raise the maximum.")
+    saved = resume.load() if resume else None
+    if saved and saved["phase"]["kind"] == "finetune":
+        width = saved["phase"]["width"]
     while True:
         begin(data, s.seed)                                       # the initial weights depend on the seed only
         net = make_net()
@@ -246,7 +253,7 @@ def finetune_with_growth(make_net, data, s, baseline_acc, csv_path):
                  f"{data.device}; width x{width}, {net.num_parameters()} parameters")
         outcome, acc = cpg_finetune(net, data, epochs=s.epochs, lr=s.init_lr, lr_mask=s.lr_mask,
                                     weight_decay=s.weight_decay, seed=s.seed, baseline=baseline_acc, width=width,
-                                    max_width=s.max_network_width_multiplier, csv_path=csv_path)
+                                    max_width=s.max_network_width_multiplier, csv_path=csv_path, resume=resume)
         if outcome is not Outcome.EXPAND:
             return net, outcome, acc, width
         width = round(width + s.width_step, 4)
@@ -282,26 +289,41 @@ def wo_backbone(run, s):
 
 
 def train_backbone(run, layout, s, data, criterion, manifest, settings):
+    """Finetune (with growth), then the pruning schedule; each step's checkpoint and the record are written as the
+    step ends. A resume state (from a run killed inside this task) continues at the step and epoch it was saved."""
     group = data.task
     csv_path = layout.train_log(group).with_name("train.csv")
-    net, outcome, acc, width = finetune_with_growth(lambda: Network.new(model_config(run.cfg)), data, s,
-                                                    criterion, csv_path)
-    record = {"0.0": round(acc, 4)}
-    finish_task(net, group)
-    outputs = {"0.0": save_task_checkpoint(net, run.cfg, layout.scratch_dir(group), s.epochs),
-               "record": layout.record(group)}
-    write_json(layout.record(group), record)
+    resume = Resume(layout.backbone_dir(group) / "resume.pt", settings)
+    saved = resume.load()
+    if saved and saved["phase"]["kind"] == "prune":               # finetuning and earlier pruning steps are done
+        net = Network.from_checkpoint(saved["net"])
+        progress = saved["progress"]
+        record, width, outcome = dict(progress["record"]), progress["width"], Outcome.DONE
+        outputs = {k: Path(v) for k, v in progress["outputs"].items()}
+        first = progress["index"]
+    else:
+        net, outcome, acc, width = finetune_with_growth(lambda: Network.new(model_config(run.cfg)), data, s,
+                                                        criterion, csv_path, resume)
+        record = {"0.0": round(acc, 4)}
+        finish_task(net, group)
+        outputs = {"0.0": save_task_checkpoint(net, run.cfg, layout.scratch_dir(group), s.epochs),
+                   "record": layout.record(group)}
+        write_json(layout.record(group), record)
+        first = 0
     if outcome is Outcome.NOTHING_TO_PRUNE:
         log.info(f"{group} owns no weights: nothing to prune")
     else:
-        start = 0.0
-        for end in s.pruning_schedule:
+        schedule = s.pruning_schedule
+        for index in range(first, len(schedule)):
+            start, end = (schedule[index - 1] if index else 0.0), schedule[index]
+            resume.progress = {"record": record, "width": width, "index": index,
+                               "outputs": {k: str(v) for k, v in outputs.items()}}
             outcome, acc = cpg_prune(net, data, epochs=s.nr_epoch_for_each_prune, lr=s.pruning_lr,
                                      weight_decay=s.weight_decay, seed=s.seed, initial=start, target=end,
                                      frequency=s.pruning_frequency, interval=s.pruning_interval,
                                      baseline=criterion, max_width=s.max_network_width_multiplier,
                                      total_num_tasks=s.total_num_tasks, unpruned_acc=record["0.0"],
-                                     csv_path=csv_path)
+                                     csv_path=csv_path, resume=resume)
             if acc is None:
                 log.info(f"stop pruning {group} at sparsity {start}")
                 break
@@ -314,9 +336,9 @@ def train_backbone(run, layout, s, data, criterion, manifest, settings):
             if outcome is Outcome.STOP_PRUNING:
                 log.info(f"stop pruning {group} at sparsity {end}")
                 break
-            start = end
     remove_stale_stages(layout.gradual_prune_dir(group), outputs)
     manifest.write(settings, outputs, {"record": record, "width": width})
+    resume.clear()
     log.info(f"record of {group}: {json.dumps(record)}")
 
 
@@ -550,7 +572,8 @@ def train_target(run, s, target, start, criterion, out, what, train_per_class=0)
         start_over(manifest, out)
         make_net = (lambda: Network.from_checkpoint(load_checkpoint(start))) if start else \
             (lambda: Network.new(model_config(run.cfg)))
-        net, _, acc, width = finetune_with_growth(make_net, data, s, criterion, out / "train.csv")
+        resume = Resume(out / "resume.pt", settings)
+        net, _, acc, width = finetune_with_growth(make_net, data, s, criterion, out / "train.csv", resume)
         finish_task(net, target)
         path = save_task_checkpoint(net, run.cfg, out / "scratch", s.epochs)
         record = out / "gradual_prune" / "record.txt"
@@ -558,6 +581,7 @@ def train_target(run, s, target, start, criterion, out, what, train_per_class=0)
         row = {"target": target, "backbone": net.history[0] if start else "", "width": width,
                "target_acc": round(acc, 4), "baseline_acc": criterion}
         manifest.write(settings, {"checkpoint": path, "record": record}, row)
+        resume.clear()
         log.info(f"saved {path}")
     return row
 

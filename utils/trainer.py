@@ -4,16 +4,21 @@ a baseline, a CPG finetune, one gradual-pruning stage. Each returns what it deci
 """
 import csv
 import enum
+import json
 import logging
 import math
+import random
 from pathlib import Path
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import cpg
-from utils.checkpoint import checkpoint_path, remove_stale_checkpoints, save_checkpoint
+from utils.checkpoint import checkpoint_path, load_checkpoint, remove_stale_checkpoints, save_checkpoint
+from utils.errors import UserError
 from utils.runtime import seed_everything
 
 log = logging.getLogger("root")
@@ -27,6 +32,12 @@ def to_device(batch, device):
 
 class GradualPruner:
     """Cubic sparsity schedule over training steps (Zhu & Gupta, 2017); the last update lands exactly on `end`."""
+
+    def state_dict(self):
+        return {"step_count": self.step_count, "last_update": self.last_update}
+
+    def load_state_dict(self, state):
+        self.step_count, self.last_update = int(state["step_count"]), int(state["last_update"])
 
     def __init__(self, net, task, initial, target, begin, end, frequency):
         self.net, self.task = net, task
@@ -147,6 +158,91 @@ def milestones(epochs, fractions=(0.5, 0.8)):
     return sorted({max(1, int(round(f * epochs))) for f in fractions})
 
 
+# ---- resuming inside a task ---------------------------------------------------------------------------------------
+def rng_state(data):
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": random.getstate(), "loader": data.train_loader.generator.get_state()}
+
+
+def set_rng_state(state, data):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(state["python"])
+    data.train_loader.generator.set_state(state["loader"])
+
+
+class Resume:
+    """A task's resumable state: written atomically at the end of every epoch of every training step (the network
+    with its masks, the optimisers, the schedulers' positions, the pruner's step, every random stream, the epoch),
+    read back when the task is redone with the same settings, and removed by the stage once the task is finished.
+    `progress` is what the stage finished before the current step (its record so far, the files it wrote); the
+    stage reads it back to skip those steps."""
+
+    def __init__(self, path, settings):
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings))
+        self.progress = {}
+
+    def load(self):
+        """The saved state if it was written with the same settings, else None."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = load_checkpoint(self.path)
+        except UserError as e:
+            log.warning(f"ignoring the resume state: {e}")
+            return None
+        return state if isinstance(state, dict) and state.get("settings") == self.settings else None
+
+    def restore(self, phase, net, objects, data):
+        """Load the saved state into `net` and `objects` (optimisers, schedulers, pruner) if it was saved in `phase`;
+        returns (epochs done, train accuracy, test accuracy), (0, 0.0, 0.0) when there is nothing to resume."""
+        state = self.load()
+        if state is None or state["phase"] != phase:
+            return 0, 0.0, 0.0
+        net.model.load_state_dict(state["net"]["model_state_dict"])
+        cpg.load_masks(net.model, state["net"]["masks"])
+        net.shared_owners = dict(state["net"]["shared_owners"])
+        for name, obj in objects.items():
+            if obj is None:
+                continue
+            if isinstance(obj, torch.optim.lr_scheduler.LRScheduler):      # the position only: lambdas are code
+                obj.last_epoch = int(state["objects"][name])
+                obj._last_lr = [group["lr"] for group in obj.optimizer.param_groups]
+            else:
+                obj.load_state_dict(state["objects"][name])
+        set_rng_state(state["rng"], data)
+        log.info(f"resuming {phase} after epoch {state['epoch']} from {self.path}")
+        return int(state["epoch"]), float(state["train_acc"]), float(state["val_acc"])
+
+    def save(self, phase, epoch, net, objects, data, train_acc, val_acc):
+        state = {"settings": self.settings, "phase": phase, "progress": self.progress, "epoch": int(epoch),
+                 "net": net.state(epoch=epoch, dataset_config=data.cfg.name, text_encoder=data.cfg.text_encoder),
+                 "objects": {name: (obj.last_epoch if isinstance(obj, torch.optim.lr_scheduler.LRScheduler)
+                                    else obj.state_dict()) for name, obj in objects.items() if obj is not None},
+                 "rng": rng_state(data), "train_acc": float(train_acc), "val_acc": float(val_acc)}
+        save_checkpoint(state, self.path)
+
+    def clear(self):
+        self.path.unlink(missing_ok=True)
+
+
+def resumed(resume, phase, net, objects, data):
+    """(first epoch to run, train accuracy, test accuracy) of a training step, after restoring a saved state."""
+    done, train_acc, val_acc = resume.restore(phase, net, objects, data) if resume else (0, 0.0, 0.0)
+    return done + 1, train_acc, val_acc
+
+
+def end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc):
+    if resume:
+        resume.save(phase, epoch, net, objects, data, train_acc, val_acc)
+
+
 # ---- one task's training steps ------------------------------------------------------------------------------------
 class Outcome(enum.Enum):
     """What a training step decided; the entry points turn these into the original's exit codes."""
@@ -163,17 +259,19 @@ def begin(data, seed):
     data.train_loader.generator.manual_seed(seed)
 
 
-def train_baseline(net, data, *, epochs, lr, weight_decay, seed):
+def train_baseline(net, data, *, epochs, lr, weight_decay, seed, resume=None):
     """Train a fresh single-task network (SGD, x0.1 at 50 % and 80 %); returns the last epoch's test accuracy."""
     begin(data, seed)
     trainer = Trainer(net, data.task, data.device, data.train_loader, data.test_loader)
     optimizer, _ = make_optimizers(net, data.task, lr, lr_mask=0.0)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(epochs), gamma=0.1)
-    train_acc = val_acc = 0.0
-    for epoch in range(1, epochs + 1):
+    phase, objects = {"kind": "baseline"}, {"optimizer": optimizer, "scheduler": scheduler}
+    first, train_acc, val_acc = resumed(resume, phase, net, objects, data)
+    for epoch in range(first, epochs + 1):
         _, train_acc = trainer.train_epoch(epoch, optimizer, weight_decay=weight_decay)
         _, val_acc = trainer.validate(epoch)
         scheduler.step()
+        end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
     if train_acc < 0.97:
         log.info("Cannot prune any more!")
     return val_acc
@@ -192,7 +290,8 @@ def finish_task(net, task):
     net.claim_shared(task)
 
 
-def cpg_finetune(net, data, *, epochs, lr, lr_mask, weight_decay, seed, baseline, width, max_width, csv_path=None):
+def cpg_finetune(net, data, *, epochs, lr, lr_mask, weight_decay, seed, baseline, width, max_width, csv_path=None,
+                 resume=None):
     """Train the active task's free weights (SGD) and its piggymask (Adam); returns (Outcome, test accuracy)."""
     begin(data, seed)
     task = data.task
@@ -206,13 +305,17 @@ def cpg_finetune(net, data, *, epochs, lr, lr_mask, weight_decay, seed, baseline
         half, late = milestones(epochs, (0.5, 0.7))[0], milestones(epochs, (0.7,))[0]
         mask_scheduler = torch.optim.lr_scheduler.LambdaLR(
             mask_optimizer, lambda e: 0.0 if e >= late else 0.2 if e >= half else 1.0)
-    train_acc = val_acc = 0.0
-    for epoch in range(1, epochs + 1):
+    phase = {"kind": "finetune", "width": float(width)}
+    objects = {"optimizer": optimizer, "mask_optimizer": mask_optimizer, "scheduler": scheduler,
+               "mask_scheduler": mask_scheduler}
+    first, train_acc, val_acc = resumed(resume, phase, net, objects, data)
+    for epoch in range(first, epochs + 1):
         _, train_acc = trainer.train_epoch(epoch, optimizer, mask_optimizer, weight_decay)
         _, val_acc = trainer.validate(epoch, train_acc)
         scheduler.step()
         if mask_scheduler:
             mask_scheduler.step()
+        end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
     owns_nothing = trainer.stats()["task_ratio"] == 0
     if train_acc > 0.95 and val_acc >= baseline:
         return (Outcome.NOTHING_TO_PRUNE if owns_nothing else Outcome.DONE), val_acc
@@ -236,7 +339,7 @@ def upper_bound_reached(net, sparsity, width, max_width, total_num_tasks, unprun
 
 
 def cpg_prune(net, data, *, epochs, lr, weight_decay, seed, initial, target, frequency, interval, baseline,
-              max_width, total_num_tasks, unpruned_acc, csv_path=None):
+              max_width, total_num_tasks, unpruned_acc, csv_path=None, resume=None):
     """One gradual-pruning stage of the active task from `initial` to `target` sparsity (cubic schedule over the
     first `interval` epochs). Returns (Outcome, test accuracy or None when the stage did not run)."""
     width = net.model.width_multiplier
@@ -253,10 +356,13 @@ def cpg_prune(net, data, *, epochs, lr, weight_decay, seed, initial, target, fre
     steps = epochs * len(data.train_loader)
     pruner = GradualPruner(net, data.task, initial, target, begin=0,
                            end=min(interval * len(data.train_loader), steps), frequency=frequency)
-    train_acc = val_acc = 0.0
-    for epoch in range(1, epochs + 1):
+    phase = {"kind": "prune", "initial": float(initial), "target": float(target)}
+    objects = {"optimizer": optimizer, "pruner": pruner}
+    first, train_acc, val_acc = resumed(resume, phase, net, objects, data)
+    for epoch in range(first, epochs + 1):
         _, train_acc = trainer.train_epoch(epoch, optimizer, None, weight_decay, pruner)
         _, val_acc = trainer.validate(epoch, train_acc)
+        end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
     if train_acc <= 0.95:
         log.info(f"train accuracy {100 * train_acc:.2f} <= 95: stop pruning")
         return Outcome.STOP_PRUNING, val_acc
