@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from models.build import Network
-from utils.checkpoint import baseline_accuracy, load_checkpoint, read_record, update_json
+from utils.checkpoint import baseline_accuracy, read_record, update_json
 from utils.data import model_config
 from utils.errors import UserError, report_user_errors
 from utils.layout import sparsity_key, task_checkpoint
@@ -103,7 +103,8 @@ def main(argv=None):
     if start is None and args.mode != "finetune":
         raise UserError(f"--mode {args.mode} needs --load_folder or --load_checkpoint.")
     begin(data, args.seed)                                    # the initial weights depend on the seed only
-    net = Network.from_checkpoint(load_checkpoint(start)) if start else Network.new(model_config(cfg))
+    # a start checkpoint must have the hyperparameters the config gives, which shape the task's data
+    net = Network.load(start, model_config(cfg)) if start else Network.new(model_config(cfg))
     if start:
         log.info(f"loaded {start} (tasks {net.history})")
     if args.mode == "inference":

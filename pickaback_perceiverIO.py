@@ -24,7 +24,7 @@ from utils.layout import Layout
 from utils.runtime import add_common_arguments, seed_everything, select_device, setup_logging
 from utils_pickaback.backbone_search import CANDIDATE_CHOICES, plan, run_search, target_ids
 from utils_pickaback.modeldiff import ProfileSettings
-from utils_pickaback.results import SELECTION_RULES, write_results
+from utils_pickaback.results import RESULT_COLUMNS, SELECTION_RULES, TABLE_COLUMNS, read_rows, write_results
 
 
 def parse_args(argv=None):
@@ -61,6 +61,8 @@ def main(argv=None):
     cfg = load_dataset_config(args.dataset_config, args.data_root, check_folders=False)
     layout = Layout(Path(args.out_dir), cfg.name, args.arch, Path(args.checkpoint_root))
     targets = target_ids(cfg, args.target_id)
+    for path, columns in ((layout.result_csv, RESULT_COLUMNS), (layout.table_csv, TABLE_COLUMNS)):
+        read_rows(path, columns, len(cfg.groups))             # both files can be merged into, before the search
     candidates_of, checkpoints = plan(cfg, layout, targets, args.candidates)
     device = select_device(args.device)
     seed_everything(args.seed)
@@ -68,7 +70,7 @@ def main(argv=None):
     log.info(f"backbone search on '{cfg.name}': targets {targets}, candidates {args.candidates}, selection "
              f"{args.selection}, {settings}, device {device}")
     rows, picks = run_search(cfg, candidates_of, checkpoints, settings, args.selection, device, args.batch_size)
-    result, table = write_results(layout.result_csv, layout.table_csv, rows, picks)
+    result, table = write_results(layout.result_csv, layout.table_csv, rows, picks, len(cfg.groups))
     log.info(f"wrote {result} and {table}")
     return picks
 

@@ -5,10 +5,38 @@ A checkpoint keeps the original's keys (`model_state_dict`, `dataset_history`, `
 `growth` (feed-forward units added by each task), `modalities` (task -> modality), `shared_owners` (which task
 trained each unmasked parameter).
 """
+import json
 from dataclasses import dataclass, field
 
 from models import cpg
 from models.perceiver_io import MultimodalPerceiverIO
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
+
+CHECKPOINT_KEYS = ("model_state_dict", "dataset_history", "dataset2num_classes", "masks", "model_config",
+                   "modalities")
+CONFIG_FIX = ("rerun the stage that writes it, or restore the `model:` section or text_encoder of "
+              "utils/dataset_config.yaml it was made with")
+
+
+def shape_differences(expected, found, limit=3):
+    """'key (a,b) in the checkpoint, (c,d) here' for up to `limit` tensors whose shapes differ, and how many more."""
+    keys = [k for k in found if k in expected and tuple(found[k].shape) != tuple(expected[k].shape)]
+    listed = ", ".join(f"{k} {tuple(found[k].shape)} in the checkpoint but {tuple(expected[k].shape)} here"
+                       for k in keys[:limit])
+    return listed + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_model_config(ckpt, expected, source):
+    """A UserError naming the hyperparameters in which a checkpoint's `model_config` differs from `expected` (the
+    network the dataset config asks for, utils.data.model_config). A checkpoint without one is left to
+    from_checkpoint, which says what it lacks."""
+    found = ckpt.get("model_config")
+    keys = [k for k in expected if found is not None and found.get(k) != expected[k]]
+    if keys:
+        listed = ", ".join(f"{k} {found.get(k)!r} in it but {expected[k]!r} in the config" for k in keys[:3])
+        more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+        raise UserError(f"{source} was made with another model configuration ({listed}{more}): {CONFIG_FIX}.")
 
 
 @dataclass
@@ -26,8 +54,22 @@ class Network:
         return cls(cpg.attach(MultimodalPerceiverIO(**model_config)))
 
     @classmethod
-    def from_checkpoint(cls, ckpt):
-        """Rebuild exactly the network a checkpoint was saved from (growth, heads, piggymasks, masks, weights)."""
+    def load(cls, path, expected_config=None):
+        """The network of checkpoint file `path`. With `expected_config` (utils.data.model_config of the dataset
+        config whose data it will see), a checkpoint made with other hyperparameters is a UserError naming them."""
+        ckpt = load_checkpoint(path)
+        if expected_config is not None:
+            check_model_config(ckpt, expected_config, path)
+        return cls.from_checkpoint(ckpt, source=path)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, source="the checkpoint"):
+        """Rebuild exactly the network a checkpoint was saved from (growth, heads, piggymasks, masks, weights).
+        `source` names the checkpoint in errors."""
+        missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+        if missing:
+            raise UserError(f"{source} lacks {', '.join(missing)}, so it was not written by this repository: rerun "
+                            f"the stage that writes it.")
         model = MultimodalPerceiverIO(**ckpt["model_config"])
         for g in ckpt.get("growth", []):
             model.grow(g["hidden"], g["task_id"])
@@ -36,6 +78,10 @@ class Network:
             model.add_task(task, ckpt["dataset2num_classes"][task])
         for task_id in sorted({int(k.rsplit(".", 1)[1]) for k in ckpt["model_state_dict"] if ".piggymasks." in k}):
             cpg.add_piggymasks(model, task_id)
+        differing = shape_differences(model.state_dict(), ckpt["model_state_dict"])
+        if differing:
+            raise UserError(f"{source} was made with another model configuration than its model_config builds "
+                            f"({differing}): {CONFIG_FIX}.")
         model.load_state_dict(ckpt["model_state_dict"])
         cpg.load_masks(model, ckpt["masks"])
         return cls(model, list(ckpt["dataset_history"]), dict(ckpt["modalities"]),
@@ -97,11 +143,11 @@ class Network:
         return sum(p.numel() for n, p in self.model.named_parameters() if ".piggymasks." not in n)
 
     def state(self, *, epoch, dataset_config, text_encoder):
-        return {
-            "model_state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+        # the plain-data parts go through JSON, so that a network rebuilt from a checkpoint writes byte-identical
+        # files to the one that never left memory (pickle's layout depends on which strings are the same object)
+        plain = json.loads(json.dumps({
             "dataset_history": list(self.history),
             "dataset2num_classes": dict(self.dataset2num_classes),
-            "masks": {k: v.cpu() for k, v in cpg.get_masks(self.model).items()},
             "shared_layer_info": self.shared_layer_info,
             "model_config": dict(self.model.config),
             "growth": list(self.growth),
@@ -110,4 +156,6 @@ class Network:
             "epoch": int(epoch),
             "dataset_config": dataset_config,
             "text_encoder": text_encoder,
-        }
+        }))
+        return {"model_state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "masks": {k: v.cpu() for k, v in cpg.get_masks(self.model).items()}, **plain}

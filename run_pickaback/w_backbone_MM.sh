@@ -10,6 +10,7 @@
 # chosen backbone checkpoint in R_K/gradual_prune/. Writes
 # checkpoints_perceiver_io/CPG_fromsingle_scratch_woexp_target/perceiver_io/<cfg>/<task>/<target>/{scratch/,
 # gradual_prune/record.txt, train.log, train.csv, stage.json} and logs_perceiver_io/w_backbone_<cfg>_acc.csv.
+# GPUS="0 1 2 3" trains the targets in parallel, one worker per GPU (GPUS="cpu cpu" on the CPU; README, "Several GPUs").
 ARCH="${ARCH:-perceiver_io}"
 EPOCHS="${EPOCHS:-100}"
 NUM_CLASSES="${NUM_CLASSES:--1}"

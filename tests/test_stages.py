@@ -213,14 +213,14 @@ def test_selection_rules_are_compared_apart_from_the_default_run(copy_of, demo_r
     default = {**checksums(copy_of, TARGETS), "csv": lay.target_acc_csv.read_text(),
                "result": lay.result_csv.read_text()}
     env = env_for(demo_root, copy_of, SELECTIONS="similar random scratch oracle", SEEDS="1",
-                  TARGET_TRAIN_PER_CLASS="4")
+                  TARGET_TRAIN_PER_CLASS="4", TASK_IDS="1 5")           # an image and a text target
     run_stage("compare_selection", "demo", env)
     assert {**checksums(copy_of, TARGETS), "csv": lay.target_acc_csv.read_text(),
             "result": lay.result_csv.read_text()} == default
     rows = pd.read_csv(lay.comparison_csv, keep_default_na=False)
-    assert len(rows) == 4 * 8 and set(rows.rule) == {"similar", "random", "scratch", "oracle"}
+    assert len(rows) == 4 * 2 and set(rows.rule) == {"similar", "random", "scratch", "oracle"}
     picks = pd.read_csv(lay.result_csv)
-    for t, k in zip(picks.target_id, picks.task_id):                    # similar = the search's pick
+    for t, k in [(t, k) for t, k in zip(picks.target_id, picks.task_id) if t in (1, 5)]:   # similar = the pick
         row = rows[(rows.rule == "similar") & (rows.target == f"group{t}")].iloc[0]
         assert row.backbone == f"group{k}"
     assert (rows[rows.rule == "scratch"].backbone == "").all()
@@ -228,7 +228,7 @@ def test_selection_rules_are_compared_apart_from_the_default_run(copy_of, demo_r
         assert group[group.rule == "oracle"].target_acc.iloc[0] >= group[group.rule != "scratch"].target_acc.max()
     # one training per (seed, backbone, target), shared by the rules: 7 candidates + scratch per target
     trained = list((lay.checkpoints / "CPG_compare_selection").rglob("stage.json"))
-    assert len(trained) == 8 * 8
+    assert len(trained) == 2 * 8
     caplog.set_level("INFO")
     caplog.clear()
     run_stage("compare_selection", "demo", env)                         # a rerun trains nothing

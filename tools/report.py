@@ -360,7 +360,7 @@ def plot_sparsity(c, path):
         ax.grid(alpha=0.3)
         ax.set_xlim(-0.05, 1.0)
         ax.set_ylim(-0.05, 1.05)
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)

@@ -7,18 +7,22 @@
 The run_pickaback/<stage>.sh scripts call this. Each stage's settings are the variables at the top of its script
 (the original's names), overridden by the environment. Also read from the environment: TASK_IDS (default: every
 task of the config), FORCE=1 (redo tasks that are already finished with the same settings), MMPAB_WORK_DIR (where
-checkpoints_perceiver_io/, logs_perceiver_io/ and the pickaback CSVs go; default: the repository) and
-MMPAB_DATA_ROOT. `all` and `compare_selection` end by writing the report (tools/report.py) and printing its path.
-Exits 0 when every task is done, else with one sentence naming the stage and the task (exit 3: a
-baseline accuracy is missing).
+checkpoints_perceiver_io/, logs_perceiver_io/ and the pickaback CSVs go; default: the repository),
+MMPAB_DATA_ROOT, and GPUS: with two or more entries ("0 1 2 3", or "cpu cpu" without CUDA) the independent tasks
+of baseline, wo_backbone and w_backbone_MM run in parallel, one worker process per entry taking the next task when
+it is free, and find_backbone splits its targets over the workers; each worker's lines are prefixed
+[gpu <entry>] (one entry only picks the device). `all` and `compare_selection` end by writing the report
+(tools/report.py) and printing its path. Exits 0 when every task is done, else with one sentence naming the stage
+and the task (exit 3: a baseline accuracy is missing).
 """
 import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.errors import report_user_errors  # noqa: E402
+from utils.errors import UserError, report_user_errors  # noqa: E402
 from utils.runtime import setup_logging  # noqa: E402
+from utils.parallel import PARALLEL_STAGES, serve_units  # noqa: E402
 from utils.stages import VARIABLES, run_stage, script_defaults  # noqa: E402
 
 
@@ -32,6 +36,7 @@ def parse_args(argv=None):
                    help="a stage, all (run_all) of them in order, or compare_selection (the selection rules side by "
                         "side)")
     p.add_argument("dataset_config", help="section of utils/dataset_config.yaml (cub, oxford, mscoco, demo, ...)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)   # one of GPUS's workers (run_parallel)
     return p.parse_args(argv)
 
 
@@ -40,6 +45,10 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logging()
     stage = "all" if args.stage == "run_all" else args.stage
+    if args.worker:                                           # runs the units its parent hands it on stdin
+        if stage not in PARALLEL_STAGES:
+            raise UserError(f"--worker runs one of {', '.join(PARALLEL_STAGES)}, not {stage}.")
+        sys.exit(serve_units(stage, args.dataset_config))
     run = run_stage(stage, args.dataset_config)
     if stage in ("all", "compare_selection"):                 # the last step: the report of what the stages wrote
         from tools.report import write_report                 # (matplotlib is imported only when needed)

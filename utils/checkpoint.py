@@ -1,7 +1,9 @@
 """Checkpoint files and JSON records: atomic writes, `weights_only=True` loads, locked read-modify-write, and the
 checks of the baseline accuracy file and record.txt that every stage makes before using them."""
+import errno
 import json
 import os
+import pickle
 import re
 import tempfile
 from contextlib import contextmanager
@@ -13,6 +15,7 @@ import torch
 from utils.errors import UserError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pth\.tar$")
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)                  # disk full, or the user's disk quota used up
 
 
 def checkpoint_path(folder, epoch):
@@ -38,9 +41,24 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if out_of_space(e):
+            raise UserError(f"no space left on {path.parent} while writing {path.name}: free space and rerun; "
+                            f"{path} was not changed.") from None
         raise
+
+
+def out_of_space(error):
+    """True when `error` or an error it was raised from is a full disk or quota. torch.save turns the OSError of a
+    failed write into a RuntimeError; the OSError stays in its context."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def save_checkpoint(state, path):
@@ -52,7 +70,26 @@ def load_checkpoint(path, map_location="cpu"):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: run the stage that writes it first.")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # a weights-only load refuses any class or function a pickle names (it would run its code); other
+        # unpickling errors mean the file is no torch checkpoint at all
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found or "Unsupported global" in str(e):
+            raise UserError(f"checkpoint {path} holds pickled code or objects"
+                            f"{' (' + found.group(1) + ')' if found else ''} that a weights-only load refuses, so "
+                            f"it was not executed: use a checkpoint written by this repository.") from None
+        raise UserError(not_a_checkpoint(path)) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, IndexError):
+        raise UserError(not_a_checkpoint(path)) from None
+    if not isinstance(ckpt, dict):
+        raise UserError(not_a_checkpoint(path))
+    return ckpt
+
+
+def not_a_checkpoint(path):
+    return f"{path} is not a readable checkpoint (truncated or not a torch file): rerun the stage that writes it."
 
 
 def remove_stale_checkpoints(path):

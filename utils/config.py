@@ -114,11 +114,44 @@ def _fail(config_file, name, what, fix):
     raise UserError(f"{config_file}: config '{name}' {what}: {fix}.")
 
 
+def _whole(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_types(raw, name, f):
+    """Every value has the type the code uses it as; a mistake names the key (YAML reads `three` or `[a, b]` as
+    text, which would otherwise fail deep inside training)."""
+    for key in ("num_classes", "num_groups", "text_max_length", "crop"):
+        if key in raw and not _whole(raw[key]):
+            _fail(f, name, f"has {key}: {raw[key]!r}", "give a whole number of at least 1")
+    for key in ("mean", "std"):
+        if not (isinstance(raw[key], list) and len(raw[key]) == 3 and all(map(_number, raw[key]))):
+            _fail(f, name, f"has {key}: {raw[key]!r}", "give three numbers, one per RGB channel")
+    if raw.get("resize") is not None and not (isinstance(raw["resize"], list) and len(raw["resize"]) == 2 and
+                                              all(map(_whole, raw["resize"]))):
+        _fail(f, name, f"has resize: {raw['resize']!r}", "give [height, width] in pixels")
+    for key in ("subfolder", "random_horizontal_flip", "skip_corrupt_images"):
+        if key in raw and not isinstance(raw[key], bool):
+            _fail(f, name, f"has {key}: {raw[key]!r}", "write true or false")
+    model = raw.get("model") or {}
+    if not isinstance(model, dict):
+        _fail(f, name, f"has model: {model!r}", "give a mapping of Perceiver IO hyperparameters, e.g. `depth: 3`")
+    for key, value in model.items():
+        if key in DEFAULT_MODEL and not (_number(value) if isinstance(DEFAULT_MODEL[key], float) else _whole(value)):
+            _fail(f, name, f"has model {key}: {value!r}",
+                  "give a number" if isinstance(DEFAULT_MODEL[key], float) else "give a whole number of at least 1")
+
+
 def validate(cfg):
     raw, name, f = cfg.raw, cfg.name, cfg.config_file
     for key in REQUIRED_KEYS:
         if key not in raw:
             _fail(f, name, f"has no key '{key}'", f"add '{key}:' to the section (see the cub/oxford sections)")
+    _check_types(raw, name, f)
     datasets = raw["DATASETS"]
     if not isinstance(datasets, list) or len(datasets) < 2 or str(datasets[0]) != "None":
         _fail(f, name, "has a malformed DATASETS list", "write `DATASETS: [None, <task1>, <task2>, ...]`")
@@ -136,8 +169,6 @@ def validate(cfg):
                 _fail(f, name, f"has text groups but no '{key}'", f"add '{key}:' pointing at the caption folders")
     if cfg.text_features not in ("embeddings", "hidden_states"):
         _fail(f, name, f"has text_features: {cfg.text_features}", "use 'embeddings' or 'hidden_states'")
-    if len(raw["mean"]) != 3 or len(raw["std"]) != 3:
-        _fail(f, name, "needs three values in mean and std", "give one value per RGB channel")
     unknown_model = set(raw.get("model") or {}) - set(DEFAULT_MODEL)
     if unknown_model:
         _fail(f, name, f"has unknown model keys {sorted(unknown_model)}", f"use only {sorted(DEFAULT_MODEL)}")
@@ -159,9 +190,9 @@ def load_dataset_config(name, data_root=None, config_file=None, check_folders=Tr
     if not isinstance(raw, dict):
         raise UserError(f"{config_file}: config '{name}' is not a mapping of keys: fix the section.")
     raw["DATASETS"] = [str(d) for d in raw.get("DATASETS", [])]
-    cfg = DatasetConfig(name=name, raw=raw, data_root=resolve_data_root(data_root), config_file=config_file,
-                        model={**DEFAULT_MODEL, **(raw.get("model") or {})})
+    cfg = DatasetConfig(name=name, raw=raw, data_root=resolve_data_root(data_root), config_file=config_file)
     validate(cfg)
+    cfg.model = {**DEFAULT_MODEL, **(raw.get("model") or {})}
     if check_folders:
         for group in cfg.groups:
             cfg.check_task_data(group)

@@ -13,8 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import datasets, transforms
 from tqdm import tqdm
 
 from utils.checkpoint import load_checkpoint, save_checkpoint
@@ -25,15 +25,58 @@ CACHE_VERSION = 1
 
 
 # ---- images ---------------------------------------------------------------------------------------------------
-class ImageTask(datasets.ImageFolder):
-    """ImageFolder whose items are dicts, like the text task's."""
+class ImageTask(Dataset):
+    """A torchvision ImageFolder whose items are dicts, like the text task's; an image that cannot be decoded is a
+    UserError naming the file. (torchvision is imported here, not at the top: it costs every stage process about
+    1.3 s, and only image tasks need it.)"""
+
+    def __init__(self, root, transform):
+        from torchvision import datasets
+        self.folder = datasets.ImageFolder(root, transform=transform)
+
+    @property
+    def classes(self):
+        return self.folder.classes
+
+    @property
+    def samples(self):
+        return self.folder.samples
+
+    @property
+    def targets(self):
+        return self.folder.targets
+
+    def __len__(self):
+        return len(self.folder)
 
     def __getitem__(self, index):
-        x, y = super().__getitem__(index)
+        try:
+            x, y = self.folder[index]
+        except (OSError, SyntaxError, ValueError) as e:     # e.g. a truncated JPEG, whose header verified
+            raise UserError(f"image file {self.samples[index][0]} cannot be decoded ({e.__class__.__name__}): "
+                            f"replace or delete it.") from None
         return {"x": x, "y": y}
+
+    def drop(self, paths):
+        self.folder.samples = self.folder.imgs = [s for s in self.folder.samples if s[0] not in paths]
+        self.folder.targets = [label for _, label in self.folder.samples]
+
+
+def unreadable_images(paths):
+    """{path: error} of the files PIL cannot open and verify. Cheap: verify() checks the file's structure (for PNG
+    every chunk's checksum) without decoding the pixels."""
+    bad = {}
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, SyntaxError, ValueError) as e:       # PIL's errors for broken or unknown files
+            bad[path] = e
+    return bad
 
 
 def image_transforms(cfg, train):
+    from torchvision import transforms
     steps = []
     if train and cfg.raw.get("crop"):
         steps.append(transforms.RandomCrop(cfg.raw["crop"], padding=cfg.raw.get("padding", 4)))
@@ -48,10 +91,22 @@ def image_transforms(cfg, train):
 def image_task(cfg, group, split):
     folder = cfg.task_folder(group, split)
     try:
-        return ImageTask(str(folder), transform=image_transforms(cfg, split == "train"))
+        task = ImageTask(str(folder), transform=image_transforms(cfg, split == "train"))
     except (FileNotFoundError, RuntimeError) as e:
         raise UserError(f"image folder {folder} has no class folders with images ({e}): "
                         f"re-run the dataset preparer.") from None
+    bad = unreadable_images(path for path, _ in task.samples)     # before training, not in the middle of it
+    if bad and not cfg.raw.get("skip_corrupt_images"):
+        path, error = next(iter(bad.items()))
+        more = f" ({len(bad) - 1} more in {folder})" if len(bad) > 1 else ""
+        raise UserError(f"image file {path}{more} cannot be read ({error.__class__.__name__}): replace or delete it, "
+                        f"or set skip_corrupt_images: true in section '{cfg.name}' of {cfg.config_file} to skip "
+                        f"such files.")
+    for path, error in bad.items():
+        log.warning(f"skipping unreadable image file {path} ({error.__class__.__name__}): skip_corrupt_images is "
+                    f"true in section '{cfg.name}' of {cfg.config_file}")
+    task.drop(bad)
+    return task
 
 
 # ---- text -----------------------------------------------------------------------------------------------------
@@ -63,6 +118,19 @@ def text_samples(folder):
     if not samples:
         raise UserError(f"text folder {folder} has no <class>/<sample>.txt files: re-run the dataset preparer.")
     return samples
+
+
+def caption(path):
+    """The text of one sample: UTF-8 (a UserError naming the file otherwise); an empty one is a warning."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise UserError(f"caption {path} is not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x}): re-save "
+                        f"it as UTF-8 or re-run the dataset preparer.") from None
+    if not text:
+        log.warning(f"caption {path} is empty: the task trains on it as a sample without words (write its caption "
+                    f"or delete the file)")
+    return text
 
 
 def encoder_path(name):
@@ -88,6 +156,14 @@ def load_text_encoder(name):
 
 
 def text_feature_dim(name):
+    """The encoder's hidden size. A local model folder's config.json is read directly: importing transformers
+    costs every stage process about 2 s, and only the text features themselves need it."""
+    config = Path(encoder_path(name)) / "config.json"
+    if config.is_file():
+        try:
+            return int(json.loads(config.read_text())["hidden_size"])
+        except (ValueError, KeyError, TypeError):
+            pass                                    # let transformers read (and complain about) the folder
     from transformers import AutoConfig
     try:
         return int(AutoConfig.from_pretrained(encoder_path(name)).hidden_size)
@@ -133,11 +209,16 @@ class TextTask(Dataset):
         self.classes = sorted({f.parent.name for f, _ in samples})
         self.targets = [label for _, label in samples]
         cache_file = Path(cache_dir) / f"text_{_cache_key(samples, encoder, kind, max_length)}.pt"
+        texts = [caption(f) for f, _ in samples]
+        cached = None
         if use_cache and cache_file.is_file():
-            cached = load_checkpoint(cache_file)
+            try:
+                cached = load_checkpoint(cache_file)
+            except UserError:                                 # a broken cache file is recomputed
+                log.warning(f"text feature cache {cache_file} is unreadable: computing it again")
+        if cached is not None:
             self.features, self.masks = cached["features"], cached["masks"]
         else:
-            texts = [f.read_text(encoding="utf-8").strip() for f, _ in samples]
             self.features, self.masks = embed_texts(texts, encoder, kind, max_length, device)
             if use_cache:
                 save_checkpoint({"features": self.features, "masks": self.masks}, cache_file)

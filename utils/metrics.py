@@ -50,15 +50,12 @@ def forgetting(acc):
 
 def bwt_per_task(acc):
     """[BWT_0, ..., BWT_{t-1}] with BWT_i = A[t, i] - A[i, i] = -f_i (negative: the task got worse)."""
-    a = as_matrix(acc)
-    t = a.shape[0] - 1
-    return [float(a[t, i] - a[i, i]) for i in range(t)]
+    return [0.0 - f for f in forgetting_per_task(acc)]                # 0.0 - 0.0 is +0.0, -0.0 would print "-0"
 
 
 def backward_transfer(acc):
     """BWT = mean_{i<t} (A[t, i] - A[i, i]) = -F; NaN for a single task."""
-    values = bwt_per_task(acc)
-    return float(np.mean(values)) if values else math.nan
+    return 0.0 - forgetting(acc)
 
 
 def forward_transfer(accuracy, reference):

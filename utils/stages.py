@@ -459,7 +459,8 @@ def find_backbone(run, s):
     targets = target_ids(run.cfg, s.target_id) if s.target_id != "all" else run.task_ids
     with failing_task("find_backbone", f"targets {targets}"):
         candidates_of, checkpoints = plan(run.cfg, layout, targets, s.candidates)
-        read_rows(layout.result_csv, RESULT_COLUMNS), read_rows(layout.table_csv, TABLE_COLUMNS)   # mergeable?
+        for path, columns in ((layout.result_csv, RESULT_COLUMNS), (layout.table_csv, TABLE_COLUMNS)):
+            read_rows(path, columns, len(run.cfg.groups))          # both can be merged into before the search
     settings_of = {t: {"stage": "find_backbone", "candidates": candidates_of[t], "selection": s.selection,
                        "profile_size": s.profile_size, "epsilon": s.epsilon, "iterations": s.iterations,
                        "seed": s.seed, "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}}
@@ -475,7 +476,7 @@ def find_backbone(run, s):
                  f"{s.selection}, {profile}, device {device}")
         rows, picks = run_search(run.cfg, {t: candidates_of[t] for t in todo}, checkpoints, profile, s.selection,
                                  device)
-        result, table = write_results(layout.result_csv, layout.table_csv, rows, picks)
+        result, table = write_results(layout.result_csv, layout.table_csv, rows, picks, len(run.cfg.groups))
         for t in todo:
             SearchManifest(layout.search_manifest, t).write(settings_of[t], {"result": result, "table": table},
                                                             {"backbone": picks[t]})
@@ -570,7 +571,7 @@ def train_target(run, s, target, start, criterion, out, what, train_per_class=0)
         data = load_task(run.cfg, target, batch_size=s.batch_size, seed=s.seed, device=s.device,
                          num_classes=s.num_classes, train_per_class=train_per_class)
         start_over(manifest, out)
-        make_net = (lambda: Network.from_checkpoint(load_checkpoint(start))) if start else \
+        make_net = (lambda: Network.load(start, model_config(run.cfg))) if start else \
             (lambda: Network.new(model_config(run.cfg)))
         resume = Resume(out / "resume.pt", settings)
         net, _, acc, width = finetune_with_growth(make_net, data, s, criterion, out / "train.csv", resume)
@@ -638,7 +639,7 @@ def compare_selection(run, s, env=None):
         STAGE_FUNCTIONS[name](run, stage_settings(name, env))
     layout = run.layout(s.arch)
     target_settings = stage_settings("w_backbone_MM", env)
-    table = read_rows(layout.table_csv, TABLE_COLUMNS)
+    table = read_rows(layout.table_csv, TABLE_COLUMNS, len(run.cfg.groups))
     criteria = {t: baseline_accuracy(layout.baseline_acc_file, group) for t, group in run.tasks()}
     plan_of = {(rule, seed, t): rule_picks(table, rule, t, seed)
                for rule in s.selections for seed in s.seeds for t in run.task_ids}
@@ -695,17 +696,27 @@ def summary(run, arch="perceiver_io"):
     return "\n".join(lines)
 
 
+
 def run_stage(stage, config, env=None):
     """Run one stage (or `all`, every stage in order) of a dataset config, with the settings of its script(s) and
-    the environment."""
+    the environment. With two or more GPUS entries, the independent tasks of baseline, wo_backbone, find_backbone
+    and w_backbone_MM run in parallel, one worker per entry (run_parallel); one entry just picks the device."""
+    from utils.parallel import PARALLEL_STAGES, entry_device, gpu_entries, run_parallel
+    env = os.environ if env is None else env
     run = Run.from_environment(config, env)
+    entries = gpu_entries(env)
+    if len(entries) == 1:
+        env = {**env, "GPUS": "", "DEVICE": entry_device(entries[0])}
     if stage == "compare_selection":
         compare_selection(run, stage_settings(stage, env), env)
         return run
     for name in (STAGES if stage == "all" else (stage,)):
         s = stage_settings(name, env)
         log.info(f"==== stage {name} of '{run.cfg.name}' (tasks {run.task_ids})")
-        STAGE_FUNCTIONS[name](run, s)
+        if len(entries) > 1 and name in PARALLEL_STAGES:
+            run_parallel(name, run, s, env, entries)
+        else:
+            STAGE_FUNCTIONS[name](run, s)
     if stage == "all":
         log.info(summary(run))
     return run

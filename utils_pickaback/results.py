@@ -31,9 +31,10 @@ def select_backbones(table, rule="similar"):
     return picks
 
 
-def read_rows(path, columns):
+def read_rows(path, columns, num_tasks=None):
     """The rows of an existing result or table CSV, checked: a UserError naming the file when it cannot be merged
-    into (so that nothing is written when either file is broken)."""
+    into (so that nothing is written when either file is broken), or, given the config's `num_tasks`, when a row
+    names a task id outside 1..num_tasks (a file of another config)."""
     path = Path(path)
     if not path.is_file():
         return pd.DataFrame(columns=columns)
@@ -44,6 +45,12 @@ def read_rows(path, columns):
     if list(old.columns) != columns or not all(pd.api.types.is_integer_dtype(old[c]) for c in columns[:2]):
         raise UserError(f"{path} does not hold {','.join(columns)} rows of task ids: delete it or restore it, then "
                         f"rerun the backbone search.")
+    if num_tasks is not None:
+        ids = old[columns[:2]].to_numpy().ravel()
+        outside = sorted({int(i) for i in ids if not 1 <= i <= num_tasks})
+        if outside:
+            raise UserError(f"{path} names task id {outside[0]}, but the config has tasks 1..{num_tasks}: delete "
+                            f"those rows or the file, then rerun the backbone search.")
     return old
 
 
@@ -55,12 +62,12 @@ def merge_rows(old, rows, columns):
     return merged.sort_values("target_id", kind="stable").reset_index(drop=True)
 
 
-def write_results(result, table, table_rows, picks):
-    """Update pickaback_<cfg>_result.csv and pickback_<cfg>_table.csv together: both are read and checked before
-    either is written, so they never fall out of step. Returns their paths."""
+def write_results(result, table, table_rows, picks, num_tasks=None):
+    """Update pickaback_<cfg>_result.csv and pickback_<cfg>_table.csv together: both are read and checked (task ids
+    within 1..num_tasks when given) before either is written, so they never fall out of step. Returns their paths."""
     with locked(result), locked(table):
-        merged = {table: merge_rows(read_rows(table, TABLE_COLUMNS), table_rows, TABLE_COLUMNS),
-                  result: merge_rows(read_rows(result, RESULT_COLUMNS),
+        merged = {table: merge_rows(read_rows(table, TABLE_COLUMNS, num_tasks), table_rows, TABLE_COLUMNS),
+                  result: merge_rows(read_rows(result, RESULT_COLUMNS, num_tasks),
                                      [{"target_id": t, "task_id": k} for t, k in sorted(picks.items())],
                                      RESULT_COLUMNS)}
         for path, frame in merged.items():

@@ -1,0 +1,100 @@
+"""Several GPUs (GPUS="0 1 ..."; here GPUS="cpu cpu"): the independent tasks of a stage run at the same time in
+worker processes, one per entry, and every output is the sequential run's (conftest's tiny_run, one thread)."""
+import re
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import REPO, env_for, run_script
+from utils.checkpoint import read_json
+from utils.errors import UserError
+from utils.layout import Layout, task_checkpoint
+from utils.stages import run_stage
+
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - "
+LINE = re.compile(r"^(?:\[gpu (cpu#[12])\] )?(.*)$")
+UNIT = re.compile(r"\[gpu (cpu#[12])\] \w+ (.+): (started|done in \d+ s)$")
+
+
+def run_parallel_stage(stage, work, demo_root, **extra):
+    env = env_for(demo_root, work, GPUS="cpu cpu", OMP_NUM_THREADS="1", **extra)     # one thread, as tiny_run
+    return run_script(["bash", str(REPO / "run_pickaback" / f"{stage}.sh"), "demo"], cwd=work, env=env, check=True)
+
+
+def assert_ran_in_parallel(stdout, units):
+    """Every line is whole (the parent's or one worker's, prefixed), both workers ran units, and two units were in
+    progress at the same time on different workers (the parent's started/done lines)."""
+    spans, workers = {}, set()
+    for line in stdout.splitlines():
+        worker, text = LINE.match(line).groups()
+        assert (worker or re.match(STAMP, text)) and not text.startswith("[gpu ") and not re.search(STAMP, text[1:]), \
+            f"not one whole line of the parent or of one worker: {line!r}"
+        workers.add(worker)
+        if (u := UNIT.search(line)) and not worker:
+            at = datetime.strptime(text[:23], "%Y-%m-%d %H:%M:%S,%f")
+            spans.setdefault((u.group(1), u.group(2)), []).append(at)
+    assert workers == {None, "cpu#1", "cpu#2"}
+    assert len(spans) == units and all(len(times) == 2 for times in spans.values())       # each unit started, done
+    assert {worker for worker, _ in spans} == {"cpu#1", "cpu#2"}
+    assert any(a[0] != b[0] and sa[0] < sb[1] and sb[0] < sa[1]
+               for a, sa in spans.items() for b, sb in spans.items())
+
+
+def assert_same_checkpoint(path, reference):
+    mine, theirs = (torch.load(p, weights_only=True) for p in (path, reference))
+    assert mine.keys() == theirs.keys()
+    for key, tensor in theirs["model_state_dict"].items():
+        assert torch.equal(mine["model_state_dict"][key], tensor), key
+
+
+def manifest(folder):
+    data = read_json(Path(folder) / "stage.json")
+    return data["settings"], data["outputs"], data["results"]
+
+
+def test_baseline_tasks_run_at_once_and_give_the_sequential_results(tiny_run, demo_root, tmp_path):
+    work, ids = tmp_path / "work", [1, 2, 5, 6]                                  # two image, two text tasks
+    work.mkdir()
+    proc = run_parallel_stage("baseline", work, demo_root, TASK_IDS=" ".join(map(str, ids)))
+    assert_ran_in_parallel(proc.stdout, len(ids))
+    mine, seq = Layout(work, "demo"), Layout(tiny_run, "demo")
+    groups = [f"group{i}" for i in ids]
+    assert read_json(mine.baseline_acc_file) == {g: read_json(seq.baseline_acc_file)[g] for g in groups}
+    for g in groups:
+        assert_same_checkpoint(task_checkpoint(mine.baseline_dir(g), "-"), task_checkpoint(seq.baseline_dir(g), "-"))
+        assert manifest(mine.baseline_dir(g)) == manifest(seq.baseline_dir(g))
+
+
+def test_targets_run_at_once_and_the_shared_csv_keeps_every_row(tiny_run, demo_root, tmp_path):
+    work = Path(shutil.copytree(tiny_run, tmp_path / "work"))
+    mine, seq = Layout(work, "demo"), Layout(tiny_run, "demo")
+    mine.target_acc_csv.unlink()                                                 # rewritten by the two workers
+    pairs = pd.read_csv(seq.result_csv)
+    ids = [1, 5]                                                                  # an image and a text target
+    proc = run_parallel_stage("w_backbone_MM", work, demo_root, TASK_IDS="1 5", FORCE="1")
+    assert_ran_in_parallel(proc.stdout, len(ids))
+    expected = pd.read_csv(seq.target_acc_csv)
+    expected = expected[expected.target.isin([f"group{i}" for i in ids])].sort_values("target")
+    got = pd.read_csv(mine.target_acc_csv).sort_values("target")                 # rows in the order they finished
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
+    for t in ids:
+        backbone = f"group{int(pairs.set_index('target_id').task_id[t])}"
+        folder, reference = mine.target_dir(backbone, f"group{t}"), seq.target_dir(backbone, f"group{t}")
+        assert_same_checkpoint(task_checkpoint(folder / "scratch", "-", manifest=folder / "stage.json"),
+                               task_checkpoint(reference / "scratch", "-", manifest=reference / "stage.json"))
+        assert manifest(folder) == manifest(reference)
+        assert read_json(folder / "gradual_prune" / "record.txt") == \
+            read_json(reference / "gradual_prune" / "record.txt")
+
+
+def test_a_failing_worker_stops_the_stage_with_one_sentence(demo_root, tmp_path):
+    env = env_for(demo_root, tmp_path, GPUS="cpu cpu", OMP_NUM_THREADS="1", TASK_IDS="1 2", NUM_CLASSES="5")
+    with pytest.raises(UserError) as error:                     # the parent in-process, its workers as processes
+        run_stage("baseline", "demo", env)
+    assert error.value.exit_code == 1
+    assert re.fullmatch(r"stage baseline, task (1 \(group1\)|2 \(group2\)) on gpu cpu#[12]: task group[12] has 3 "
+                        r"class folders in \S+ but 5 classes are configured: [^\n]*\.", str(error.value)), error.value

@@ -1,0 +1,222 @@
+"""Independent tasks of a stage in parallel: GPUS="0 1 2 3" runs one worker process per entry, each taking the next
+unfinished task (the backbone search splits its targets) through utils/stages.py, so that every task runs exactly as
+it would alone. Shared files are updated under locks by the stages themselves."""
+import json
+import logging
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from utils.checkpoint import baseline_accuracy, read_json
+from utils.config import REPO_ROOT
+from utils.errors import UserError
+from utils.stages import (VARIABLES, failing_task, plan, read_rows, run_stage, selected_pairs, target_ids,
+                          target_start)
+from utils_pickaback.results import RESULT_COLUMNS, SELECTION_RULES, TABLE_COLUMNS
+
+log = logging.getLogger("root")
+
+# The parent (run_parallel) checks every input as the stage does, then keeps a queue of the stage's tasks and one
+# worker per GPUS entry (`tools/run_stage.py <stage> <cfg> --worker`, serve_units below). A worker stays up for the
+# whole stage and is handed the next task as soon as it is free, so uneven tasks (widening, early pruning stops) keep
+# every GPU busy and Python/torch start once per worker, not once per task. The backbone search splits its targets
+# over the workers instead (round robin, one part each): each worker loads every candidate once for all its targets.
+
+PARALLEL_STAGES = ("baseline", "wo_backbone", "find_backbone", "w_backbone_MM")
+WORKER_MARK = "\x1emmpab-worker "            # starts the line a worker reports a task's end with (never a log line)
+
+
+def gpu_entries(env):
+    """The entries of GPUS ("0 1 2 3", "0,1", "cpu cpu"), each 'cpu' or a CUDA device index."""
+    entries = str(env.get("GPUS") or "").replace(",", " ").split()
+    for entry in entries:
+        if entry != "cpu" and not re.fullmatch(r"(cuda:)?\d+", entry):
+            raise UserError(f"GPUS={env.get('GPUS')!r}: '{entry}' is neither a GPU index nor cpu; give e.g. "
+                            f"GPUS=\"0 1 2 3\" or GPUS=\"cpu cpu\".")
+    return entries
+
+
+def entry_device(entry):
+    """DEVICE of the worker for one GPUS entry: cuda:<index>, or cpu for 'cpu' or where CUDA is unavailable."""
+    if entry == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    index = int(entry.removeprefix("cuda:"))
+    if index >= torch.cuda.device_count():
+        raise UserError(f"GPUS names GPU {index}, but this machine has {torch.cuda.device_count()} GPU(s) (0.."
+                        f"{torch.cuda.device_count() - 1}): fix GPUS.")
+    return f"cuda:{index}"
+
+
+def parallel_units(name, run, s, workers):
+    """[(what, environment of the unit)]: the independent units of a stage, after checking every input of every
+    unit the way the stage itself does (so that a missing input stops the stage before any training)."""
+    layout = run.layout(s.arch)
+    if name == "baseline":
+        read_json(layout.baseline_acc_file)                       # a broken accuracy file stops us before training
+        return [(f"task {t} ({group})", {"TASK_IDS": str(t)}) for t, group in run.tasks()]
+    if name == "wo_backbone":
+        units = []
+        for t, group in run.tasks():
+            with failing_task(name, f"task {t} ({group})"):
+                baseline_accuracy(layout.baseline_acc_file, group)
+            units.append((f"task {t} ({group})", {"TASK_IDS": str(t)}))
+        return units
+    if name == "w_backbone_MM":                                   # TASK_IDS selects the targets (result rows)
+        csv_path = Path(s.result_csv) if s.result_csv else layout.result_csv
+        with failing_task(name, str(csv_path)):
+            pairs = selected_pairs(run, csv_path)
+        units = []
+        for t, k in pairs:
+            what = f"target {t} ({run.cfg.task_name(t)}) on backbone {k} ({run.cfg.task_name(k)})"
+            with failing_task(name, what):
+                baseline_accuracy(layout.baseline_acc_file, run.cfg.task_name(t))
+                target_start(run, layout, t, run.cfg.task_name(k))
+            units.append((what, {"TASK_IDS": str(t)}))
+        return units
+    if name == "find_backbone":
+        if s.selection not in SELECTION_RULES:
+            raise UserError(f"SELECTION={s.selection} is not one of {', '.join(SELECTION_RULES)}.")
+        targets = target_ids(run.cfg, s.target_id) if s.target_id != "all" else run.task_ids
+        with failing_task(name, f"targets {targets}"):
+            plan(run.cfg, layout, targets, s.candidates)
+            for path, columns in ((layout.result_csv, RESULT_COLUMNS), (layout.table_csv, TABLE_COLUMNS)):
+                read_rows(path, columns, len(run.cfg.groups))
+        parts = [targets[i::workers] for i in range(workers)]
+        return [(f"targets {part}", {"TARGET_ID": ",".join(map(str, part))}) for part in parts if part]
+    raise ValueError(f"stage {name} is not run in parallel")
+
+
+def worker_environment(env, device, workers):
+    """The process environment of a worker: the stage environment (which wins over the process's own stage
+    variables), no GPUS, its device, and a fair share of the cores unless OMP_NUM_THREADS is set."""
+    base = dict(os.environ)
+    if env is not os.environ:              # an explicit stage environment: what run_stage reads only from it (the
+        own = {n for variables in VARIABLES.values() for n in variables} | {"TASK_IDS", "FORCE", "MMPAB_WORK_DIR"}
+        base = {k: v for k, v in base.items() if k not in own}            # settings) comes only from it
+        base.update(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    base.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
+    return {**base, "GPUS": "", "DEVICE": device, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
+
+
+def run_parallel(name, run, s, env, entries):
+    """Run the units of stage `name` on one worker per GPUS entry, each taking the next unit when it is free. Each
+    worker's output lines are printed whole, prefixed [gpu <entry>]. The first failing unit stops the stage: the
+    other workers are terminated (their unfinished tasks are redone by a rerun) and a UserError names the stage,
+    the unit and the worker's error, with the worker's exit code."""
+    units = parallel_units(name, run, s, len(entries))
+    if not units:
+        log.info(f"{name}: nothing to run")
+        return
+    entries = entries[:len(units)]
+    labels = [e if entries.count(e) == 1 else f"{e}#{i + 1}" for i, e in enumerate(entries)]
+    devices = [entry_device(e) for e in entries]
+    workers = ", ".join(f"gpu {label} = {device}" for label, device in zip(labels, devices))
+    log.info(f"{name}: {len(units)} unit(s) on {len(entries)} workers ({workers})")
+    events, printing = queue.Queue(), threading.Lock()
+    tails = [[] for _ in entries]                                 # each worker's last lines, for its error
+
+    def read(slot, proc):
+        try:
+            for line in proc.stdout:
+                if line.startswith(WORKER_MARK):
+                    events.put((slot, json.loads(line[len(WORKER_MARK):])))
+                    continue
+                line = line.rstrip("\n")
+                tails[slot] = (tails[slot] + [line])[-20:]
+                with printing:
+                    sys.stdout.write(f"[gpu {labels[slot]}] {line}\n")
+                    sys.stdout.flush()
+        finally:
+            events.put((slot, {"exit": proc.wait()}))
+
+    command = [sys.executable, str(REPO_ROOT / "tools" / "run_stage.py"), name, run.cfg.name, "--worker"]
+    procs, readers, current, pending = [], [], {}, list(units)
+    try:
+        for slot, device in enumerate(devices):
+            proc = subprocess.Popen(command, env=worker_environment(env, device, len(entries)), encoding="utf-8",
+                                    errors="replace", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT)
+            procs.append(proc)
+            readers.append(threading.Thread(target=read, args=(slot, proc), daemon=True))
+            readers[-1].start()
+
+        def hand_out(slot):
+            if pending:
+                current[slot] = (*pending.pop(0), time.time())
+                log.info(f"[gpu {labels[slot]}] {name} {current[slot][0]}: started")
+                try:
+                    procs[slot].stdin.write(json.dumps(current[slot][1]) + "\n")
+                    procs[slot].stdin.flush()
+                except BrokenPipeError:                           # it died: its exit is reported next
+                    pass
+            else:
+                procs[slot].stdin.close()                         # no more work: the worker ends
+
+        for slot in range(len(procs)):
+            hand_out(slot)
+        running = len(procs)
+        while running:
+            slot, event = events.get()
+            if event.get("ok"):
+                what, _, started = current.pop(slot)
+                log.info(f"[gpu {labels[slot]}] {name} {what}: done in {time.time() - started:.0f} s")
+                hand_out(slot)
+                continue
+            if "exit" in event and slot not in current and event["exit"] == 0:
+                running -= 1                                      # finished its last unit and ended
+                continue
+            if "exit" in event:                                   # died without reporting (crash, signal)
+                code = event["exit"] if event["exit"] > 0 else 128 - event["exit"] if event["exit"] else 1
+                detail = next((line for line in reversed(tails[slot]) if line.strip()), f"exit code {code}")
+            else:
+                code, detail = event.get("exit_code", 1) or 1, event["error"]
+            what = current[slot][0] if slot in current else "after its last unit"
+            prefix = f"stage {name}, {what}: "
+            detail = detail[len(prefix):] if detail.startswith(prefix) else detail.removeprefix(f"stage {name}, ")
+            raise UserError(f"stage {name}, {what} on gpu {labels[slot]}: {detail.removeprefix('error: ')}",
+                            exit_code=code)
+    finally:
+        for proc in procs:                                        # on failure or interruption: stop the others
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for reader in readers:
+            reader.join(timeout=10)
+
+
+def serve_units(stage, config, stdin=None, stdout=None):
+    """The worker side of run_parallel: run `stage` once for each unit read from `stdin` (one JSON object of
+    environment variables a line, e.g. {"TASK_IDS": "3"}) and report each unit's end on `stdout` as one line
+    WORKER_MARK + JSON. Returns the exit code: 0 at the end of the input, else the first failing unit's."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+
+    def report(**result):
+        stdout.write(WORKER_MARK + json.dumps(result) + "\n")
+        stdout.flush()
+
+    for line in stdin:
+        try:
+            run_stage(stage, config, {**os.environ, **json.loads(line), "GPUS": ""})
+        except UserError as e:
+            report(ok=False, error=str(e), exit_code=e.exit_code)
+            return e.exit_code
+        except Exception as e:                                    # noqa: BLE001 (reported to the parent, then exit)
+            traceback.print_exc(file=stdout)
+            report(ok=False, error=f"{type(e).__name__}: {e}", exit_code=1)
+            return 1
+        report(ok=True)
+    return 0
