@@ -8,7 +8,8 @@
 # train.log and stage.json, the settings that produced it) and the accuracy of every task to
 # logs_perceiver_io/baseline_<cfg>_acc.txt. Tasks already finished with the same settings are skipped (FORCE=1
 # redoes them). Edit the variables below, or set them in the environment.
-# GPUS="0 1 2 3" runs the tasks in parallel, one worker per GPU (GPUS="cpu cpu" on the CPU; README, "Several GPUs").
+# GPUS="0 1 2 3" runs the tasks in parallel, one worker per GPU (GPUS="cpu cpu" on the CPU; README).
+# NPROC=4 trains each task on 4 processes under torchrun (DistributedDataParallel; BATCH_SIZE is the global batch).
 ARCH="${ARCH:-perceiver_io}"
 FINETUNE_EPOCHS="${FINETUNE_EPOCHS:-100}"
 NUM_CLASSES="${NUM_CLASSES:--1}"

@@ -12,7 +12,7 @@
 # TARGET_ID: a task id, a list like 1,3, or all (default: TASK_IDS, else every task). CANDIDATES: all (default),
 # same or cross (the candidates' modality relative to the target's). SELECTION: similar (default: the most similar
 # candidate) or original (the original code's rule: the largest distance).
-# GPUS="0 1 2 3" splits the targets over one worker per GPU (GPUS="cpu cpu" on the CPU; README, "Several GPUs").
+# GPUS="0 1 2 3" splits the targets over one worker per GPU (GPUS="cpu cpu" on the CPU; README).
 ARCH="${ARCH:-perceiver_io}"
 TARGET_ID="${TARGET_ID:-all}"
 CANDIDATES="${CANDIDATES:-all}"

@@ -9,6 +9,6 @@
 # applies to every stage that has it). Finished tasks are skipped, so a rerun after an interruption continues with
 # the first unfinished task; FORCE=1 redoes everything. Stops at the first failure with one sentence naming the
 # stage and the task.
-# GPUS="0 1 2 3" runs the independent tasks of each stage in parallel, one worker per GPU (README,
-# "Several GPUs").
+# GPUS="0 1 2 3" runs the independent tasks of each stage in parallel, one worker per GPU; NPROC=4 trains each task
+# on 4 processes under torchrun (README, "One GPU, several GPUs, several machines").
 source "$(dirname "$0")/common.sh"

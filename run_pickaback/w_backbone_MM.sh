@@ -10,7 +10,8 @@
 # chosen backbone checkpoint in R_K/gradual_prune/. Writes
 # checkpoints_perceiver_io/CPG_fromsingle_scratch_woexp_target/perceiver_io/<cfg>/<task>/<target>/{scratch/,
 # gradual_prune/record.txt, train.log, train.csv, stage.json} and logs_perceiver_io/w_backbone_<cfg>_acc.csv.
-# GPUS="0 1 2 3" trains the targets in parallel, one worker per GPU (GPUS="cpu cpu" on the CPU; README, "Several GPUs").
+# GPUS="0 1 2 3" trains the targets in parallel, one worker per GPU (GPUS="cpu cpu" on the CPU; README).
+# NPROC=4 trains each task on 4 processes under torchrun (DistributedDataParallel; BATCH_SIZE is the global batch).
 ARCH="${ARCH:-perceiver_io}"
 EPOCHS="${EPOCHS:-100}"
 NUM_CLASSES="${NUM_CLASSES:--1}"

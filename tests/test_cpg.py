@@ -136,22 +136,22 @@ def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):
     work = tmp_path / "work"
     lay = Layout(work, "demo")
     lay.logs.mkdir(parents=True)
-    lay.baseline_acc_file.write_text('{"group5": "0.6000"}')
-    env = {"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "TASK_IDS": "5", "EPOCHS": "10",
+    lay.baseline_acc_file.write_text('{"group1": "0.6000"}')
+    env = {"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "TASK_IDS": "1", "EPOCHS": "10",
            "NR_EPOCH_FOR_EACH_PRUNE": "2", "PRUNING_INTERVAL": "1", "BATCH_SIZE": "8"}
     run_script(["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"], cwd=tmp_path, env=env, check=True)
-    record = read_json(lay.record("group5"))
+    record = read_json(lay.record("group1"))
     keys = ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"]
     assert list(record) == keys
     for key in keys[1:]:
-        net = Network.from_checkpoint(load_checkpoint(checkpoint_in(lay.prune_stage_dir("group5", key))))
-        assert all(abs(s - float(key)) <= 0.01 for s in cpg.layer_sparsity(net.model, "text", 1).values())
-    assert "In validate()-> Val Ep. #1 loss:" in lay.train_log("group5").read_text()
+        net = Network.from_checkpoint(load_checkpoint(checkpoint_in(lay.prune_stage_dir("group1", key))))
+        assert all(abs(s - float(key)) <= 0.01 for s in cpg.layer_sparsity(net.model, "image", 1).values())
+    assert "In validate()-> Val Ep. #1 loss:" in lay.train_log("group1").read_text()
     run_script(["bash", str(REPO / "run_pickaback" / "select_pruning_ratio_of_backbone.sh"), "demo"], cwd=tmp_path,
                env=env, check=True)
-    assert "We choose pruning ratio" in lay.train_log("group5").read_text()
-    chosen = task_checkpoint(lay.gradual_prune_dir("group5"), "-", manifest=lay.choice_manifest("group5"))
-    assert chosen.parent == lay.gradual_prune_dir("group5").resolve()
+    assert "We choose pruning ratio" in lay.train_log("group1").read_text()
+    chosen = task_checkpoint(lay.gradual_prune_dir("group1"), "-", manifest=lay.choice_manifest("group1"))
+    assert chosen.parent == lay.gradual_prune_dir("group1").resolve()
 
 
 def test_target_script_widens_on_exit_2_up_to_max_width(demo_root, backbone, tmp_path):

@@ -681,8 +681,8 @@ def build(c, evaluate):
     lines += ["## Targets", "", main_table(c), "",
               "gain = acc on backbone − baseline acc; owns = weights whose ownership mask is the target; reuses = "
               "weights of the backbone task its binarised piggymask keeps (of all the backbone's weights in the "
-              "layers the target computes with); grown = parameters of the feed-forward units growth added for it; backbone ratio = the "
-              "pruning ratio chosen for the backbone.", ""]
+              "layers the target computes with); grown = parameters of the feed-forward units growth added for it; "
+              "backbone ratio = the pruning ratio chosen for the backbone.", ""]
     if any(r.get("target_acc") is not None for r in c.targets.values()):
         lines += [f"![target accuracy]({plot_accuracy(c, out['accuracy']).name})", ""]
     for stage, make in (("find_backbone", lambda: search_section(c, out)),

@@ -16,10 +16,12 @@ it is free, and find_backbone splits its targets over the workers; each worker's
 and the task (exit 3: a baseline accuracy is missing).
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from utils.distributed import init_from_environment, is_main_process, shutdown  # noqa: E402
 from utils.errors import UserError, report_user_errors  # noqa: E402
 from utils.runtime import setup_logging  # noqa: E402
 from utils.parallel import PARALLEL_STAGES, serve_units  # noqa: E402
@@ -43,6 +45,12 @@ def parse_args(argv=None):
 @report_user_errors
 def main(argv=None):
     args = parse_args(argv)
+    nproc = int(os.environ.get("NPROC") or 1)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:         # NPROC=N: this stage again, under torchrun
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   __file__, *(argv if argv is not None else sys.argv[1:])]
+        os.execv(sys.executable, command)
+    init_from_environment()
     setup_logging()
     stage = "all" if args.stage == "run_all" else args.stage
     if args.worker:                                           # runs the units its parent hands it on stdin
@@ -50,7 +58,9 @@ def main(argv=None):
             raise UserError(f"--worker runs one of {', '.join(PARALLEL_STAGES)}, not {stage}.")
         sys.exit(serve_units(stage, args.dataset_config))
     run = run_stage(stage, args.dataset_config)
-    if stage in ("all", "compare_selection"):                 # the last step: the report of what the stages wrote
+    main_process = is_main_process()
+    shutdown()
+    if stage in ("all", "compare_selection") and main_process:    # last: the report of what the stages wrote
         from tools.report import write_report                 # (matplotlib is imported only when needed)
         path, _ = write_report(run.cfg.name, run.work_dir, run.cfg.data_root)
         print(f"report: {path}")

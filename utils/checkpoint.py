@@ -12,6 +12,7 @@ from pathlib import Path
 import fcntl
 import torch
 
+from utils.distributed import barrier, is_main_process
 from utils.errors import UserError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pth\.tar$")
@@ -32,6 +33,12 @@ def atomic_write(path, write):
     """Write `path` through a temporary file in the same folder and rename it into place, so a reader never sees a
     half-written file. The file gets the permissions the user's umask gives (mkstemp alone would make it 0600)."""
     path = Path(path)
+    if is_main_process():                     # under torchrun only rank 0 writes; the barrier keeps ranks in step
+        _write_atomically(path, write)
+    barrier()
+
+
+def _write_atomically(path, write):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o666 & ~current_umask())
@@ -95,6 +102,8 @@ def not_a_checkpoint(path):
 def remove_stale_checkpoints(path):
     """After `path` is written: remove the folder's other checkpoint-<epoch>.pth.tar files (earlier runs with other
     epochs), so that nothing can load a stale one in its place."""
+    if not is_main_process():
+        return
     path = Path(path)
     for old in path.parent.iterdir():
         if CHECKPOINT_RE.match(old.name) and old.name != path.name:
@@ -104,7 +113,11 @@ def remove_stale_checkpoints(path):
 # ---- JSON records shared by concurrent runs -----------------------------------------------------------------------
 @contextmanager
 def locked(path):
-    """An exclusive lock beside `path` for read-modify-write of files several runs update."""
+    """An exclusive lock beside `path` for read-modify-write of files several runs update. Under torchrun only
+    rank 0 takes it (the others write nothing, and would wait for the lock at the barrier of rank 0's write)."""
+    if not is_main_process():
+        yield
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.distributed import per_rank_batch, rank, world_size
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -270,8 +271,11 @@ def task_loaders(cfg, group, batch_size, val_batch_size, workers=0, seed=0, devi
         train = few_per_class(train, train_per_class, seed)
     pin = torch.device(device).type == "cuda"
     g = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=g, num_workers=workers,
-                              pin_memory=pin)
+    # one seeded permutation per epoch (the trainer calls set_epoch), of which each of N processes takes every N-th
+    # sample: N processes with batch_size / N each see exactly the global batches one process sees
+    sampler = DistributedSampler(train, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed)
+    train_loader = DataLoader(train, batch_size=per_rank_batch(batch_size), sampler=sampler, generator=g,
+                              num_workers=workers, pin_memory=pin)
     test_loader = DataLoader(test, batch_size=val_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
     return train_loader, test_loader, classes
 

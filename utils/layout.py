@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.checkpoint import CHECKPOINT_RE, atomic_write, read_json
+from utils.distributed import barrier, is_main_process
 from utils.errors import UserError
 
 CHECKPOINTS, LOGS = "checkpoints_perceiver_io", "logs_perceiver_io"
@@ -170,7 +171,9 @@ class Manifest:
 
     def clear(self):
         """Mark the task unfinished before its outputs start being replaced."""
-        self.path.unlink(missing_ok=True)
+        if is_main_process():
+            self.path.unlink(missing_ok=True)
+        barrier()
 
     def write(self, settings, outputs, results=None):
         folder = self.path.parent.resolve()

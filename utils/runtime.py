@@ -16,8 +16,11 @@ LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 def select_device(name="auto"):
     """'auto' = CUDA when available, else CPU; 'cpu', 'cuda' or 'cuda:N' force one."""
+    from utils.distributed import local_device_index, world_size
     if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():                   # under torchrun: this rank's GPU
+            return torch.device(f"cuda:{local_device_index()}" if world_size() > 1 else "cuda")
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name} was asked for but no CUDA GPU is available: use --device cpu or auto.")
     try:
@@ -40,13 +43,14 @@ def seed_everything(seed):
 
 def setup_logging(log_path=None):
     """Root logger to stdout and (appended) to `log_path`, in the original's format."""
+    from utils.distributed import is_main_process
     root = logging.getLogger()
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.INFO if is_main_process() else logging.WARNING)   # torchrun: rank 0 tells the story
     for h in list(root.handlers):
         root.removeHandler(h)
     formatter = logging.Formatter(LOG_FORMAT)
     handlers = [logging.StreamHandler(sys.stdout)]
-    if log_path:
+    if log_path and is_main_process():                  # under torchrun only rank 0 writes log files
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="a"))
     for h in handlers:

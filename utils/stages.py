@@ -37,11 +37,12 @@ from utils.checkpoint import (CHECKPOINT_RE, atomic_write, baseline_accuracy, lo
                               read_record, update_json)
 from utils.config import REPO_ROOT, load_dataset_config
 from utils.data import model_config
+from utils.distributed import is_main_process
 from utils.errors import UserError
 from utils.layout import Layout, Manifest, file_digest, sparsity_key, task_checkpoint
 from utils.runtime import LOG_FORMAT, load_task, select_device
-from utils.trainer import (Outcome, Resume, begin, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint, start_cpg_task,
-                           train_baseline)
+from utils.trainer import (Outcome, Resume, begin, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint,
+                           start_cpg_task, train_baseline)
 from utils_pickaback.backbone_search import plan, run_search, target_ids
 from utils_pickaback.modeldiff import ProfileSettings
 from utils_pickaback.results import RESULT_COLUMNS, SELECTION_RULES, TABLE_COLUMNS, read_rows, write_results
@@ -152,6 +153,9 @@ class Run:
 @contextmanager
 def task_log(path):
     """Also append the log to `path` (the task's train.log, as the original) while a task is worked on."""
+    if not is_main_process():                                     # under torchrun only rank 0 writes logs
+        yield
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="a")
@@ -169,8 +173,9 @@ def start_over(manifest, folder):
     earlier attempt left behind (atomic writes rename a temporary file into place). Its resume state stays: the
     training steps continue from it when its settings match."""
     manifest.clear()
-    for tmp in Path(folder).rglob(".*.tmp"):
-        tmp.unlink()
+    if is_main_process():
+        for tmp in Path(folder).rglob(".*.tmp"):
+            tmp.unlink()
 
 
 def skip(run, manifest, settings, what):
@@ -345,7 +350,7 @@ def train_backbone(run, layout, s, data, criterion, manifest, settings):
 def remove_stale_stages(gradual_prune, outputs):
     """Pruning-stage checkpoints of earlier runs that this run did not write (e.g. a longer schedule)."""
     keep = {Path(p).resolve() for p in outputs.values()}
-    for folder in Path(gradual_prune).iterdir():
+    for folder in (Path(gradual_prune).iterdir() if is_main_process() else ()):
         if folder.is_dir() and re.fullmatch(r"\d+\.\d+", folder.name):
             for f in folder.iterdir():
                 if CHECKPOINT_RE.match(f.name) and f.resolve() not in keep:
@@ -375,7 +380,7 @@ def place_choice(source, gradual_prune):
     files made from it. Returns the placed path."""
     placed = Path(gradual_prune) / Path(source).name
     atomic_write(placed, lambda f: f.write(Path(source).read_bytes()))
-    for old in Path(gradual_prune).iterdir():
+    for old in (Path(gradual_prune).iterdir() if is_main_process() else ()):
         if old.is_file() and old != placed and (CHECKPOINT_RE.match(old.name) or "_kv_transfer_" in old.name):
             old.unlink()
     return placed

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import cpg
+from utils import distributed
 from utils.checkpoint import checkpoint_path, load_checkpoint, remove_stale_checkpoints, save_checkpoint
 from utils.errors import UserError
 from utils.runtime import seed_everything
@@ -61,7 +62,8 @@ class Trainer:
         self.train_loader, self.test_loader = train_loader, test_loader
         self.modality, self.task_id = net.modalities[task], net.task_id(task)
         self.width_mpl = width_mpl
-        self.csv_path = Path(csv_path) if csv_path else None
+        self.csv_path = Path(csv_path) if csv_path and distributed.is_main_process() else None
+        self.forward = None                     # the model as training runs it (DistributedDataParallel on N ranks)
 
     @property
     def model(self):
@@ -73,6 +75,10 @@ class Trainer:
     def train_epoch(self, epoch, optimizer, mask_optimizer=None, weight_decay=0.0, pruner=None):
         self.net.activate(self.task)
         self.model.train()
+        if hasattr(self.train_loader.sampler, "set_epoch"):
+            self.train_loader.sampler.set_epoch(epoch)                # this epoch's permutation of the samples
+        if self.forward is None:
+            self.forward = distributed.wrap(self.model, torch.device(self.device))
         total_loss = correct = seen = 0
         # a bar on a terminal; in a file or CI log the per-epoch log lines below are the progress (disable=None)
         bar = tqdm(self.train_loader, desc=f"{self.task} train ep {epoch}", leave=False, disable=None)
@@ -81,7 +87,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             if mask_optimizer:
                 mask_optimizer.zero_grad(set_to_none=True)
-            logits = self.model(x, mask=mask)
+            logits = self.forward(x, mask=mask)
             loss = F.cross_entropy(logits, y)
             loss.backward()
             cpg.constrain_gradients(self.model, self.modality, self.task_id, weight_decay, pruner is not None)
@@ -95,6 +101,7 @@ class Trainer:
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.2f}")
+        total_loss, correct, seen = distributed.all_sum(total_loss, correct, seen, device=self.device)
         loss, acc = total_loss / max(seen, 1), correct / max(seen, 1)
         lr = optimizer.param_groups[0]["lr"]
         log.info(f"In train()-> Train Ep. #{epoch} loss: {loss:.3f}, accuracy: {100 * acc:.2f}, lr: {lr}, "
@@ -229,7 +236,8 @@ class Resume:
         save_checkpoint(state, self.path)
 
     def clear(self):
-        self.path.unlink(missing_ok=True)
+        if distributed.is_main_process():
+            self.path.unlink(missing_ok=True)
 
 
 def resumed(resume, phase, net, objects, data):

@@ -1,0 +1,50 @@
+"""Files other people can read, logs that read well in files, and one task on two processes (torchrun, NPROC=2)
+matching one process with the same global batch."""
+import os
+import stat
+
+import torch
+
+from tests.conftest import REPO, env_for, run_script
+from utils.checkpoint import atomic_write, load_checkpoint
+from utils.layout import Layout, task_checkpoint
+from utils.stages import run_stage
+
+
+def test_written_files_get_the_permissions_of_the_users_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "record.txt", lambda f: f.write(b"{}"))
+        os.umask(0o002)
+        atomic_write(tmp_path / "shared.txt", lambda f: f.write(b"{}"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "record.txt").stat().st_mode) == 0o644      # not mkstemp's 0600
+    assert stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode) == 0o664
+
+
+def test_progress_in_a_file_is_one_line_per_epoch_not_a_redrawn_bar(demo_root, tmp_path, capfd, monkeypatch,
+                                                                     caplog):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)             # as a user's run: output to a file, not a terminal
+    caplog.set_level("INFO")
+    run_stage("baseline", "demo", env_for(demo_root, tmp_path, TASK_IDS="1", FINETUNE_EPOCHS="3"))
+    out, err = capfd.readouterr()
+    assert "\r" not in out and "\r" not in err                    # no bar redrawn into the file
+    log = (Layout(tmp_path, "demo").baseline_dir("group1") / "train.log").read_text()
+    assert log.count("In train()-> Train Ep. #") == 3
+
+
+def test_two_processes_under_torchrun_match_one_process_with_the_same_global_batch(tiny_run, demo_root, tmp_path):
+    """NPROC=2 runs the stage under torchrun (gloo on CPU): each rank takes half of every global batch of 16."""
+    env = {"OMP_NUM_THREADS": "1", "NPROC": "2", **env_for(demo_root, tmp_path, TASK_IDS="1 5")}
+    proc = run_script(["bash", str(REPO / "run_pickaback" / "baseline.sh"), "demo"], cwd=tmp_path, env=env,
+                      check=True)
+    assert "Traceback" not in proc.stderr
+    for group in ("group1", "group5"):
+        two = load_checkpoint(task_checkpoint(Layout(tmp_path, "demo").baseline_dir(group), "-"))
+        one = load_checkpoint(task_checkpoint(Layout(tiny_run, "demo").baseline_dir(group), "-"))
+        for key, tensor in one["model_state_dict"].items():
+            assert torch.allclose(two["model_state_dict"][key].float(), tensor.float(), atol=1e-5), key
+    # only rank 0 wrote: one log line per epoch in the task's train.log, not two
+    log = (Layout(tmp_path, "demo").baseline_dir("group1") / "train.log").read_text()
+    assert log.count("In train()-> Train Ep. #1 ") == 1
