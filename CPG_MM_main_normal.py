@@ -29,9 +29,9 @@ from models.build import Network
 from utils.checkpoint import baseline_accuracy, read_record, update_json
 from utils.data import model_config
 from utils.errors import UserError, report_user_errors
-from utils.layout import sparsity_key, task_checkpoint
+from utils.layout import file_digest, sparsity_key, task_checkpoint
 from utils.runtime import add_common_arguments, add_task_arguments, prepare_task, setup_logging
-from utils.trainer import (Outcome, Trainer, begin, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint,
+from utils.trainer import (Outcome, Resume, Trainer, begin, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint,
                            start_cpg_task)
 
 log = logging.getLogger("root")
@@ -120,23 +120,32 @@ def main(argv=None):
     log.info(f"{args.expname}: task {args.dataset} ({data.modality}) as task {net.task_id(args.dataset)} of "
              f"{net.history} on {data.device}; width x{width}, {net.num_parameters()} parameters")
     csv_path = Path(log_path).with_name("train.csv") if log_path else None
+    key = "0.0" if args.mode == "finetune" else sparsity_key(args.target_sparsity)
+    folder = Path(args.save_folder) if args.mode == "finetune" else Path(args.save_folder) / key
+    resume = resume_state(args, folder, start, baseline)
     common = dict(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, baseline=baseline,
-                  max_width=args.max_allowed_network_width_multiplier, csv_path=csv_path)
+                  max_width=args.max_allowed_network_width_multiplier, csv_path=csv_path, resume=resume)
     if args.mode == "finetune":
         outcome, acc = cpg_finetune(net, data, lr_mask=args.lr_mask, width=width, **common)
-        folder, key = Path(args.save_folder), "0.0"
     else:
         outcome, acc = cpg_prune(net, data, initial=args.initial_sparsity, target=args.target_sparsity,
                                  frequency=args.pruning_frequency, interval=args.pruning_interval,
                                  total_num_tasks=args.total_num_tasks, unpruned_acc=record["0.0"], **common)
-        key = sparsity_key(args.target_sparsity)
-        folder = Path(args.save_folder) / key
     if acc is not None:
         if record_file:
             update_json(record_file, {key: round(acc, 4)})
         finish_task(net, args.dataset)
         log.info(f"saved {save_task_checkpoint(net, cfg, folder, args.epochs)}")
+    resume.clear()
     sys.exit(EXIT_CODES[outcome])
+
+
+def resume_state(args, folder, start, baseline):
+    """<folder>/resume.pt: rerun with the same flags, a killed step continues after its last finished epoch."""
+    ignored = ("device", "workers", "log_path", "logits_out", "data_root")
+    settings = {**{k: v for k, v in vars(args).items() if k not in ignored}, "baseline": baseline,
+                "start": file_digest(start) if start else None}
+    return Resume(folder / "resume.pt", settings)
 
 
 def inference(args, net, data):

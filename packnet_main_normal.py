@@ -10,12 +10,13 @@ script run_pickaback/baseline.sh runs every task through utils/stages.py; this e
 """
 import argparse
 import logging
+from pathlib import Path
 
 from packnet_models import baseline_network
 from utils.checkpoint import read_json, update_json
 from utils.errors import report_user_errors
 from utils.runtime import add_common_arguments, add_task_arguments, prepare_task, setup_logging
-from utils.trainer import begin, finish_task, save_task_checkpoint, train_baseline
+from utils.trainer import Resume, begin, finish_task, save_task_checkpoint, train_baseline
 
 
 def parse_args(argv=None):
@@ -40,10 +41,15 @@ def main(argv=None):
              f"on {data.device}")
     begin(data, args.seed)                                    # the initial weights depend on the seed only
     net = baseline_network(cfg, data)
-    acc = train_baseline(net, data, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
+    # rerun with the same flags, a killed run continues after its last finished epoch
+    settings = {k: v for k, v in vars(args).items() if k not in ("device", "workers", "log_path", "data_root")}
+    resume = Resume(Path(args.save_folder) / "resume.pt", settings)
+    acc = train_baseline(net, data, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+                         resume=resume)
     finish_task(net, args.dataset)
     path = save_task_checkpoint(net, cfg, args.save_folder, args.epochs)
     update_json(args.logfile, {args.dataset: "%.4f" % acc})
+    resume.clear()
     log.info(f"saved {path}; {args.logfile}[{args.dataset}] = {acc:.4f}")
 
 
