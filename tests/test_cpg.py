@@ -137,8 +137,8 @@ def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):
     lay = Layout(work, "demo")
     lay.logs.mkdir(parents=True)
     lay.baseline_acc_file.write_text('{"group1": "0.6000"}')
-    env = {"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "TASK_IDS": "1", "EPOCHS": "10",
-           "NR_EPOCH_FOR_EACH_PRUNE": "2", "PRUNING_INTERVAL": "1", "BATCH_SIZE": "8"}
+    env = {"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "TASK_IDS": "1", "EPOCHS": "6",
+           "NR_EPOCH_FOR_EACH_PRUNE": "1", "PRUNING_INTERVAL": "1", "BATCH_SIZE": "8"}
     run_script(["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"], cwd=tmp_path, env=env, check=True)
     record = read_json(lay.record("group1"))
     keys = ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"]
