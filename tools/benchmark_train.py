@@ -1,0 +1,184 @@
+"""Training speed: samples/s of a bare perceiver-pytorch PerceiverIO step, of the baseline trainer and of the CPG
+target trainer, interleaved in one process, with the ratios to the bare step and the share of the machine's measured
+matmul rate.
+
+    python tools/benchmark_train.py                       # demo and oxford sizes on the CPU
+    python tools/benchmark_train.py --sizes oxford --device cuda --rounds 5
+
+All three train the same shapes on the same random images for the same number of steps: the bare step is
+perceiver-pytorch's PerceiverIO (the blocks our network is built from) on pre-computed Fourier-feature tokens, a
+mean over latents and a linear head, with plain SGD; the baseline trainer is utils.trainer.Trainer.train_epoch on a
+one-task network; the CPG trainer is the same on a second task that picks (piggymask) over a pruned first task. Each
+round runs the three once, in turn; the figures are the medians over rounds. FLOPs per step come from PyTorch's
+FlopCounterMode; the matmul rate from timing a large float32 matmul on the same device.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from perceiver_pytorch import PerceiverIO  # noqa: E402
+from perceiver_pytorch.perceiver_pytorch import fourier_encode  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from models import cpg  # noqa: E402
+from models.build import Network  # noqa: E402
+from utils.runtime import select_device  # noqa: E402
+from utils.trainer import Trainer, make_optimizers  # noqa: E402
+
+# (model config, image size, batch size, number of classes) of the demo config and of the original's oxford config
+SIZES = {
+    "demo": (dict(num_freq_bands=2, max_freq=4.0, depth=1, num_latents=16, latent_dim=64, cross_heads=2,
+                  cross_dim_head=16, latent_heads=2, latent_dim_head=32, ff_mult=2), 8, 32, 3),
+    "oxford": (dict(num_freq_bands=6, max_freq=10.0, depth=3, num_latents=256, latent_dim=512, cross_heads=1,
+                    cross_dim_head=64, latent_heads=8, latent_dim_head=64, ff_mult=4), 64, 8, 4),
+}
+
+
+class RandomImages(Dataset):
+    def __init__(self, n, size, classes):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(n, 3, size, size, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+def fourier_tokens(x, bands, max_freq):
+    """[b, 3, h, w] -> [b, h*w, 3 + 2 * (2 * bands + 1)]: pixels and their Fourier position features."""
+    b, _, h, w = x.shape
+    axis = [torch.linspace(-1.0, 1.0, steps=s, device=x.device) for s in (h, w)]
+    pos = torch.stack(torch.meshgrid(*axis, indexing="ij"), dim=-1)
+    enc = fourier_encode(pos, max_freq, bands).flatten(-2)                 # [h, w, 2 * (2 * bands + 1)]
+    enc = enc.unsqueeze(0).expand(b, -1, -1, -1)
+    return torch.cat([x.permute(0, 2, 3, 1), enc], dim=-1).flatten(1, 2)
+
+
+class Bare(torch.nn.Module):
+    def __init__(self, config, tokens_dim, classes):
+        super().__init__()
+        self.perceiver = PerceiverIO(dim=tokens_dim, queries_dim=config["latent_dim"], depth=config["depth"],
+                                     num_latents=config["num_latents"], latent_dim=config["latent_dim"],
+                                     cross_heads=config["cross_heads"], latent_heads=config["latent_heads"],
+                                     cross_dim_head=config["cross_dim_head"],
+                                     latent_dim_head=config["latent_dim_head"], decoder_ff=False)
+        self.head = torch.nn.Linear(config["latent_dim"], classes)
+
+    def forward(self, tokens):
+        return self.head(self.perceiver(tokens).mean(dim=1))
+
+
+def bare_epoch(model, optimizer, batches):
+    model.train()
+    for tokens, y in batches:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(tokens), y).backward()
+        optimizer.step()
+
+
+def networks(config, classes, device):
+    """(one-task network for the baseline trainer, two-task network whose second task picks over the first)."""
+    config = {**config, "text_dim": 16, "max_text_length": 8}
+    base = Network.new(config)
+    base.start_task("t1", "image", classes)
+    base.set_trainable("t1")
+    target = Network.new(config)
+    target.start_task("t1", "image", classes)
+    cpg.prune_to(target.model, "image", 1, 0.5)
+    target.claim_shared("t1")
+    target.start_task("t2", "image", classes)
+    target.set_trainable("t2")
+    base.model.to(device)
+    target.model.to(device)
+    return base, target
+
+
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def matmul_rate(device, n=2048, repeats=10):
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    seconds = timed(lambda: [a @ b for _ in range(repeats)], device)
+    return 2 * n ** 3 * repeats / seconds
+
+
+def flops_per_step(fn):
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def benchmark(size, device, rounds, steps):
+    config, image, batch, classes = SIZES[size]
+    data = RandomImages(batch * steps, image, classes)
+    loader = DataLoader(data, batch_size=batch, shuffle=False)
+    bands, max_freq = config["num_freq_bands"], config["max_freq"]
+    batches = [(fourier_tokens(b["x"].to(device), bands, max_freq), b["y"].to(device)) for b in loader]
+    torch.manual_seed(0)
+    bare = Bare(config, batches[0][0].shape[-1], classes).to(device)
+    bare_opt = torch.optim.SGD(bare.parameters(), lr=1e-2, momentum=0.9, nesterov=True)
+    base, target = networks(config, classes, device)
+    base_trainer = Trainer(base, "t1", device, loader, None)
+    base_opt, _ = make_optimizers(base, "t1", 1e-2, 0.0)
+    target_trainer = Trainer(target, "t2", device, loader, None)
+    target_opt, mask_opt = make_optimizers(target, "t2", 1e-2, 1e-4)
+    runs = {"bare perceiver-pytorch": lambda: bare_epoch(bare, bare_opt, batches),
+            "baseline trainer": lambda: base_trainer.train_epoch(1, base_opt, weight_decay=4e-5),
+            "CPG target trainer": lambda: target_trainer.train_epoch(1, target_opt, mask_opt, 4e-5)}
+    import logging
+    logging.getLogger("root").setLevel(logging.WARNING)               # no per-epoch log lines while timing
+    for fn in runs.values():                                          # warm-up
+        fn()
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            times[name].append(timed(fn, device))
+    flops = flops_per_step(lambda: bare_epoch(bare, bare_opt, batches[:1]))
+    rate = matmul_rate(device)
+    samples = batch * steps
+    bare_rate = samples / statistics.median(times["bare perceiver-pytorch"])
+    print(f"\n{size} size ({image}x{image} images, depth {config['depth']}, {config['num_latents']} x "
+          f"{config['latent_dim']} latents, batch {batch}) on {device}: matmul {rate / 1e9:.1f} GFLOP/s, "
+          f"{flops / batch / 1e6:.1f} MFLOP per sample (bare step)")
+    print(f"{'':24}{'samples/s':>12}{'x bare':>9}{'share of matmul rate':>23}")
+    for name, t in times.items():
+        per_s = samples / statistics.median(t)
+        print(f"{name:24}{per_s:12.1f}{per_s / bare_rate:9.2f}{100 * per_s * flops / batch / rate:22.1f}%")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["demo", "oxford"], choices=list(SIZES), help="model sizes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is reported)")
+    p.add_argument("--steps", type=int, default=10, help="training steps per timed epoch")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device(args.device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    for size in args.sizes:
+        benchmark(size, device, args.rounds, args.steps)
+
+
+if __name__ == "__main__":
+    main()
