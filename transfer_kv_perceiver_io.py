@@ -21,11 +21,12 @@ import argparse
 import logging
 from pathlib import Path
 
+from packnet_models_pickaback.kv_transfer import transfer
 from utils.config import load_dataset_config
 from utils.errors import report_user_errors
 from utils.layout import Layout
 from utils.runtime import setup_logging
-from utils.stages import Run, chosen_backbone, selected_pairs, target_source, transfer
+from utils.stages import Run, kv_jobs, selected_pairs
 
 log = logging.getLogger("root")
 
@@ -50,17 +51,10 @@ def main(argv=None):
     run = Run(cfg, Path("."), list(range(1, len(cfg.groups) + 1)))
     layout = Layout(Path("."), cfg.name, args.arch, Path(args.checkpoint_root))
     pairs = selected_pairs(run, args.csv_path or layout.result_csv)
-    jobs = []
-    for t, k in pairs:                                                       # fail before writing anything
-        target, backbone = cfg.task_name(t), cfg.task_name(k)
-        k_path = chosen_backbone(run, layout, backbone)
-        source = target_source(run, layout, target) if cfg.modality(target) != cfg.modality(backbone) else None
-        jobs.append((t, k, k_path, source))
     outs = []
-    for t, k, k_path, source in jobs:
-        out = layout.kv_transfer_file(k_path, t)
-        transfer(cfg, t, k, k_path, source, out)
-        outs.append(out)
+    for t, k, k_path, source in kv_jobs(run, layout, pairs):      # every pair is checked before anything is written
+        outs.append(layout.kv_transfer_file(k_path, t))
+        transfer(cfg, t, k, k_path, source, outs[-1])
     return outs
 
 

@@ -309,31 +309,22 @@ def no_space_message(path):
     return f"no space left on {path.parent} while writing {path.name}: free space and rerun; {path} was not changed."
 
 
-def test_disk_full_while_saving_keeps_the_old_file_and_says_so(tmp_path, monkeypatch):
+def fsync_full(fd):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def fdopen_full(fd, mode, real_fdopen=os.fdopen):
+    """/dev/full fails every write with ENOSPC; torch.save turns that OSError into a RuntimeError."""
+    os.close(fd)
+    return real_fdopen(os.open("/dev/full", os.O_WRONLY), mode)
+
+
+@pytest.mark.parametrize("name, full", [("fsync", fsync_full), ("fdopen", fdopen_full)])
+def test_disk_full_while_saving_keeps_the_old_file_and_says_so(tmp_path, monkeypatch, name, full):
     path = tmp_path / "checkpoint-1.pth.tar"
     save_checkpoint({"a": torch.ones(2)}, path)
     old = path.read_bytes()
-
-    def full(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(checkpoint.os, "fsync", full)
-    with pytest.raises(UserError) as e:
-        save_checkpoint({"a": torch.zeros(2)}, path)
-    assert str(e.value) == no_space_message(path)
-    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == [path.name]
-
-
-def test_disk_full_inside_torch_save_is_recognised(tmp_path, monkeypatch):
-    """torch.save turns the failed write's OSError into a RuntimeError; /dev/full fails every write with ENOSPC."""
-    path = tmp_path / "checkpoint-1.pth.tar"
-    save_checkpoint({"a": torch.ones(2)}, path)
-    old = path.read_bytes()
-    real_fdopen = os.fdopen
-
-    def fdopen_full(fd, mode):
-        os.close(fd)
-        return real_fdopen(os.open("/dev/full", os.O_WRONLY), mode)
-    monkeypatch.setattr(checkpoint.os, "fdopen", fdopen_full)
+    monkeypatch.setattr(checkpoint.os, name, full)
     with pytest.raises(UserError) as e:
         save_checkpoint({"a": torch.zeros(10000)}, path)
     assert str(e.value) == no_space_message(path)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from utils.checkpoint import CHECKPOINT_RE, atomic_write, read_json
@@ -131,7 +132,14 @@ def sparsity_key(value):
 
 
 def file_digest(path):
-    """sha256 of a file, to tell whether a stage's input changed since its outputs were made."""
+    """sha256 of a file, to tell whether a stage's input changed since its outputs were made. Computed once per
+    version of the file in a process (a search's settings name every candidate's checkpoint for every target)."""
+    stat = Path(path).stat()
+    return _digest(str(Path(path).resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4096)
+def _digest(path, inode, mtime_ns, size):               # a rewritten file (atomic: a new inode) is read again
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -175,11 +183,15 @@ class Manifest:
             self.path.unlink(missing_ok=True)
         barrier()
 
-    def write(self, settings, outputs, results=None):
+    def entry(self, settings, outputs, results=None):
+        """The record of a finished task, its paths relative to the manifest's folder."""
         folder = self.path.parent.resolve()
-        data = {"settings": settings,
+        return {"settings": settings,
                 "outputs": {k: os.path.relpath(Path(v).resolve(), folder) for k, v in outputs.items()},
                 "results": results or {}}
+
+    def write(self, settings, outputs, results=None):
+        data = self.entry(settings, outputs, results)
         atomic_write(self.path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
 
 

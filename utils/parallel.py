@@ -11,16 +11,13 @@ import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 
 import torch
 
-from utils.checkpoint import baseline_accuracy, read_json
+from utils.checkpoint import read_json
 from utils.config import REPO_ROOT
 from utils.errors import UserError
-from utils.stages import (VARIABLES, failing_task, plan, read_rows, run_stage, selected_pairs, target_ids,
-                          target_start)
-from utils_pickaback.results import RESULT_COLUMNS, SELECTION_RULES, TABLE_COLUMNS
+from utils.stages import VARIABLES, backbone_jobs, run_stage, search_plan, target_jobs
 
 log = logging.getLogger("root")
 
@@ -63,32 +60,12 @@ def parallel_units(name, run, s, workers):
         read_json(layout.baseline_acc_file)                       # a broken accuracy file stops us before training
         return [(f"task {t} ({group})", {"TASK_IDS": str(t)}) for t, group in run.tasks()]
     if name == "wo_backbone":
-        units = []
-        for t, group in run.tasks():
-            with failing_task(name, f"task {t} ({group})"):
-                baseline_accuracy(layout.baseline_acc_file, group)
-            units.append((f"task {t} ({group})", {"TASK_IDS": str(t)}))
-        return units
+        return [(f"task {t} ({group})", {"TASK_IDS": str(t)}) for t, group, _ in backbone_jobs(run, layout)]
     if name == "w_backbone_MM":                                   # TASK_IDS selects the targets (result rows)
-        csv_path = Path(s.result_csv) if s.result_csv else layout.result_csv
-        with failing_task(name, str(csv_path)):
-            pairs = selected_pairs(run, csv_path)
-        units = []
-        for t, k in pairs:
-            what = f"target {t} ({run.cfg.task_name(t)}) on backbone {k} ({run.cfg.task_name(k)})"
-            with failing_task(name, what):
-                baseline_accuracy(layout.baseline_acc_file, run.cfg.task_name(t))
-                target_start(run, layout, t, run.cfg.task_name(k))
-            units.append((what, {"TASK_IDS": str(t)}))
-        return units
+        return [(f"target {t} ({target}) on backbone {k} ({backbone})", {"TASK_IDS": str(t)})
+                for t, k, target, backbone, _, _ in target_jobs(run, layout, s)]
     if name == "find_backbone":
-        if s.selection not in SELECTION_RULES:
-            raise UserError(f"SELECTION={s.selection} is not one of {', '.join(SELECTION_RULES)}.")
-        targets = target_ids(run.cfg, s.target_id) if s.target_id != "all" else run.task_ids
-        with failing_task(name, f"targets {targets}"):
-            plan(run.cfg, layout, targets, s.candidates)
-            for path, columns in ((layout.result_csv, RESULT_COLUMNS), (layout.table_csv, TABLE_COLUMNS)):
-                read_rows(path, columns, len(run.cfg.groups))
+        targets, _, _ = search_plan(run, layout, s)
         parts = [targets[i::workers] for i in range(workers)]
         return [(f"targets {part}", {"TARGET_ID": ",".join(map(str, part))}) for part in parts if part]
     raise ValueError(f"stage {name} is not run in parallel")

@@ -265,15 +265,20 @@ def finetune_with_growth(make_net, data, s, baseline_acc, csv_path, resume=None)
         log.info(f"expanding the network to width x{width}")
 
 
+def backbone_jobs(run, layout):
+    """[(task id, group, baseline accuracy)] of the backbone stage, every task's input checked before any work."""
+    jobs = []
+    for task_id, group in run.tasks():
+        with failing_task("wo_backbone", f"task {task_id} ({group})"):
+            jobs.append((task_id, group, baseline_accuracy(layout.baseline_acc_file, group)))
+    return jobs
+
+
 def wo_backbone(run, s):
     """CPG-train every task from scratch, then prune it gradually along PRUNING_SCHEDULE, recording the accuracy
     at every sparsity in record.txt."""
     layout = run.layout(s.arch)
-    jobs = []
-    for task_id, group in run.tasks():                            # check every input before any work
-        with failing_task("wo_backbone", f"task {task_id} ({group})"):
-            criterion = baseline_accuracy(layout.baseline_acc_file, group)
-        jobs.append((task_id, group, criterion))
+    jobs = backbone_jobs(run, layout)
     names = ("epochs", "num_classes", "init_lr", "pruning_lr", "lr_mask", "weight_decay", "batch_size",
              "network_width_multiplier", "max_network_width_multiplier", "width_step", "nr_epoch_for_each_prune",
              "pruning_frequency", "pruning_interval", "pruning_schedule", "total_num_tasks", "seed")
@@ -443,29 +448,30 @@ class SearchManifest(Manifest):
     def read(self):
         return (read_json(self.path) or {}).get(self.target)
 
-    def outputs(self):
-        data = self.read() or {"outputs": {}}
-        return {k: (self.path.parent / v).resolve() for k, v in data["outputs"].items()}
-
     def write(self, settings, outputs, results=None):
         with locked(self.path):
             data = read_json(self.path) or {}
-            data[self.target] = {"settings": settings, "results": results or {},
-                                 "outputs": {k: os.path.relpath(Path(v).resolve(), self.path.parent.resolve())
-                                             for k, v in outputs.items()}}
+            data[self.target] = self.entry(settings, outputs, results)
             atomic_write(self.path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
 
 
-def find_backbone(run, s):
-    """Per target, score every candidate's baseline with ModelDiff and pick the backbone (SELECTION)."""
-    layout = run.layout(s.arch)
+def search_plan(run, layout, s):
+    """(targets, {target: candidates}, {task id: baseline checkpoint}) of the search, every input checked: the
+    selection rule, the baselines, and both result CSVs (they must take the new rows before the search runs)."""
     if s.selection not in SELECTION_RULES:
         raise UserError(f"SELECTION={s.selection} is not one of {', '.join(SELECTION_RULES)}.")
     targets = target_ids(run.cfg, s.target_id) if s.target_id != "all" else run.task_ids
     with failing_task("find_backbone", f"targets {targets}"):
         candidates_of, checkpoints = plan(run.cfg, layout, targets, s.candidates)
         for path, columns in ((layout.result_csv, RESULT_COLUMNS), (layout.table_csv, TABLE_COLUMNS)):
-            read_rows(path, columns, len(run.cfg.groups))          # both can be merged into before the search
+            read_rows(path, columns, len(run.cfg.groups))
+    return targets, candidates_of, checkpoints
+
+
+def find_backbone(run, s):
+    """Per target, score every candidate's baseline with ModelDiff and pick the backbone (SELECTION)."""
+    layout = run.layout(s.arch)
+    targets, candidates_of, checkpoints = search_plan(run, layout, s)
     settings_of = {t: {"stage": "find_backbone", "candidates": candidates_of[t], "selection": s.selection,
                        "profile_size": s.profile_size, "epsilon": s.epsilon, "iterations": s.iterations,
                        "seed": s.seed, "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}}
@@ -504,25 +510,30 @@ def selected_pairs(run, csv_path):
     return [(t, k) for t, k in pairs if t in run.task_ids]
 
 
+def kv_jobs(run, layout, pairs):
+    """[(target id, backbone id, the backbone's chosen checkpoint, (the target's own model, its stage) or (None,
+    None) for a same-modality pair)], every pair checked before any file is written."""
+    jobs = []
+    for t, k in pairs:
+        target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)
+        with failing_task("transfer_kv", f"target {t} ({target}) on backbone {k} ({backbone})"):
+            k_path = chosen_backbone(run, layout, backbone)
+            cross = run.cfg.modality(target) != run.cfg.modality(backbone)
+            jobs.append((t, k, k_path, target_source(run, layout, target) if cross else (None, None)))
+    return jobs
+
+
 def transfer_kv(run, s, pairs=None):
     """For every (target, backbone) row of the search result (or of `pairs`), write the backbone's chosen
     checkpoint with the target's reader grafted in (cross-modal pairs) or unchanged (same modality)."""
     layout = run.layout(s.arch)
     csv_path = Path(s.csv_path) if s.csv_path else layout.result_csv
-    jobs = []
     if pairs is None:
         with failing_task("transfer_kv", str(csv_path)):
             pairs = selected_pairs(run, csv_path)
-    for t, k in pairs:                                            # check every pair before writing any file
-        target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)
-        with failing_task("transfer_kv", f"target {t} ({target}) on backbone {k} ({backbone})"):
-            k_path = chosen_backbone(run, layout, backbone)
-            cross = run.cfg.modality(target) != run.cfg.modality(backbone)
-            source = target_source(run, layout, target) if cross else (None, None)
+    for t, k, k_path, source in kv_jobs(run, layout, pairs):
         settings = {"stage": "transfer_kv", "target": t, "backbone": k, "backbone_checkpoint": file_digest(k_path),
-                    "source": file_digest(source[0]) if cross else None}
-        jobs.append((t, k, k_path, source, settings))
-    for t, k, k_path, source, settings in jobs:
+                    "source": file_digest(source[0]) if source[0] else None}
         manifest = Manifest(layout.kv_manifest(run.cfg.task_name(k), t))
         if skip(run, manifest, settings, f"transfer_kv target {t} on backbone {k}"):
             continue
@@ -592,19 +603,25 @@ def train_target(run, s, target, start, criterion, out, what, train_per_class=0)
     return row
 
 
-def w_backbone_MM(run, s):  # noqa: N802 (the original script's name)
-    """CPG-train every target of the search result on its backbone, widening while below its baseline."""
-    layout = run.layout(s.arch)
+def target_jobs(run, layout, s):
+    """[(target id, backbone id, target, backbone, baseline accuracy, start checkpoint)] of the rows of the search
+    result that TASK_IDS selects, every row checked before any training."""
     csv_path = Path(s.result_csv) if s.result_csv else layout.result_csv
     with failing_task("w_backbone_MM", str(csv_path)):
         pairs = selected_pairs(run, csv_path)
     jobs = []
-    for t, k in pairs:                                            # check every row before training any
+    for t, k in pairs:
         target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)
         with failing_task("w_backbone_MM", f"target {t} ({target}) on backbone {k} ({backbone})"):
-            criterion = baseline_accuracy(layout.baseline_acc_file, target)
-            start = target_start(run, layout, t, backbone)
-        jobs.append((t, k, target, backbone, criterion, start))
+            jobs.append((t, k, target, backbone, baseline_accuracy(layout.baseline_acc_file, target),
+                         target_start(run, layout, t, backbone)))
+    return jobs
+
+
+def w_backbone_MM(run, s):  # noqa: N802 (the original script's name)
+    """CPG-train every target of the search result on its backbone, widening while below its baseline."""
+    layout = run.layout(s.arch)
+    jobs = target_jobs(run, layout, s)
     for n, (t, k, target, backbone, criterion, start) in enumerate(jobs, 1):
         what = (f"w_backbone_MM target {t} ({n}/{len(jobs)}: {target}, {run.cfg.modality(target)}) on backbone {k} "
                 f"({backbone})")
