@@ -27,6 +27,7 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import load_dataset_config
 from utils.data import model_config
 from utils.errors import UserError
+from utils.images import unreadable_images
 from utils.layout import Layout, Manifest
 from utils.stages import run_stage
 from utils_pickaback.results import RESULT_COLUMNS, TABLE_COLUMNS, read_rows, write_results
@@ -126,17 +127,20 @@ def test_skip_corrupt_images_leaves_them_out_with_a_warning(data_root, tmp_path,
     assert task[0]["x"].shape[0] == 3
 
 
-def test_an_image_that_fails_to_decode_while_training_is_named(data_root):
-    """A truncated JPEG passes the cheap check (its header is intact) and fails when read: a UserError naming it."""
+def test_an_image_that_fails_to_decode_is_named_when_the_cache_is_built(data_root, tmp_path, monkeypatch):
+    """A truncated JPEG passes the cheap check (its header is intact) and fails to decode: the cache build names it
+    in a UserError, or leaves it out with skip_corrupt_images: true."""
     buf = io.BytesIO()
     Image.frombytes("RGB", (32, 32), os.urandom(32 * 32 * 3)).save(buf, "JPEG")
     bad = data_root / "demo" / "image" / "train" / "group1" / "blue" / "zz_truncated.jpg"
     bad.write_bytes(buf.getvalue()[:len(buf.getvalue()) * 2 // 3])
+    assert unreadable_images([str(bad)]) == {}                            # its header verifies
+    with pytest.raises(UserError, match="cannot be read") as e:
+        data_mod.image_task(load_dataset_config("demo", data_root), "group1", "train")
+    assert str(bad) in str(e.value) and "skip_corrupt_images: true" in str(e.value)
+    monkeypatch.setenv("MMPAB_CONFIG_FILE", str(demo_config_file(tmp_path, skip_corrupt_images=True)))
     task = data_mod.image_task(load_dataset_config("demo", data_root), "group1", "train")
-    index = [p for p, _ in task.samples].index(str(bad))
-    with pytest.raises(UserError, match="cannot be decoded") as e:
-        task[index]
-    assert str(bad) in str(e.value)
+    assert str(bad) not in [p for p, _ in task.samples] and len(task) == len(task.images) == len(task.samples)
 
 
 # ---- 2. captions -------------------------------------------------------------------------------------------------

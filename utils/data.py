@@ -1,6 +1,7 @@
 """Image and text task datasets and their loaders.
 
-Image tasks are torchvision ImageFolders with the config's transforms. Text tasks are one `.txt` per sample under
+Image tasks are decoded once into a uint8 tensor cache under `<data_root>/.cache/` (utils/images.py); their loaders
+crop, flip and normalise whole batches on the run's device (`DeviceLoader`). Text tasks are one `.txt` per sample under
 class folders; they are tokenised with the configured encoder's tokenizer and embedded once, in batches, on the
 run's device, and the features (with the padding mask) are cached on disk under `<data_root>/.cache/`. The cache
 key covers every file's content, the encoder, the feature kind and the length, so any change recomputes it.
@@ -13,101 +14,33 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.distributed import per_rank_batch, rank, world_size
 from utils.errors import UserError
+from utils.images import (IMAGE_CACHE_VERSION, BatchTransform, ImageTask, cached_size, image_samples,
+                          load_or_build)
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
-# ---- images ---------------------------------------------------------------------------------------------------
-class ImageTask(Dataset):
-    """A torchvision ImageFolder whose items are dicts, like the text task's; an image that cannot be decoded is a
-    UserError naming the file. (torchvision is imported here, not at the top: it costs every stage process about
-    1.3 s, and only image tasks need it.)"""
-
-    def __init__(self, root, transform):
-        from torchvision import datasets
-        self.folder = datasets.ImageFolder(root, transform=transform)
-
-    @property
-    def classes(self):
-        return self.folder.classes
-
-    @property
-    def samples(self):
-        return self.folder.samples
-
-    @property
-    def targets(self):
-        return self.folder.targets
-
-    def __len__(self):
-        return len(self.folder)
-
-    def __getitem__(self, index):
-        try:
-            x, y = self.folder[index]
-        except (OSError, SyntaxError, ValueError) as e:     # e.g. a truncated JPEG, whose header verified
-            raise UserError(f"image file {self.samples[index][0]} cannot be decoded ({e.__class__.__name__}): "
-                            f"replace or delete it.") from None
-        return {"x": x, "y": y}
-
-    def drop(self, paths):
-        self.folder.samples = self.folder.imgs = [s for s in self.folder.samples if s[0] not in paths]
-        self.folder.targets = [label for _, label in self.folder.samples]
-
-
-def unreadable_images(paths):
-    """{path: error} of the files PIL cannot open and verify. Cheap: verify() checks the file's structure (for PNG
-    every chunk's checksum) without decoding the pixels."""
-    bad = {}
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except (OSError, SyntaxError, ValueError) as e:       # PIL's errors for broken or unknown files
-            bad[path] = e
-    return bad
-
-
-def image_transforms(cfg, train):
-    from torchvision import transforms
-    steps = []
-    if train and cfg.raw.get("crop"):
-        steps.append(transforms.RandomCrop(cfg.raw["crop"], padding=cfg.raw.get("padding", 4)))
-    elif cfg.raw.get("resize"):
-        steps.append(transforms.Resize(tuple(cfg.raw["resize"])))
-    if train and cfg.raw.get("random_horizontal_flip"):
-        steps.append(transforms.RandomHorizontalFlip())
-    steps += [transforms.ToTensor(), transforms.Normalize(cfg.raw["mean"], cfg.raw["std"])]
-    return transforms.Compose(steps)
-
-
-def image_task(cfg, group, split):
+# ---- images ----------------------------------------------------------------------------------------------------
+def image_task(cfg, group, split, raw=False):
+    """The decoded images of a task split from their cache (built on first use; see utils/images.py). Items hold
+    uint8 pixels (`raw`, for loaders that transform whole batches on the device) or normalised float pixels, as
+    ToTensor + Normalize gave them, for code that reads items one by one."""
     folder = cfg.task_folder(group, split)
-    try:
-        task = ImageTask(str(folder), transform=image_transforms(cfg, split == "train"))
-    except (FileNotFoundError, RuntimeError) as e:
-        raise UserError(f"image folder {folder} has no class folders with images ({e}): "
-                        f"re-run the dataset preparer.") from None
-    bad = unreadable_images(path for path, _ in task.samples)     # before training, not in the middle of it
-    if bad and not cfg.raw.get("skip_corrupt_images"):
-        path, error = next(iter(bad.items()))
-        more = f" ({len(bad) - 1} more in {folder})" if len(bad) > 1 else ""
-        raise UserError(f"image file {path}{more} cannot be read ({error.__class__.__name__}): replace or delete it, "
-                        f"or set skip_corrupt_images: true in section '{cfg.name}' of {cfg.config_file} to skip "
-                        f"such files.")
-    for path, error in bad.items():
-        log.warning(f"skipping unreadable image file {path} ({error.__class__.__name__}): skip_corrupt_images is "
-                    f"true in section '{cfg.name}' of {cfg.config_file}")
-    task.drop(bad)
-    return task
+    classes, samples = image_samples(folder)
+    size = cached_size(cfg, split == "train")
+    cache_file = cfg.data_root / ".cache" / f"image_{_cache_key(samples, 'image', IMAGE_CACHE_VERSION, size)}.pt"
+    cached = load_or_build(cfg, folder, samples, size, cache_file)
+    left_out = {i for i, _ in cached["skipped"]}
+    kept = [s for i, s in enumerate(samples) if i not in left_out]
+    return ImageTask(classes, kept, cached["images"], cached["labels"],
+                     transform=None if raw else BatchTransform.of(cfg, train=False))
 
 
 # ---- text -----------------------------------------------------------------------------------------------------
@@ -173,11 +106,16 @@ def text_feature_dim(name):
                         f"utils/dataset_config.yaml to an installed model id or a local model folder.") from None
 
 
-def _cache_key(samples, encoder, kind, max_length):
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, encoder, kind, max_length]).encode())
+def _cache_key(samples, *settings):
+    """A digest of the settings and of every sample's <class>/<file> name, label and content."""
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, *settings]).encode())
     for f, label in samples:
+        f = Path(f)
         h.update(f"{f.parent.name}/{f.name}:{label}:".encode())
-        h.update(hashlib.sha1(f.read_bytes()).digest())
+        try:
+            h.update(hashlib.sha1(f.read_bytes()).digest())
+        except OSError:                 # e.g. no read permission: the cache build names the file, or skips it
+            h.update(b"unreadable")
     return h.hexdigest()[:24]
 
 
@@ -239,11 +177,37 @@ def text_task(cfg, group, split, device="cpu", use_cache=True):
 
 
 # ---- loaders ---------------------------------------------------------------------------------------------------
-def task_dataset(cfg, group, split, device="cpu"):
+def task_dataset(cfg, group, split, device="cpu", raw=False):
+    """A task split's dataset. Image items are normalised float pixels, or uint8 ones with `raw` (then a loader's
+    `BatchTransform` normalises them); text items are cached features either way."""
     cfg.check_task_data(group)
     if cfg.modality(group) == "text":
         return text_task(cfg, group, split, device)
-    return image_task(cfg, group, split)
+    return image_task(cfg, group, split, raw=raw)
+
+
+class DeviceLoader:
+    """A DataLoader whose batches arrive on `device`, image batches cropped, flipped and normalised there by
+    `transform` (one batched tensor op instead of PIL per image per epoch). It exposes what the trainer and its
+    resume state use of the inner loader: sampler (set_epoch), generator, dataset, batch_size and len()."""
+
+    def __init__(self, loader, device, transform=None):
+        self.loader, self.device, self.transform = loader, torch.device(device), transform
+
+    sampler = property(lambda self: self.loader.sampler)
+    generator = property(lambda self: self.loader.generator)
+    dataset = property(lambda self: self.loader.dataset)
+    batch_size = property(lambda self: self.loader.batch_size)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            if self.transform is not None:
+                batch["x"] = self.transform(batch["x"])
+            yield batch
 
 
 def few_per_class(dataset, per_class, seed):
@@ -260,9 +224,10 @@ def few_per_class(dataset, per_class, seed):
 
 
 def task_loaders(cfg, group, batch_size, val_batch_size, workers=0, seed=0, device="cpu", train_per_class=0):
-    """(train loader, test loader, number of classes) of one task; train shuffles with a seeded generator.
-    `train_per_class` > 0 trains on a seeded subset of that many samples per class."""
-    train, test = task_dataset(cfg, group, "train", device), task_dataset(cfg, group, "test", device)
+    """(train loader, test loader, number of classes) of one task, as DeviceLoaders whose batches are on `device`;
+    train shuffles with a seeded generator. `train_per_class` > 0 trains on a seeded subset of that many samples
+    per class."""
+    train, test = (task_dataset(cfg, group, split, device, raw=True) for split in ("train", "test"))
     if len(train.classes) != len(test.classes):
         raise UserError(f"task '{group}' has {len(train.classes)} classes in {cfg.task_folder(group, 'train')} but "
                         f"{len(test.classes)} in {cfg.task_folder(group, 'test')}: re-run the dataset preparer.")
@@ -277,7 +242,9 @@ def task_loaders(cfg, group, batch_size, val_batch_size, workers=0, seed=0, devi
     train_loader = DataLoader(train, batch_size=per_rank_batch(batch_size), sampler=sampler, generator=g,
                               num_workers=workers, pin_memory=pin)
     test_loader = DataLoader(test, batch_size=val_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
-    return train_loader, test_loader, classes
+    image = cfg.modality(group) == "image"
+    return (DeviceLoader(train_loader, device, BatchTransform.of(cfg, train=True) if image else None),
+            DeviceLoader(test_loader, device, BatchTransform.of(cfg, train=False) if image else None), classes)
 
 
 def model_config(cfg):
