@@ -126,7 +126,7 @@ def main(argv=None):
     common = dict(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, baseline=baseline,
                   max_width=args.max_allowed_network_width_multiplier, csv_path=csv_path, resume=resume)
     if args.mode == "finetune":
-        outcome, acc = cpg_finetune(net, data, lr_mask=args.lr_mask, width=width, **common)
+        outcome, acc = cpg_finetune(net, data, lr_mask=args.lr_mask, width=width, recipe=args.recipe, **common)
     else:
         outcome, acc = cpg_prune(net, data, initial=args.initial_sparsity, target=args.target_sparsity,
                                  frequency=args.pruning_frequency, interval=args.pruning_interval,
@@ -152,7 +152,8 @@ def inference(args, net, data):
     if args.dataset not in net.history:
         raise UserError(f"the checkpoint has no task {args.dataset} (it has {net.history}).")
     net.model.to(data.device)
-    _, acc, logits = Trainer(net, args.dataset, data.device, None, data.test_loader).evaluate(return_logits=True)
+    trainer = Trainer(net, args.dataset, data.device, None, data.test_loader, amp=data.amp)
+    _, acc, logits = trainer.evaluate(return_logits=True)
     if args.logits_out:
         Path(args.logits_out).parent.mkdir(parents=True, exist_ok=True)
         torch.save(logits, args.logits_out)

@@ -45,7 +45,7 @@ def main(argv=None):
     settings = {k: v for k, v in vars(args).items() if k not in ("device", "workers", "log_path", "data_root")}
     resume = Resume(Path(args.save_folder) / "resume.pt", settings)
     acc = train_baseline(net, data, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-                         resume=resume)
+                         recipe=args.recipe, resume=resume)
     finish_task(net, args.dataset)
     path = save_task_checkpoint(net, cfg, args.save_folder, args.epochs)
     update_json(args.logfile, {args.dataset: "%.4f" % acc})

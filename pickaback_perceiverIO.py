@@ -21,7 +21,7 @@ from pathlib import Path
 from utils.config import load_dataset_config
 from utils.errors import report_user_errors
 from utils.layout import Layout
-from utils.runtime import add_common_arguments, seed_everything, select_device, setup_logging
+from utils.runtime import add_common_arguments, check_amp, seed_everything, select_device, setup_logging
 from utils_pickaback.backbone_search import CANDIDATE_CHOICES, plan, run_search, target_ids
 from utils_pickaback.modeldiff import ProfileSettings
 from utils_pickaback.results import RESULT_COLUMNS, SELECTION_RULES, TABLE_COLUMNS, read_rows, write_results
@@ -65,11 +65,13 @@ def main(argv=None):
         read_rows(path, columns, len(cfg.groups))             # both files can be merged into, before the search
     candidates_of, checkpoints = plan(cfg, layout, targets, args.candidates)
     device = select_device(args.device)
+    check_amp(device, args.amp)
     seed_everything(args.seed)
     settings = ProfileSettings(args.profile_size, args.epsilon, args.iterations, args.seed)
     log.info(f"backbone search on '{cfg.name}': targets {targets}, candidates {args.candidates}, selection "
              f"{args.selection}, {settings}, device {device}")
-    rows, picks = run_search(cfg, candidates_of, checkpoints, settings, args.selection, device, args.batch_size)
+    rows, picks = run_search(cfg, candidates_of, checkpoints, settings, args.selection, device, args.batch_size,
+                             args.amp)
     result, table = write_results(layout.result_csv, layout.table_csv, rows, picks, len(cfg.groups))
     log.info(f"wrote {result} and {table}")
     return picks

@@ -24,27 +24,72 @@ PIGGYMASK_INIT = 0.01
 PIGGYMASK_THRESHOLD = 5e-3
 
 
+class PickedWeight(torch.autograd.Function):
+    """weight * (own + earlier * [piggymask > threshold]) with the straight-through gradient of the binarised
+    piggymask: d/d piggymask = grad * weight * earlier. One fused node instead of the half-dozen elementwise ops
+    (and their saved tensors) the same expression costs through autograd."""
+
+    @staticmethod
+    def forward(ctx, weight, piggymask, own, earlier):
+        keep = torch.addcmul(own, earlier, (piggymask > PIGGYMASK_THRESHOLD).to(own.dtype))
+        ctx.save_for_backward(weight, keep, earlier)
+        return weight * keep
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, keep, earlier = ctx.saved_tensors
+        grad_weight = grad * keep if ctx.needs_input_grad[0] else None
+        grad_piggymask = grad * weight * earlier if ctx.needs_input_grad[1] else None
+        return grad_weight, grad_piggymask, None, None
+
+
 class OwnershipMask(nn.Module):
-    """Parametrization of a linear weight: keep the weights of the active task and of the earlier tasks it uses."""
+    """Parametrization of a linear weight: keep the weights of the active task and of the earlier tasks it uses.
+
+    The masks derived from the ownership mask (the task's own weights, the earlier tasks' weights, the free ones)
+    change only when a task is activated or the ownership changes (a new task, pruning, loading), never inside a
+    training step, so they are computed once and reused until then: any in-place change of `mask` bumps its
+    version counter, which is part of the cache key."""
 
     def __init__(self, shape):
         super().__init__()
         self.register_buffer("mask", torch.zeros(shape, dtype=torch.uint8), persistent=False)
         self.piggymasks = nn.ParameterDict()
         self.task_id = 1
+        self._derived = None
+
+    def __getstate__(self):                       # a copy (deepcopy, pickle) recomputes its own derived masks
+        return {**self.__dict__, "_derived": None}
+
+    def derived(self, dtype=torch.float32):
+        """{'own', 'earlier', 'keep' (float), 'free' (bool), 'all_kept', 'any_free'} of the active task."""
+        key = (self.task_id, self.mask._version, dtype)
+        if self._derived is None or self._derived[0] is not self.mask or self._derived[1] != key:
+            mask, t = self.mask, self.task_id
+            own, free = mask == t, mask == 0
+            earlier = (mask > 0) & (mask < t)
+            kept = own | earlier
+            self._derived = (mask, key, {"own": own.to(dtype), "earlier": earlier.to(dtype), "keep": kept.to(dtype),
+                                         "free": free, "all_kept": bool(kept.all()),
+                                         "any_free": bool(free.any())})
+        return self._derived[2]
 
     def keep(self, weight):
-        own = self.mask == self.task_id
+        """The 0/1 factor of each weight for the active task (values; the piggymask's gradient is in forward)."""
+        d = self.derived(weight.dtype)
         piggymask = self.piggymasks[str(self.task_id)] if str(self.task_id) in self.piggymasks else None
         if piggymask is None:
-            return ((self.mask > 0) & (self.mask <= self.task_id)).to(weight.dtype)
-        earlier = ((self.mask > 0) & (self.mask < self.task_id)).to(weight.dtype)
-        picked = (piggymask > PIGGYMASK_THRESHOLD).to(weight.dtype)
-        picked = picked + piggymask - piggymask.detach()           # straight-through estimator
-        return own.to(weight.dtype) + earlier * picked
+            return d["keep"]
+        return torch.addcmul(d["own"], d["earlier"], (piggymask > PIGGYMASK_THRESHOLD).to(weight.dtype))
 
     def forward(self, weight):
-        return weight * self.keep(weight)
+        d = self.derived(weight.dtype)
+        piggymask = self.piggymasks[str(self.task_id)] if str(self.task_id) in self.piggymasks else None
+        if piggymask is not None:
+            return PickedWeight.apply(weight, piggymask, d["own"], d["earlier"])
+        if d["all_kept"]:                          # every weight belongs to this task or an earlier one: x 1
+            return weight
+        return weight * d["keep"]
 
 
 # ---- which layers carry task knowledge --------------------------------------------------------------------------
@@ -157,26 +202,30 @@ def set_trainable(model, modality, task, task_id, frozen):
 
 
 # ---- per-step constraints ---------------------------------------------------------------------------------------
-def constrain_gradients(model, modality, task_id, weight_decay, prune_mode):
-    """Weight decay on owned weights only, and no gradient on weights the task does not own."""
-    for layer in prunable_layers(model).values():
+def constrain_gradients(layers, weight_decay, prune_mode):
+    """Weight decay on owned weights only, and no gradient on weights the task does not own. `layers` are the
+    prunable layers (prunable_layers, computed once per epoch: the model does not change within one)."""
+    for layer in layers:
         w = raw_weight(layer)
         if w.grad is None:
             continue
-        w.grad.add_(w.detach(), alpha=weight_decay)
-        w.grad.mul_(ownership(layer).mask == task_id)
+        om = ownership(layer)
+        w.grad.add_(w.detach(), alpha=weight_decay).mul_(om.derived(w.dtype)["own"])
         if prune_mode:
-            for p in ownership(layer).piggymasks.values():
+            for p in om.piggymasks.values():
                 if p.grad is not None:
                     p.grad.zero_()
 
 
 @torch.no_grad()
-def zero_pruned_weights(model, modality):
-    """Pruned (free) weights of the layers in use stay exactly zero after every optimiser step (the original CPG
-    code re-zeroed them only at validation, once per epoch)."""
-    for layer in used_layers(model, modality).values():
-        raw_weight(layer).masked_fill_(ownership(layer).mask == 0, 0.0)
+def zero_pruned_weights(layers):
+    """Pruned (free) weights of `layers` (the layers the task uses) stay exactly zero after every optimiser step
+    (the original CPG code re-zeroed them only at validation, once per epoch)."""
+    for layer in layers:
+        w = raw_weight(layer)
+        d = ownership(layer).derived(w.dtype)
+        if d["any_free"]:
+            w.masked_fill_(d["free"], 0.0)
 
 
 # ---- compacting ------------------------------------------------------------------------------------------------

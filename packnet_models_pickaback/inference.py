@@ -18,6 +18,7 @@ from models import cpg
 from models.build import Network
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from utils.runtime import autocast
 
 KV_PROJECTIONS = "cross_attend_blocks.0.fn.to_kv.projections"
 def kv_layer_name(modality):
@@ -81,7 +82,7 @@ def load_network(path, device="cpu"):
 class InferenceModel:
     """One task of a network as a frozen classifier: `model({'x': ..., 'mask': ...})` -> logits [batch, classes]."""
 
-    def __init__(self, net, task, device="cpu", batch_size=None, name=None):
+    def __init__(self, net, task, device="cpu", batch_size=None, name=None, amp=False):
         if task not in net.history:
             raise UserError(f"{name or 'the checkpoint'} has no task '{task}' (it has {', '.join(net.history)}): "
                             f"check the checkpoint folder.")
@@ -89,12 +90,13 @@ class InferenceModel:
         net.model.to(self.device).eval().requires_grad_(False)
         self.batch_size = batch_size
         self.name = name or task
+        self.amp = amp                                  # bf16 autocast of the forward passes
 
     @classmethod
-    def load(cls, path, task=None, device="cpu", batch_size=None):
+    def load(cls, path, task=None, device="cpu", batch_size=None, amp=False):
         """`task` of the checkpoint at `path`; by default its last task (the one a baseline or backbone trained)."""
         net = load_network(path, device)
-        return cls(net, task or net.history[-1], device, batch_size, name=str(Path(path)))
+        return cls(net, task or net.history[-1], device, batch_size, name=str(Path(path)), amp=amp)
 
     @property
     def modality(self):
@@ -108,8 +110,9 @@ class InferenceModel:
         out = []
         for i in range(0, len(x), step):
             m = None if mask is None else mask[i:i + step].to(self.device)
-            out.append(self.net.model(x[i:i + step].to(self.device), mask=m))
-        return torch.cat(out).float()
+            with autocast(self.device, self.amp):
+                out.append(self.net.model(x[i:i + step].to(self.device), mask=m).float())
+        return torch.cat(out)
 
     def reader(self):
         """This task's reader of its modality (see reader_state)."""
@@ -118,4 +121,5 @@ class InferenceModel:
     def reading(self, reader, modality):
         """The k/v swap: an inference copy of this task that reads `modality` through `reader`."""
         swapped = swap_reader(self.net, self.task, reader, modality)
-        return InferenceModel(swapped, self.task, self.device, self.batch_size, name=f"{self.name} (k/v swap)")
+        return InferenceModel(swapped, self.task, self.device, self.batch_size, name=f"{self.name} (k/v swap)",
+                              amp=self.amp)

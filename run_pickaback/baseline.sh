@@ -18,4 +18,6 @@ WEIGHT_DECAY="${WEIGHT_DECAY:-4e-5}"
 BATCH_SIZE="${BATCH_SIZE:-32}"
 SEED="${SEED:-2}"
 DEVICE="${DEVICE:-auto}"
+AMP="${AMP:-0}"                 # 1: bf16 mixed precision (autocast) on CUDA, and on the CPU where supported
+RECIPE="${RECIPE:-original}"    # original (SGD at INIT_LR, x0.1 at 50% and 80%) or fast (Adam, warm-up, cosine; README)
 source "$(dirname "$0")/common.sh"

@@ -22,4 +22,5 @@ EPSILON="${EPSILON:-0.1}"
 ITERATIONS="${ITERATIONS:-100}"
 SEED="${SEED:-2}"
 DEVICE="${DEVICE:-auto}"
+AMP="${AMP:-0}"                 # 1: bf16 mixed precision (autocast) on CUDA, and on the CPU where supported
 source "$(dirname "$0")/common.sh"

@@ -25,5 +25,7 @@ WIDTH_STEP="${WIDTH_STEP:-0.5}"
 TOTAL_NUM_TASKS="${TOTAL_NUM_TASKS:-5}"
 SEED="${SEED:-2}"
 DEVICE="${DEVICE:-auto}"
+AMP="${AMP:-0}"                 # 1: bf16 mixed precision (autocast) on CUDA, and on the CPU where supported
+RECIPE="${RECIPE:-original}"    # original (SGD at INIT_LR, x0.1 at 50% and 80%) or fast (Adam, warm-up, cosine; README)
 RESULT_CSV="${RESULT_CSV:-}"
 source "$(dirname "$0")/common.sh"

@@ -31,4 +31,6 @@ PRUNING_SCHEDULE="${PRUNING_SCHEDULE:-0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9 0.95}"
 TOTAL_NUM_TASKS="${TOTAL_NUM_TASKS:-5}"
 SEED="${SEED:-2}"
 DEVICE="${DEVICE:-auto}"
+AMP="${AMP:-0}"                 # 1: bf16 mixed precision (autocast) on CUDA, and on the CPU where supported
+RECIPE="${RECIPE:-original}"    # original (SGD at INIT_LR, x0.1 at 50% and 80%) or fast (Adam, warm-up, cosine; README)
 source "$(dirname "$0")/common.sh"

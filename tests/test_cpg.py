@@ -26,10 +26,11 @@ def run_cpg(demo_root, *args):
                                *map(str, args)])
 
 
-def logits(demo_root, task, tmp_path, **where):
+def logits(demo_root, task, tmp_path, *extra, **where):
     out = tmp_path / f"logits_{task}_{len(list(tmp_path.glob('logits_*')))}.pt"
     flag, value = next(iter(where.items()))
-    assert run_cpg(demo_root, "--mode", "inference", "--dataset", task, f"--{flag}", value, "--logits_out", out) == 0
+    assert run_cpg(demo_root, "--mode", "inference", "--dataset", task, f"--{flag}", value, "--logits_out", out,
+                   *extra) == 0
     return torch.load(out)
 
 
@@ -62,6 +63,18 @@ def test_target_training_leaves_backbone_logits_bit_identical(demo_root, backbon
     ckpt = load_checkpoint(checkpoint_in(out))
     assert ckpt["dataset_history"] == ["group1", target]
     assert set(read_json(out / "rec.txt")) == {"0.0"}
+
+
+def test_amp_target_training_leaves_backbone_logits_bit_identical(demo_root, backbone, tmp_path):
+    """With --amp (bf16 autocast) in training and evaluation, the cross-modal target changes nothing the backbone
+    task computes: its bf16 logits are the same bits before and after."""
+    before = logits(demo_root, "group1", tmp_path, "--amp", load_checkpoint=backbone["ckpt"])
+    assert not torch.equal(before, logits(demo_root, "group1", tmp_path, load_checkpoint=backbone["ckpt"]))
+    out = tmp_path / "target"
+    rc = run_cpg(demo_root, "--mode", "finetune", "--dataset", "group5", "--epochs", 2, "--amp", "--load_checkpoint",
+                 backbone["ckpt"], "--save_folder", out, "--jsonfile", backbone["baseline"])
+    assert rc in (0, 2)
+    assert torch.equal(before, logits(demo_root, "group1", tmp_path, "--amp", load_folder=out))
 
 
 def test_forced_growth_adds_parameters_and_keeps_backbone_logits(demo_root, backbone, tmp_path):

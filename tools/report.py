@@ -230,7 +230,7 @@ class Evaluator:
             data = self.loaders[task]
             net = Network.from_checkpoint(load_checkpoint(checkpoint))
             net.model.to(data.device)
-            self.done[key] = Trainer(net, task, data.device, None, data.test_loader).evaluate()[1]
+            self.done[key] = Trainer(net, task, data.device, None, data.test_loader, amp=data.amp).evaluate()[1]
         return self.done[key]
 
 

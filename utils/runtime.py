@@ -29,6 +29,19 @@ def select_device(name="auto"):
         raise UserError(f"--device {name} is not a device name: use auto, cpu, cuda or cuda:N.") from None
 
 
+def check_amp(device, amp):
+    """A UserError when bf16 mixed precision is asked for on a GPU that lacks it (before Ampere)."""
+    if amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--amp (AMP=1) needs bf16, which {torch.cuda.get_device_name(device)} does not support: "
+                        f"drop --amp.")
+
+
+def autocast(device, enabled):
+    """bf16 mixed precision (torch.autocast) on `device` when `enabled`: matmuls and attention in bf16, reductions
+    and the loss in float32, weights and optimiser state in float32 (bf16 needs no loss scaling)."""
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bool(enabled))
+
+
 def seed_everything(seed):
     """Seeded runs on CPU reproduce exactly."""
     random.seed(seed)
@@ -65,6 +78,8 @@ def add_common_arguments(parser):
     parser.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=2, help="random seed")
     parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    parser.add_argument("--amp", action="store_true",
+                        help="bf16 mixed precision (autocast) on CUDA, and on the CPU where PyTorch supports it")
     return parser
 
 
@@ -82,6 +97,10 @@ def add_task_arguments(parser, expname):
     parser.add_argument("--batch_size", type=int, default=32, help="training batch size")
     parser.add_argument("--val_batch_size", type=int, default=100, help="evaluation batch size")
     parser.add_argument("--epochs", type=int, default=100, help="training epochs")
+    parser.add_argument("--recipe", default="original", choices=["original", "fast"],
+                        help="original: SGD (momentum 0.9, Nesterov) at --lr, x0.1 at 50%% and 80%% of the epochs; "
+                             "fast: Adam with linear warm-up and cosine decay, learns in far fewer epochs "
+                             "(README, 'A recipe that learns fast')")
     return parser
 
 
@@ -95,10 +114,11 @@ class TaskData:
     train_loader: object
     test_loader: object
     num_classes: int
+    amp: bool = False                       # bf16 autocast in training and evaluation
 
 
 def load_task(cfg, task, *, batch_size, val_batch_size=100, workers=0, seed=2, device="auto", num_classes=-1,
-              modality=None, epochs=1, train_per_class=0):
+              modality=None, epochs=1, train_per_class=0, amp=False):
     """A task's data and device from the config; user mistakes become UserErrors."""
     from utils.data import task_loaders
     actual = cfg.modality(task)
@@ -108,6 +128,7 @@ def load_task(cfg, task, *, batch_size, val_batch_size=100, workers=0, seed=2, d
     if epochs < 1:
         raise UserError(f"--epochs {epochs} must be at least 1.")
     device = select_device(device)
+    check_amp(device, amp)
     seed_everything(seed)
     train_loader, test_loader, found = task_loaders(cfg, task, batch_size, val_batch_size, workers, seed, device,
                                                     train_per_class)
@@ -116,7 +137,7 @@ def load_task(cfg, task, *, batch_size, val_batch_size=100, workers=0, seed=2, d
         raise UserError(f"task {task} has {found} class folders in {cfg.task_folder(task, 'train')} but "
                         f"{num_classes} classes are configured: fix num_classes in utils/dataset_config.yaml "
                         f"or --num_classes.")
-    return TaskData(cfg, task, actual, device, train_loader, test_loader, num_classes)
+    return TaskData(cfg, task, actual, device, train_loader, test_loader, num_classes, bool(amp))
 
 
 def prepare_task(args):
@@ -125,4 +146,4 @@ def prepare_task(args):
     cfg = load_dataset_config(args.dataset_config, args.data_root, check_folders=False)
     return cfg, load_task(cfg, args.dataset, batch_size=args.batch_size, val_batch_size=args.val_batch_size,
                           workers=args.workers, seed=args.seed, device=args.device, num_classes=args.num_classes,
-                          modality=args.modality, epochs=args.epochs)
+                          modality=args.modality, epochs=args.epochs, amp=args.amp)

@@ -40,8 +40,8 @@ from utils.data import model_config
 from utils.distributed import is_main_process
 from utils.errors import UserError
 from utils.layout import Layout, Manifest, file_digest, sparsity_key, task_checkpoint
-from utils.runtime import LOG_FORMAT, load_task, select_device
-from utils.trainer import (Outcome, Resume, begin, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint,
+from utils.runtime import LOG_FORMAT, check_amp, load_task, select_device
+from utils.trainer import (RECIPES, Outcome, Resume, begin, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint,
                            start_cpg_task, train_baseline)
 from utils_pickaback.backbone_search import plan, run_search, target_ids
 from utils_pickaback.modeldiff import ProfileSettings
@@ -59,23 +59,38 @@ def ints(text):
     return [int(v) for v in str(text).split()]
 
 
+def switch(text):
+    """1/0 (also true/false, yes/no, on/off) as a bool."""
+    value = str(text).strip().lower()
+    if value not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
+        raise ValueError(text)
+    return value in ("1", "true", "yes", "on")
+
+
+def recipe(text):
+    if text not in RECIPES:
+        raise ValueError(text)
+    return text
+
+
 # Each stage's variables, with the original's names; their defaults are read from the top of its script, so a user
 # edits them in one place. The environment overrides the script.
 VARIABLES = {
     "baseline": dict(ARCH=str, FINETUNE_EPOCHS=int, NUM_CLASSES=int, INIT_LR=float, WEIGHT_DECAY=float,
-                     BATCH_SIZE=int, SEED=int, DEVICE=str),
+                     BATCH_SIZE=int, SEED=int, DEVICE=str, AMP=switch, RECIPE=recipe),
     "wo_backbone": dict(ARCH=str, EPOCHS=int, NUM_CLASSES=int, INIT_LR=float, PRUNING_LR=float, LR_MASK=float,
                         WEIGHT_DECAY=float, BATCH_SIZE=int, NETWORK_WIDTH_MULTIPLIER=float,
                         MAX_NETWORK_WIDTH_MULTIPLIER=float, WIDTH_STEP=float, NR_EPOCH_FOR_EACH_PRUNE=int,
                         PRUNING_FREQUENCY=int, PRUNING_INTERVAL=int, PRUNING_SCHEDULE=floats, TOTAL_NUM_TASKS=int,
-                        SEED=int, DEVICE=str),
+                        SEED=int, DEVICE=str, AMP=switch, RECIPE=recipe),
     "select_pruning_ratio_of_backbone": dict(ARCH=str, ALLOW_ACC_LOSS=float),
     "find_backbone": dict(ARCH=str, TARGET_ID=str, CANDIDATES=str, SELECTION=str, PROFILE_SIZE=int, EPSILON=float,
-                          ITERATIONS=int, SEED=int, DEVICE=str),
+                          ITERATIONS=int, SEED=int, DEVICE=str, AMP=switch),
     "transfer_kv": dict(ARCH=str, CSV_PATH=str),
     "w_backbone_MM": dict(ARCH=str, EPOCHS=int, NUM_CLASSES=int, INIT_LR=float, LR_MASK=float, WEIGHT_DECAY=float,
                           BATCH_SIZE=int, NETWORK_WIDTH_MULTIPLIER=float, MAX_NETWORK_WIDTH_MULTIPLIER=float,
-                          WIDTH_STEP=float, TOTAL_NUM_TASKS=int, SEED=int, DEVICE=str, RESULT_CSV=str),
+                          WIDTH_STEP=float, TOTAL_NUM_TASKS=int, SEED=int, DEVICE=str, AMP=switch, RECIPE=recipe,
+                          RESULT_CSV=str),
     # not a stage of run_all: the experiment that compares selection rules (run_pickaback/compare_selection.sh)
     "compare_selection": dict(ARCH=str, SELECTIONS=str.split, SEEDS=ints, TARGET_TRAIN_PER_CLASS=int),
 }
@@ -107,9 +122,10 @@ def stage_settings(stage, env=None):
         try:
             values[name.lower()] = kind(text)
         except ValueError:
-            raise UserError(f"{name}={text!r} (run_pickaback/{stage}.sh or the environment) is not "
-                            f"{'a list of numbers' if kind in (floats, ints) else 'a ' + kind.__name__}: fix the "
-                            f"value.") from None
+            expected = {floats: "a list of numbers", ints: "a list of numbers", switch: "1 or 0",
+                        recipe: " or ".join(RECIPES)}.get(kind, f"a {kind.__name__}")
+            raise UserError(f"{name}={text!r} (run_pickaback/{stage}.sh or the environment) is not {expected}: fix "
+                            f"the value.") from None
     if values["arch"] != "perceiver_io":
         raise UserError(f"ARCH={values['arch']} is not an architecture of this repository: use perceiver_io.")
     return SimpleNamespace(**values)
@@ -199,7 +215,13 @@ def write_json(path, data):
 
 
 def training_settings(s, names):
-    return {n: getattr(s, n) for n in names}
+    """The settings a task's manifest records. AMP and RECIPE came after the original's variables: they are
+    recorded only when not the default, so that work finished before they existed is still recognised."""
+    out = {n: getattr(s, n) for n in names}
+    for name, default in (("amp", False), ("recipe", "original")):
+        if getattr(s, name, default) != default:
+            out[name] = getattr(s, name)
+    return out
 
 
 # ---- 1. baseline --------------------------------------------------------------------------------------------------
@@ -223,13 +245,13 @@ def baseline(run, s):
                  f"{run.cfg.modality(group)})")
         with failing_task("baseline", what), task_log(folder / "train.log"):
             data = load_task(run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
-                             num_classes=s.num_classes)
+                             num_classes=s.num_classes, amp=s.amp)
             start_over(manifest, folder)
             begin(data, s.seed)
             net = baseline_network(run.cfg, data)
             resume = Resume(folder / "resume.pt", settings)
             acc = train_baseline(net, data, epochs=s.finetune_epochs, lr=s.init_lr, weight_decay=s.weight_decay,
-                                 seed=s.seed, resume=resume)
+                                 seed=s.seed, recipe=s.recipe, resume=resume)
             finish_task(net, group)
             path = save_task_checkpoint(net, run.cfg, folder, s.finetune_epochs)
             update_json(acc_file, {group: "%.4f" % acc})
@@ -256,7 +278,7 @@ def finetune_with_growth(make_net, data, s, baseline_acc, csv_path, resume=None)
         width = start_cpg_task(net, data, width)
         log.info(f"task {data.task} ({data.modality}) as task {net.task_id(data.task)} of {net.history} on "
                  f"{data.device}; width x{width}, {net.num_parameters()} parameters")
-        outcome, acc = cpg_finetune(net, data, epochs=s.epochs, lr=s.init_lr, lr_mask=s.lr_mask,
+        outcome, acc = cpg_finetune(net, data, epochs=s.epochs, lr=s.init_lr, lr_mask=s.lr_mask, recipe=s.recipe,
                                     weight_decay=s.weight_decay, seed=s.seed, baseline=baseline_acc, width=width,
                                     max_width=s.max_network_width_multiplier, csv_path=csv_path, resume=resume)
         if outcome is not Outcome.EXPAND:
@@ -293,7 +315,7 @@ def wo_backbone(run, s):
                  f"{run.cfg.modality(group)})")
         with failing_task("wo_backbone", what), task_log(layout.train_log(group)):
             data = load_task(run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
-                             num_classes=s.num_classes)
+                             num_classes=s.num_classes, amp=s.amp)
             start_over(manifest, layout.backbone_dir(group))
             train_backbone(run, layout, s, data, criterion, manifest, settings)
 
@@ -474,7 +496,7 @@ def find_backbone(run, s):
     targets, candidates_of, checkpoints = search_plan(run, layout, s)
     settings_of = {t: {"stage": "find_backbone", "candidates": candidates_of[t], "selection": s.selection,
                        "profile_size": s.profile_size, "epsilon": s.epsilon, "iterations": s.iterations,
-                       "seed": s.seed, "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}}
+                       "seed": s.seed, **training_settings(s, ()), "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}}
                    for t in targets}
     todo = [t for t in targets if not skip(run, SearchManifest(layout.search_manifest, t), settings_of[t],
                                            f"find_backbone target {t}")]
@@ -482,11 +504,12 @@ def find_backbone(run, s):
         return
     with failing_task("find_backbone", f"targets {todo}"), task_log(layout.stage_log("find_backbone")):
         device = select_device(s.device)
+        check_amp(device, s.amp)
         profile = ProfileSettings(s.profile_size, s.epsilon, s.iterations, s.seed)
         log.info(f"== find_backbone: '{run.cfg.name}' targets {todo}, candidates {s.candidates}, selection "
                  f"{s.selection}, {profile}, device {device}")
         rows, picks = run_search(run.cfg, {t: candidates_of[t] for t in todo}, checkpoints, profile, s.selection,
-                                 device)
+                                 device, amp=s.amp)
         result, table = write_results(layout.result_csv, layout.table_csv, rows, picks, len(run.cfg.groups))
         for t in todo:
             SearchManifest(layout.search_manifest, t).write(settings_of[t], {"result": result, "table": table},
@@ -585,7 +608,7 @@ def train_target(run, s, target, start, criterion, out, what, train_per_class=0)
     log.info(f"== {what}, from {start or 'scratch'}")
     with failing_task("w_backbone_MM", what), task_log(out / "train.log"):
         data = load_task(run.cfg, target, batch_size=s.batch_size, seed=s.seed, device=s.device,
-                         num_classes=s.num_classes, train_per_class=train_per_class)
+                         num_classes=s.num_classes, train_per_class=train_per_class, amp=s.amp)
         start_over(manifest, out)
         make_net = (lambda: Network.load(start, model_config(run.cfg))) if start else \
             (lambda: Network.new(model_config(run.cfg)))

@@ -20,7 +20,7 @@ from models import cpg
 from utils import distributed
 from utils.checkpoint import checkpoint_path, load_checkpoint, remove_stale_checkpoints, save_checkpoint
 from utils.errors import UserError
-from utils.runtime import seed_everything
+from utils.runtime import autocast, seed_everything
 
 log = logging.getLogger("root")
 
@@ -57,8 +57,8 @@ class GradualPruner:
 
 
 class Trainer:
-    def __init__(self, net, task, device, train_loader, test_loader, width_mpl=1.0, csv_path=None):
-        self.net, self.task, self.device = net, task, device
+    def __init__(self, net, task, device, train_loader, test_loader, width_mpl=1.0, csv_path=None, amp=False):
+        self.net, self.task, self.device, self.amp = net, task, device, amp
         self.train_loader, self.test_loader = train_loader, test_loader
         self.modality, self.task_id = net.modalities[task], net.task_id(task)
         self.width_mpl = width_mpl
@@ -72,36 +72,46 @@ class Trainer:
     def stats(self):
         return cpg.mask_statistics(self.model, self.modality, self.task_id)
 
-    def train_epoch(self, epoch, optimizer, mask_optimizer=None, weight_decay=0.0, pruner=None):
+    def train_epoch(self, epoch, optimizer, mask_optimizer=None, weight_decay=0.0, pruner=None, step_scheduler=None):
+        """One epoch; `step_scheduler` (the fast recipe's warm-up and cosine) steps after every optimiser step."""
         self.net.activate(self.task)
         self.model.train()
         if hasattr(self.train_loader.sampler, "set_epoch"):
             self.train_loader.sampler.set_epoch(epoch)                # this epoch's permutation of the samples
         if self.forward is None:
             self.forward = distributed.wrap(self.model, torch.device(self.device))
-        total_loss = correct = seen = 0
+        prunable = list(cpg.prunable_layers(self.model).values())      # fixed within an epoch
+        used = list(cpg.used_layers(self.model, self.modality).values())
+        # summed on the device and read once per epoch: a per-step .item() would make a GPU wait for every step
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = 0
         # a bar on a terminal; in a file or CI log the per-epoch log lines below are the progress (disable=None)
         bar = tqdm(self.train_loader, desc=f"{self.task} train ep {epoch}", leave=False, disable=None)
-        for batch in bar:
+        for step, batch in enumerate(bar):
             x, mask, y = to_device(batch, self.device)
             optimizer.zero_grad(set_to_none=True)
             if mask_optimizer:
                 mask_optimizer.zero_grad(set_to_none=True)
-            logits = self.forward(x, mask=mask)
-            loss = F.cross_entropy(logits, y)
+            with autocast(self.device, self.amp):
+                logits = self.forward(x, mask=mask)
+            loss = F.cross_entropy(logits.float(), y)
             loss.backward()
-            cpg.constrain_gradients(self.model, self.modality, self.task_id, weight_decay, pruner is not None)
+            cpg.constrain_gradients(prunable, weight_decay, pruner is not None)
             optimizer.step()
             if mask_optimizer:
                 mask_optimizer.step()
-            cpg.zero_pruned_weights(self.model, self.modality)
+            cpg.zero_pruned_weights(used)
+            if step_scheduler:
+                step_scheduler.step()
             if pruner:
                 pruner.step()
-            total_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            total_loss += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.2f}")
-        total_loss, correct, seen = distributed.all_sum(total_loss, correct, seen, device=self.device)
+            if not bar.disable and step % 10 == 0:
+                bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.2f}")
+        total_loss, correct, seen = distributed.all_sum(total_loss.item(), correct.item(), seen, device=self.device)
         loss, acc = total_loss / max(seen, 1), correct / max(seen, 1)
         lr = optimizer.param_groups[0]["lr"]
         log.info(f"In train()-> Train Ep. #{epoch} loss: {loss:.3f}, accuracy: {100 * acc:.2f}, lr: {lr}, "
@@ -117,7 +127,8 @@ class Trainer:
         all_logits = []
         for batch in tqdm(loader or self.test_loader, desc=f"{self.task} eval", leave=False, disable=None):
             x, mask, y = to_device(batch, self.device)
-            logits = self.model(x, mask=mask)
+            with autocast(self.device, self.amp):
+                logits = self.model(x, mask=mask).float()
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
@@ -151,14 +162,42 @@ def save_task_checkpoint(net, cfg, folder, epoch):
     return path
 
 
-def make_optimizers(net, task, lr, lr_mask):
-    """SGD (momentum 0.9, Nesterov) for weights, Adam(lr_mask) for the task's piggymask, as the original."""
+RECIPES = ("original", "fast")
+FAST_PEAK_LR = 1e-3             # the fast recipe's Adam peak learning rate (INIT_LR is the original's SGD rate)
+FAST_WARMUP = 0.05              # the fast recipe's linear warm-up, as a fraction of the training steps
+
+
+def make_optimizers(net, task, lr, lr_mask, recipe="original"):
+    """The weights' optimiser and Adam(lr_mask) for the task's piggymask, as the original. Weights: SGD (momentum
+    0.9, Nesterov) at `lr` in the original recipe; Adam at FAST_PEAK_LR in the fast one. Either way the weight decay
+    is added to the gradient of the task's own weights only (cpg.constrain_gradients), never decoupled: a
+    decoupled decay (AdamW) would shrink weights of earlier tasks that sit in the same tensors."""
     piggy = cpg.piggymask_parameters(net.model, net.task_id(task))
     piggy_ids = {id(p) for p in piggy}
     weights = [p for p in net.model.parameters() if p.requires_grad and id(p) not in piggy_ids]
-    optimizer = torch.optim.SGD(weights, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
-    mask_optimizer = torch.optim.Adam(piggy, lr=lr_mask) if piggy and lr_mask > 0 else None
+    if recipe == "fast":
+        log.info(f"fast recipe: Adam at peak lr {FAST_PEAK_LR}, warm-up and cosine decay (lr {lr} is the original "
+                 f"recipe's)")
+        optimizer = torch.optim.Adam(weights, lr=FAST_PEAK_LR, foreach=True)
+    else:
+        optimizer = torch.optim.SGD(weights, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0, foreach=True)
+    mask_optimizer = torch.optim.Adam(piggy, lr=lr_mask, foreach=True) if piggy and lr_mask > 0 else None
     return optimizer, mask_optimizer
+
+
+def lr_schedule(optimizer, recipe, epochs, steps_per_epoch):
+    """(scheduler, stepped per step?): x0.1 at 50 % and 80 % of the epochs, stepped per epoch (original), or a
+    linear warm-up over FAST_WARMUP of the steps and a cosine decay to zero, stepped per step (fast)."""
+    if recipe != "fast":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(epochs), gamma=0.1), False
+    steps = max(epochs * steps_per_epoch, 1)
+    warmup = max(int(FAST_WARMUP * steps), 1)
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, steps - warmup) / max(steps - warmup, 1)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
 
 
 def milestones(epochs, fractions=(0.5, 0.8)):
@@ -267,18 +306,21 @@ def begin(data, seed):
     data.train_loader.generator.manual_seed(seed)
 
 
-def train_baseline(net, data, *, epochs, lr, weight_decay, seed, resume=None):
-    """Train a fresh single-task network (SGD, x0.1 at 50 % and 80 %); returns the last epoch's test accuracy."""
+def train_baseline(net, data, *, epochs, lr, weight_decay, seed, recipe="original", resume=None):
+    """Train a fresh single-task network (original recipe: SGD, x0.1 at 50 % and 80 %); returns the last epoch's
+    test accuracy."""
     begin(data, seed)
-    trainer = Trainer(net, data.task, data.device, data.train_loader, data.test_loader)
-    optimizer, _ = make_optimizers(net, data.task, lr, lr_mask=0.0)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(epochs), gamma=0.1)
+    trainer = Trainer(net, data.task, data.device, data.train_loader, data.test_loader, amp=data.amp)
+    optimizer, _ = make_optimizers(net, data.task, lr, lr_mask=0.0, recipe=recipe)
+    scheduler, per_step = lr_schedule(optimizer, recipe, epochs, len(data.train_loader))
     phase, objects = {"kind": "baseline"}, {"optimizer": optimizer, "scheduler": scheduler}
     first, train_acc, val_acc = resumed(resume, phase, net, objects, data)
     for epoch in range(first, epochs + 1):
-        _, train_acc = trainer.train_epoch(epoch, optimizer, weight_decay=weight_decay)
+        _, train_acc = trainer.train_epoch(epoch, optimizer, weight_decay=weight_decay,
+                                           step_scheduler=scheduler if per_step else None)
         _, val_acc = trainer.validate(epoch)
-        scheduler.step()
+        if not per_step:
+            scheduler.step()
         end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
     if train_acc < 0.97:
         log.info("Cannot prune any more!")
@@ -299,14 +341,15 @@ def finish_task(net, task):
 
 
 def cpg_finetune(net, data, *, epochs, lr, lr_mask, weight_decay, seed, baseline, width, max_width, csv_path=None,
-                 resume=None):
-    """Train the active task's free weights (SGD) and its piggymask (Adam); returns (Outcome, test accuracy)."""
+                 recipe="original", resume=None):
+    """Train the active task's free weights (SGD, or Adam in the fast recipe) and its piggymask (Adam); returns
+    (Outcome, test accuracy)."""
     begin(data, seed)
     task = data.task
     log.info("Finetune stage...")
-    trainer = Trainer(net, task, data.device, data.train_loader, data.test_loader, width, csv_path)
-    optimizer, mask_optimizer = make_optimizers(net, task, lr, lr_mask)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(epochs), gamma=0.1)
+    trainer = Trainer(net, task, data.device, data.train_loader, data.test_loader, width, csv_path, amp=data.amp)
+    optimizer, mask_optimizer = make_optimizers(net, task, lr, lr_mask, recipe)
+    scheduler, per_step = lr_schedule(optimizer, recipe, epochs, len(data.train_loader))
     owns_nothing = trainer.stats()["task_ratio"] == 0
     mask_scheduler = None
     if mask_optimizer and not owns_nothing:
@@ -318,9 +361,11 @@ def cpg_finetune(net, data, *, epochs, lr, lr_mask, weight_decay, seed, baseline
                "mask_scheduler": mask_scheduler}
     first, train_acc, val_acc = resumed(resume, phase, net, objects, data)
     for epoch in range(first, epochs + 1):
-        _, train_acc = trainer.train_epoch(epoch, optimizer, mask_optimizer, weight_decay)
+        _, train_acc = trainer.train_epoch(epoch, optimizer, mask_optimizer, weight_decay,
+                                           step_scheduler=scheduler if per_step else None)
         _, val_acc = trainer.validate(epoch, train_acc)
-        scheduler.step()
+        if not per_step:
+            scheduler.step()
         if mask_scheduler:
             mask_scheduler.step()
         end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
@@ -357,7 +402,7 @@ def cpg_prune(net, data, *, epochs, lr, weight_decay, seed, initial, target, fre
     begin(data, seed)
     net.set_trainable(data.task)
     net.model.to(data.device)
-    trainer = Trainer(net, data.task, data.device, data.train_loader, data.test_loader, width, csv_path)
+    trainer = Trainer(net, data.task, data.device, data.train_loader, data.test_loader, width, csv_path, amp=data.amp)
     log.info("Before pruning: ")
     trainer.validate(0)
     optimizer, _ = make_optimizers(net, data.task, lr, 0.0)

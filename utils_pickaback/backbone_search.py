@@ -64,10 +64,11 @@ def plan(cfg, layout, targets, which):
     return candidates_of, paths
 
 
-def run_search(cfg, candidates_of, checkpoints, settings, selection, device, batch_size=32):
-    """ModelDiff over the pairs of `candidates_of`; returns (table rows, {target: picked task id})."""
+def run_search(cfg, candidates_of, checkpoints, settings, selection, device, batch_size=32, amp=False):
+    """ModelDiff over the pairs of `candidates_of` (in bf16 autocast with `amp`); returns (table rows, {target:
+    picked task id})."""
     def load(task_id):
-        model = InferenceModel.load(checkpoints[task_id], device=device, batch_size=batch_size)
+        model = InferenceModel.load(checkpoints[task_id], device=device, batch_size=batch_size, amp=amp)
         if model.task != cfg.task_name(task_id):
             log.warning(f"{checkpoints[task_id]} holds task {model.task}, not {cfg.task_name(task_id)}; comparing it "
                         f"as task {task_id}")

@@ -1,0 +1,121 @@
+"""Speed features keep the method's properties: masks computed once still equal the ownership rule after every
+change of task or ownership, the fused piggymask weight has the straight-through gradient, bf16 autocast keeps no
+forgetting bit for bit and stays close to float32, and the fast recipe's schedule is what it says."""
+import copy
+import math
+
+import pytest
+import torch
+
+from models import cpg
+from models.build import Network
+from utils.runtime import autocast
+from utils.stages import run_stage
+from utils.layout import Layout, Manifest
+from utils.trainer import FAST_PEAK_LR, FAST_WARMUP, lr_schedule
+from tests.conftest import env_for
+
+CONFIG = dict(num_freq_bands=2, max_freq=4.0, depth=1, num_latents=16, latent_dim=64, cross_heads=2,
+              cross_dim_head=16, latent_heads=2, latent_dim_head=32, ff_mult=2, text_dim=16, max_text_length=8)
+
+
+def reference_weight(layer):
+    """original * keep as the ownership rule defines it, computed from scratch (no cache)."""
+    om, w = cpg.ownership(layer), cpg.raw_weight(layer)
+    own = om.mask == om.task_id
+    earlier = (om.mask > 0) & (om.mask < om.task_id)
+    piggymask = om.piggymasks[str(om.task_id)] if str(om.task_id) in om.piggymasks else None
+    keep = (own | earlier) if piggymask is None else own | (earlier & (piggymask > cpg.PIGGYMASK_THRESHOLD))
+    return w * keep
+
+
+def assert_weights_follow_masks(net):
+    for name, layer in cpg.prunable_layers(net.model).items():
+        assert torch.equal(layer.weight, reference_weight(layer)), name
+
+
+def two_task_network():
+    torch.manual_seed(0)
+    net = Network.new(CONFIG)
+    net.start_task("a", "image", 3)
+    cpg.prune_to(net.model, "image", 1, 0.5)
+    net.claim_shared("a")
+    net.start_task("b", "image", 3)
+    for layer in cpg.prunable_layers(net.model).values():       # a piggymask that keeps some earlier weights
+        pm = cpg.ownership(layer).piggymasks["2"]
+        pm.data = torch.rand(pm.shape, generator=torch.Generator().manual_seed(1)) * 0.01
+    return net
+
+
+def test_cached_masks_follow_every_change_of_task_and_ownership():
+    net = two_task_network()
+    assert_weights_follow_masks(net)                       # task b, picking over a
+    net.activate("a")
+    assert_weights_follow_masks(net)                       # a: its own weights only, b's are zero
+    net.activate("b")
+    cpg.prune_to(net.model, "image", 2, 0.4)               # ownership changes inside the same task
+    assert_weights_follow_masks(net)
+    cpg.load_masks(net.model, {})                          # everything free
+    assert all(torch.count_nonzero(layer.weight) == 0 for layer in cpg.prunable_layers(net.model).values())
+    copied = copy.deepcopy(two_task_network())
+    cpg.make_finetuning_mask(copied.model, "text", 2)      # a copy's own changes are seen by the copy
+    assert_weights_follow_masks(copied)
+    rebuilt = Network.from_checkpoint(two_task_network().state(epoch=1, dataset_config="x", text_encoder="y"))
+    rebuilt.activate("a")
+    assert_weights_follow_masks(rebuilt)
+
+
+def test_fused_piggymask_weight_has_the_straight_through_gradient():
+    torch.manual_seed(0)
+    weight = torch.randn(6, 5, requires_grad=True)
+    piggymask = (torch.rand(6, 5) * 0.01).requires_grad_()
+    mask = torch.randint(0, 4, (6, 5), dtype=torch.uint8)           # task 3: own 3, earlier 1-2, free 0
+    own, earlier = (mask == 3).float(), ((mask > 0) & (mask < 3)).float()
+    grad = torch.randn(6, 5)
+    cpg.PickedWeight.apply(weight, piggymask, own, earlier).backward(grad)
+    fused = weight.grad.clone(), piggymask.grad.clone()
+    weight.grad = piggymask.grad = None
+    binary = (piggymask > cpg.PIGGYMASK_THRESHOLD).float()
+    (weight * (own + earlier * (binary + piggymask - piggymask.detach()))).backward(grad)
+    assert torch.allclose(fused[0], weight.grad) and torch.allclose(fused[1], piggymask.grad)
+
+
+def test_bf16_autocast_logits_close_to_float32_and_deterministic():
+    net = two_task_network()
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = net.model(x)
+        with autocast("cpu", True):
+            half, again = net.model(x), net.model(x)
+    assert half.dtype == torch.bfloat16 and torch.equal(half, again)
+    assert not torch.equal(half.float(), full)             # autocast really ran in bf16
+    assert torch.allclose(half.float(), full, atol=0.05, rtol=0.05)
+
+
+def test_fast_recipe_warms_up_then_decays_to_zero():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=FAST_PEAK_LR)
+    scheduler, per_step = lr_schedule(opt, "fast", epochs=4, steps_per_epoch=25)
+    assert per_step
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    warmup = int(FAST_WARMUP * 100)
+    assert lrs[:warmup] == sorted(lrs[:warmup]) and math.isclose(max(lrs), FAST_PEAK_LR)
+    assert lrs[warmup:] == sorted(lrs[warmup:], reverse=True) and lrs[-1] < 0.01 * FAST_PEAK_LR
+    original, per_step = lr_schedule(torch.optim.SGD([p], lr=0.01), "original", epochs=10, steps_per_epoch=25)
+    assert not per_step and original.milestones == {5: 1, 8: 1}
+
+
+def test_amp_and_fast_recipe_through_the_stage_and_recorded(demo_root, tmp_path):
+    """AMP=1 RECIPE=fast trains through the stage, is recorded in the manifest, and the default settings redo it."""
+    torch.set_num_threads(1)
+    env = env_for(demo_root, tmp_path, TASK_IDS="1", FINETUNE_EPOCHS="2")
+    run_stage("baseline", "demo", {**env, "AMP": "1", "RECIPE": "fast"})
+    manifest = Manifest(Layout(tmp_path, "demo", "perceiver_io").baseline_dir("group1") / "stage.json")
+    first = manifest.read()
+    assert first["settings"]["amp"] is True and first["settings"]["recipe"] == "fast"
+    run_stage("baseline", "demo", env)
+    assert "amp" not in manifest.read()["settings"] and "recipe" not in manifest.read()["settings"]
