@@ -48,6 +48,16 @@ def baseline_file(tmp_path):
     return write
 
 
+def demo_config_file(tmp_path, **changes):
+    """A copy of utils/dataset_config.yaml whose demo section has `changes`."""
+    import yaml
+    sections = yaml.safe_load((REPO / "utils" / "dataset_config.yaml").read_text())
+    sections["demo"].update(changes)
+    path = tmp_path / "dataset_config.yaml"
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
 # Tiny settings of every stage: one epoch per training step, one pruning stage, a small profile.
 TINY = {"FINETUNE_EPOCHS": "1", "EPOCHS": "1", "NR_EPOCH_FOR_EACH_PRUNE": "1", "PRUNING_INTERVAL": "1",
         "PRUNING_SCHEDULE": "0.5", "PROFILE_SIZE": "8", "ITERATIONS": "5", "BATCH_SIZE": "16", "DEVICE": "cpu"}

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from CPG_MM_main_normal import main as cpg_main
 from models.build import Network
 from packnet_main_normal import main as baseline_main
 from pickaback_perceiverIO import main as search_main
-from tests.conftest import REPO, env_for, run_main
+from tests.conftest import demo_config_file, env_for, run_main
 from utils import checkpoint
 from utils import data as data_mod
 from utils.checkpoint import load_checkpoint, save_checkpoint
@@ -91,15 +90,6 @@ def baseline_args(data_root, work, group):
     return ["--dataset_config", "demo", "--dataset", group, "--epochs", "1", "--batch_size", "16",
             "--save_folder", str(work / "save"), "--logfile", str(work / "acc.txt"), "--log_path",
             str(work / "log" / "train.log"), "--data_root", str(data_root), "--device", "cpu"]
-
-
-def demo_config_file(tmp_path, **changes):
-    """A copy of utils/dataset_config.yaml whose demo section has `changes`."""
-    sections = yaml.safe_load((REPO / "utils" / "dataset_config.yaml").read_text())
-    sections["demo"].update(changes)
-    path = tmp_path / "dataset_config.yaml"
-    path.write_text(yaml.safe_dump(sections))
-    return path
 
 
 # ---- 1. corrupt images -------------------------------------------------------------------------------------------

@@ -65,13 +65,14 @@ def test_target_training_leaves_backbone_logits_bit_identical(demo_root, backbon
     assert set(read_json(out / "rec.txt")) == {"0.0"}
 
 
-def test_amp_target_training_leaves_backbone_logits_bit_identical(demo_root, backbone, tmp_path):
-    """With --amp (bf16 autocast) in training and evaluation, the cross-modal target changes nothing the backbone
-    task computes: its bf16 logits are the same bits before and after."""
+def test_amp_fast_recipe_target_training_leaves_backbone_logits_bit_identical(demo_root, backbone, tmp_path):
+    """With --amp (bf16 autocast) in training and evaluation and the fast recipe (Adam), the cross-modal target
+    changes nothing the backbone task computes: its bf16 logits are the same bits before and after."""
     before = logits(demo_root, "group1", tmp_path, "--amp", load_checkpoint=backbone["ckpt"])
     assert not torch.equal(before, logits(demo_root, "group1", tmp_path, load_checkpoint=backbone["ckpt"]))
     out = tmp_path / "target"
-    rc = run_cpg(demo_root, "--mode", "finetune", "--dataset", "group5", "--epochs", 2, "--amp", "--load_checkpoint",
+    rc = run_cpg(demo_root, "--mode", "finetune", "--dataset", "group5", "--epochs", 2, "--amp", "--recipe", "fast",
+                 "--load_checkpoint",
                  backbone["ckpt"], "--save_folder", out, "--jsonfile", backbone["baseline"])
     assert rc in (0, 2)
     assert torch.equal(before, logits(demo_root, "group1", tmp_path, "--amp", load_folder=out))

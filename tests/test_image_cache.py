@@ -10,10 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, demo_config_file
 from utils import images as images_mod
 from utils.config import load_dataset_config
 from utils.data import DeviceLoader, image_task, task_dataset, task_loaders
@@ -21,14 +20,6 @@ from utils.errors import UserError
 from utils.images import BatchTransform
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def config_file(tmp_path, **changes):
-    sections = yaml.safe_load((REPO / "utils" / "dataset_config.yaml").read_text())
-    sections["demo"].update(changes)
-    path = tmp_path / "dataset_config.yaml"
-    path.write_text(yaml.safe_dump(sections))
-    return path
 
 
 def write_image(path, size, mode="RGB", seed=0):
@@ -46,7 +37,7 @@ def mixed(demo_root, tmp_path):
     write_image(folder / "blue" / "big.jpg", (37, 23))
     write_image(folder / "red" / "grey.png", (5, 9), mode="L", seed=1)
     write_image(folder / "red" / "alpha.png", (16, 16), mode="RGBA", seed=2)
-    cfg = load_dataset_config("demo", root, config_file=config_file(tmp_path, resize=[12, 10], mean=MEAN, std=STD))
+    cfg = load_dataset_config("demo", root, config_file=demo_config_file(tmp_path, resize=[12, 10], mean=MEAN, std=STD))
     return cfg, folder
 
 
@@ -110,7 +101,7 @@ def test_an_unreadable_cache_file_is_rebuilt_with_a_warning(mixed, caplog):
 
 def test_images_of_different_sizes_without_resize_name_the_section(mixed, tmp_path):
     cfg, folder = mixed
-    cfg = load_dataset_config("demo", cfg.data_root, config_file=config_file(tmp_path, resize=None))
+    cfg = load_dataset_config("demo", cfg.data_root, config_file=demo_config_file(tmp_path, resize=None))
     with pytest.raises(UserError) as e:
         image_task(cfg, "group1", "train")
     message = str(e.value)
@@ -122,12 +113,12 @@ def test_skipped_files_are_reported_again_from_the_cache(mixed, tmp_path, monkey
     cfg, folder = mixed
     bad = folder / "red" / "red_001.png"
     bad.write_bytes(b"garbage")
-    skipping = load_dataset_config("demo", cfg.data_root, config_file=config_file(
+    skipping = load_dataset_config("demo", cfg.data_root, config_file=demo_config_file(
         tmp_path, resize=[12, 10], skip_corrupt_images=True))
     assert str(bad) not in [p for p, _ in image_task(skipping, "group1", "train").samples]
     monkeypatch.setattr(images_mod.Image, "open", lambda *a, **k: pytest.fail("decoded although cached"))
     with pytest.raises(UserError, match="cannot be read") as e:          # the cache does not hide it
-        image_task(load_dataset_config("demo", cfg.data_root, config_file=config_file(tmp_path, resize=[12, 10])),
+        image_task(load_dataset_config("demo", cfg.data_root, config_file=demo_config_file(tmp_path, resize=[12, 10])),
                    "group1", "train")
     assert str(bad) in str(e.value) and "skip_corrupt_images: true" in str(e.value)
 

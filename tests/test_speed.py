@@ -4,7 +4,6 @@ forgetting bit for bit and stays close to float32, and the fast recipe's schedul
 import copy
 import math
 
-import pytest
 import torch
 
 from models import cpg

@@ -1,16 +1,21 @@
 """Training speed: samples/s of a bare perceiver-pytorch PerceiverIO step, of the baseline trainer and of the CPG
-target trainer, interleaved in one process, with the ratios to the bare step and the share of the machine's measured
-matmul rate.
+target trainer, interleaved in one process, with the ratios to the bare step, the share of the machine's measured
+matmul rate, and the share of a training step spent loading its batch.
 
     python tools/benchmark_train.py                       # demo and oxford sizes on the CPU
-    python tools/benchmark_train.py --sizes oxford --device cuda --rounds 5
+    python tools/benchmark_train.py --sizes oxford --device cuda --amp --rounds 5
+    python tools/benchmark_train.py --attention einsum    # our trainers on perceiver-pytorch's einsum attention
 
 All three train the same shapes on the same random images for the same number of steps: the bare step is
 perceiver-pytorch's PerceiverIO (the blocks our network is built from) on pre-computed Fourier-feature tokens, a
 mean over latents and a linear head, with plain SGD; the baseline trainer is utils.trainer.Trainer.train_epoch on a
-one-task network; the CPG trainer is the same on a second task that picks (piggymask) over a pruned first task. Each
-round runs the three once, in turn; the figures are the medians over rounds. FLOPs per step come from PyTorch's
-FlopCounterMode; the matmul rate from timing a large float32 matmul on the same device.
+one-task network; the CPG trainer is the same on a second task that picks (piggymask) over a pruned first task. The
+trainers read uint8 images through the loader training uses (utils.data.DeviceLoader: moved to the device, flipped
+and normalised there), so their figures include loading; the bare step reads ready tokens. Each round runs the three
+once, in turn; the figures are the medians over rounds. FLOPs per step come from PyTorch's FlopCounterMode; the
+matmul rate from timing a large matmul on the same device, in float32, or in bf16 with --amp (all three then run
+under bf16 autocast). "loading" is one epoch of the trainers' loader alone, as a share of the baseline trainer's
+epoch.
 """
 import argparse
 import os
@@ -30,7 +35,10 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from models import cpg  # noqa: E402
 from models.build import Network  # noqa: E402
-from utils.runtime import select_device  # noqa: E402
+from models.perceiver_io import use_fused_attention  # noqa: E402
+from utils.data import DeviceLoader  # noqa: E402
+from utils.images import BatchTransform  # noqa: E402
+from utils.runtime import autocast, check_amp, select_device  # noqa: E402
 from utils.trainer import Trainer, make_optimizers  # noqa: E402
 
 # (model config, image size, batch size, number of classes) of the demo config and of the original's oxford config
@@ -43,9 +51,12 @@ SIZES = {
 
 
 class RandomImages(Dataset):
+    """uint8 images, as the image cache holds them."""
+
     def __init__(self, n, size, classes):
         g = torch.Generator().manual_seed(0)
-        self.x, self.y = torch.randn(n, 3, size, size, generator=g), torch.randint(0, classes, (n,), generator=g)
+        self.x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+        self.y = torch.randint(0, classes, (n,), generator=g)
 
     def __len__(self):
         return len(self.y)
@@ -78,15 +89,17 @@ class Bare(torch.nn.Module):
         return self.head(self.perceiver(tokens).mean(dim=1))
 
 
-def bare_epoch(model, optimizer, batches):
+def bare_epoch(model, optimizer, batches, amp=False):
     model.train()
     for tokens, y in batches:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(tokens), y).backward()
+        with autocast(tokens.device, amp):
+            logits = model(tokens)
+        F.cross_entropy(logits.float(), y).backward()
         optimizer.step()
 
 
-def networks(config, classes, device):
+def networks(config, classes, device, fused=True):
     """(one-task network for the baseline trainer, two-task network whose second task picks over the first)."""
     config = {**config, "text_dim": 16, "max_text_length": 8}
     base = Network.new(config)
@@ -100,6 +113,8 @@ def networks(config, classes, device):
     target.set_trainable("t2")
     base.model.to(device)
     target.model.to(device)
+    for net in (base, target):
+        use_fused_attention(net.model, fused)
     return base, target
 
 
@@ -113,8 +128,8 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
-def matmul_rate(device, n=2048, repeats=10):
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_rate(device, dtype=torch.float32, n=2048, repeats=10):
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     seconds = timed(lambda: [a @ b for _ in range(repeats)], device)
     return 2 * n ** 3 * repeats / seconds
@@ -126,23 +141,31 @@ def flops_per_step(fn):
     return counter.get_total_flops()
 
 
-def benchmark(size, device, rounds, steps):
+def load_epoch(loader):
+    for batch in loader:
+        batch["x"].sum()                                              # touch the data (and wait for it on a GPU)
+
+
+def benchmark(size, device, rounds, steps, amp=False, fused=True):
     config, image, batch, classes = SIZES[size]
     data = RandomImages(batch * steps, image, classes)
-    loader = DataLoader(data, batch_size=batch, shuffle=False)
+    transform = BatchTransform([0.5] * 3, [0.25] * 3, flip=True)
+    loader = DeviceLoader(DataLoader(data, batch_size=batch, shuffle=False, pin_memory=device.type == "cuda"),
+                          device, transform)
     bands, max_freq = config["num_freq_bands"], config["max_freq"]
-    batches = [(fourier_tokens(b["x"].to(device), bands, max_freq), b["y"].to(device)) for b in loader]
+    batches = [(fourier_tokens(b["x"], bands, max_freq), b["y"]) for b in loader]
     torch.manual_seed(0)
     bare = Bare(config, batches[0][0].shape[-1], classes).to(device)
     bare_opt = torch.optim.SGD(bare.parameters(), lr=1e-2, momentum=0.9, nesterov=True)
-    base, target = networks(config, classes, device)
-    base_trainer = Trainer(base, "t1", device, loader, None)
+    base, target = networks(config, classes, device, fused)
+    base_trainer = Trainer(base, "t1", device, loader, None, amp=amp)
     base_opt, _ = make_optimizers(base, "t1", 1e-2, 0.0)
-    target_trainer = Trainer(target, "t2", device, loader, None)
+    target_trainer = Trainer(target, "t2", device, loader, None, amp=amp)
     target_opt, mask_opt = make_optimizers(target, "t2", 1e-2, 1e-4)
-    runs = {"bare perceiver-pytorch": lambda: bare_epoch(bare, bare_opt, batches),
+    runs = {"bare perceiver-pytorch": lambda: bare_epoch(bare, bare_opt, batches, amp),
             "baseline trainer": lambda: base_trainer.train_epoch(1, base_opt, weight_decay=4e-5),
-            "CPG target trainer": lambda: target_trainer.train_epoch(1, target_opt, mask_opt, 4e-5)}
+            "CPG target trainer": lambda: target_trainer.train_epoch(1, target_opt, mask_opt, 4e-5),
+            "loading": lambda: load_epoch(loader)}
     import logging
     logging.getLogger("root").setLevel(logging.WARNING)               # no per-epoch log lines while timing
     for fn in runs.values():                                          # warm-up
@@ -152,16 +175,27 @@ def benchmark(size, device, rounds, steps):
         for name, fn in runs.items():
             times[name].append(timed(fn, device))
     flops = flops_per_step(lambda: bare_epoch(bare, bare_opt, batches[:1]))
-    rate = matmul_rate(device)
+    rate = matmul_rate(device, torch.bfloat16 if amp else torch.float32)
     samples = batch * steps
-    bare_rate = samples / statistics.median(times["bare perceiver-pytorch"])
+    median = {name: statistics.median(t) for name, t in times.items()}
+    bare_rate = samples / median["bare perceiver-pytorch"]
     print(f"\n{size} size ({image}x{image} images, depth {config['depth']}, {config['num_latents']} x "
-          f"{config['latent_dim']} latents, batch {batch}) on {device}: matmul {rate / 1e9:.1f} GFLOP/s, "
-          f"{flops / batch / 1e6:.1f} MFLOP per sample (bare step)")
+          f"{config['latent_dim']} latents, batch {batch}) on {device_name(device)}"
+          f"{', bf16 autocast' if amp else ''}, our attention {'fused' if fused else 'einsum'}: "
+          f"{'bf16' if amp else 'float32'} matmul {rate / 1e9:.1f} GFLOP/s, {flops / batch / 1e6:.1f} MFLOP per "
+          f"sample (bare step)")
     print(f"{'':24}{'samples/s':>12}{'x bare':>9}{'share of matmul rate':>23}")
-    for name, t in times.items():
-        per_s = samples / statistics.median(t)
+    for name in ("bare perceiver-pytorch", "baseline trainer", "CPG target trainer"):
+        per_s = samples / median[name]
         print(f"{name:24}{per_s:12.1f}{per_s / bare_rate:9.2f}{100 * per_s * flops / batch / rate:22.1f}%")
+    print(f"loading (uint8 batch to {device.type}, flip, normalise): "
+          f"{100 * median['loading'] / median['baseline trainer']:.1f}% of a baseline trainer step")
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def main(argv=None):
@@ -171,13 +205,17 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is reported)")
     p.add_argument("--steps", type=int, default=10, help="training steps per timed epoch")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for all three; share of the bf16 matmul rate")
+    p.add_argument("--attention", choices=["fused", "einsum"], default="fused",
+                   help="attention of our trainers (the bare step is always perceiver-pytorch's einsum)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
+    check_amp(device, args.amp)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     for size in args.sizes:
-        benchmark(size, device, args.rounds, args.steps)
+        benchmark(size, device, args.rounds, args.steps, args.amp, args.attention == "fused")
 
 
 if __name__ == "__main__":

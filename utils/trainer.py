@@ -163,7 +163,7 @@ def save_task_checkpoint(net, cfg, folder, epoch):
 
 
 RECIPES = ("original", "fast")
-FAST_PEAK_LR = 1e-3             # the fast recipe's Adam peak learning rate (INIT_LR is the original's SGD rate)
+FAST_PEAK_LR = 5e-4             # the fast recipe's Adam peak learning rate (INIT_LR is the original's SGD rate)
 FAST_WARMUP = 0.05              # the fast recipe's linear warm-up, as a fraction of the training steps
 
 
