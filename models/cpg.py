@@ -61,35 +61,33 @@ class OwnershipMask(nn.Module):
     def __getstate__(self):                       # a copy (deepcopy, pickle) recomputes its own derived masks
         return {**self.__dict__, "_derived": None}
 
-    def derived(self, dtype=torch.float32):
-        """{'own', 'earlier', 'keep' (float), 'free' (bool), 'all_kept', 'any_free'} of the active task."""
-        key = (self.task_id, self.mask._version, dtype)
+    def derived(self, name, dtype=None):
+        """A mask derived from the ownership mask for the active task: 'own', 'earlier' (tasks before it), 'keep'
+        (own or earlier), 'free' (as bool, or as `dtype`), or the flags 'all_kept' and 'any_free'. Each is computed
+        when first asked for after a change and only then, so a layer holds just the ones its task uses."""
+        key = (self.task_id, self.mask._version)
         if self._derived is None or self._derived[0] is not self.mask or self._derived[1] != key:
+            self._derived = (self.mask, key, {})
+        cache = self._derived[2]
+        if (name, dtype) not in cache:
             mask, t = self.mask, self.task_id
-            own, free = mask == t, mask == 0
-            earlier = (mask > 0) & (mask < t)
-            kept = own | earlier
-            self._derived = (mask, key, {"own": own.to(dtype), "earlier": earlier.to(dtype), "keep": kept.to(dtype),
-                                         "free": free, "all_kept": bool(kept.all()),
-                                         "any_free": bool(free.any())})
-        return self._derived[2]
-
-    def keep(self, weight):
-        """The 0/1 factor of each weight for the active task (values; the piggymask's gradient is in forward)."""
-        d = self.derived(weight.dtype)
-        piggymask = self.piggymasks[str(self.task_id)] if str(self.task_id) in self.piggymasks else None
-        if piggymask is None:
-            return d["keep"]
-        return torch.addcmul(d["own"], d["earlier"], (piggymask > PIGGYMASK_THRESHOLD).to(weight.dtype))
+            if name in ("all_kept", "any_free"):
+                value = bool(((mask > 0) & (mask <= t)).all() if name == "all_kept" else (mask == 0).any())
+            else:
+                value = {"own": lambda: mask == t, "earlier": lambda: (mask > 0) & (mask < t),
+                         "keep": lambda: (mask > 0) & (mask <= t), "free": lambda: mask == 0}[name]()
+                value = value if dtype is None else value.to(dtype)
+            cache[(name, dtype)] = value
+        return cache[(name, dtype)]
 
     def forward(self, weight):
-        d = self.derived(weight.dtype)
         piggymask = self.piggymasks[str(self.task_id)] if str(self.task_id) in self.piggymasks else None
         if piggymask is not None:
-            return PickedWeight.apply(weight, piggymask, d["own"], d["earlier"])
-        if d["all_kept"]:                          # every weight belongs to this task or an earlier one: x 1
+            return PickedWeight.apply(weight, piggymask, self.derived("own", weight.dtype),
+                                      self.derived("earlier", weight.dtype))
+        if self.derived("all_kept"):               # every weight belongs to this task or an earlier one: x 1
             return weight
-        return weight * d["keep"]
+        return weight * self.derived("keep", weight.dtype)
 
 
 # ---- which layers carry task knowledge --------------------------------------------------------------------------
@@ -210,7 +208,7 @@ def constrain_gradients(layers, weight_decay, prune_mode):
         if w.grad is None:
             continue
         om = ownership(layer)
-        w.grad.add_(w.detach(), alpha=weight_decay).mul_(om.derived(w.dtype)["own"])
+        w.grad.add_(w.detach(), alpha=weight_decay).mul_(om.derived("own", w.dtype))
         if prune_mode:
             for p in om.piggymasks.values():
                 if p.grad is not None:
@@ -222,10 +220,8 @@ def zero_pruned_weights(layers):
     """Pruned (free) weights of `layers` (the layers the task uses) stay exactly zero after every optimiser step
     (the original CPG code re-zeroed them only at validation, once per epoch)."""
     for layer in layers:
-        w = raw_weight(layer)
-        d = ownership(layer).derived(w.dtype)
-        if d["any_free"]:
-            w.masked_fill_(d["free"], 0.0)
+        if ownership(layer).derived("any_free"):
+            raw_weight(layer).masked_fill_(ownership(layer).derived("free"), 0.0)
 
 
 # ---- compacting ------------------------------------------------------------------------------------------------
