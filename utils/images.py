@@ -149,7 +149,7 @@ def load_or_build(cfg, folder, samples, size, cache_file):
 class BatchTransform:
     """What the torchvision transforms did to each PIL image, on a uint8 batch [B, 3, H, W] on its own device:
     random crop (with zero padding) and random horizontal flip when training, then ToTensor + Normalize in their
-    order ((x / 255 - mean) / std in float32, so the values equal theirs). Random draws come from torch's global
+    order ((x / 255 - mean) / std in float32, equal to theirs within float rounding). Random draws come from torch's global
     CPU generator, one per batch, so seeded runs reproduce and a resumed run (which restores it) continues."""
 
     def __init__(self, mean, std, flip=False, crop=None, padding=4, source="the dataset config"):
@@ -164,11 +164,12 @@ class BatchTransform:
                    source=f"section '{cfg.name}' of {cfg.config_file}")
 
     def normalise(self, x):
-        if x.device not in self.stats:
-            self.stats[x.device] = (self.mean.to(x.device).view(-1, 1, 1), self.std.to(x.device).view(-1, 1, 1))
-        mean, std = self.stats[x.device]
-        # in place on a fresh float copy: the same ops in the same order, without three more batch-sized buffers
-        return x.to(torch.float32, copy=True).div_(255).sub_(mean).div_(std)
+        if x.device not in self.stats:       # (x / 255 - mean) / std as one scale and one shift per channel
+            scale, shift = 1.0 / (255.0 * self.std), -self.mean / self.std
+            self.stats[x.device] = (scale.to(x.device).view(-1, 1, 1), shift.to(x.device).view(-1, 1, 1))
+        scale, shift = self.stats[x.device]
+        # three passes over the batch instead of ToTensor + Normalize's four; equal to theirs within 1e-6
+        return x.to(torch.float32).mul_(scale).add_(shift)
 
     def __call__(self, x):
         if self.crop:
