@@ -92,15 +92,20 @@ def baseline_args(data_root, work, group):
             str(work / "log" / "train.log"), "--data_root", str(data_root), "--device", "cpu"]
 
 
+def assert_baseline_stops(data_root, tmp_path, capsys, group, *words):
+    """The baseline entry point on `group` stops with one sentence containing `words` and rewrites nothing."""
+    work = existing_work(tmp_path)
+    before = contents(work)
+    rc = run_main(baseline_main, baseline_args(data_root, work, group))
+    assert_one_sentence(capsys.readouterr().err, rc, *words)
+    assert_unchanged(before)
+
+
 # ---- 1. corrupt images -------------------------------------------------------------------------------------------
 def test_a_corrupt_image_is_named_before_training(data_root, tmp_path, capsys):
     bad = data_root / "demo" / "image" / "train" / "group1" / "blue" / "blue_003.png"
     bad.write_bytes(b"\x89PNG garbage, not an image")
-    work = existing_work(tmp_path)
-    before = contents(work)
-    rc = run_main(baseline_main, baseline_args(data_root, work, "group1"))
-    assert_one_sentence(capsys.readouterr().err, rc, bad, "cannot be read", "skip_corrupt_images: true")
-    assert_unchanged(before)
+    assert_baseline_stops(data_root, tmp_path, capsys, "group1", bad, "cannot be read", "skip_corrupt_images: true")
 
 
 def test_skip_corrupt_images_leaves_them_out_with_a_warning(data_root, tmp_path, monkeypatch, caplog):
@@ -137,11 +142,7 @@ def test_an_image_that_fails_to_decode_is_named_when_the_cache_is_built(data_roo
 def test_a_caption_that_is_not_utf8_is_named(data_root, tmp_path, capsys):
     bad = data_root / "demo" / "text" / "train" / "group5" / "blue" / "blue_002.txt"
     bad.write_bytes(b"a blue \xff\xfe shape")
-    work = existing_work(tmp_path)
-    before = contents(work)
-    rc = run_main(baseline_main, baseline_args(data_root, work, "group5"))
-    assert_one_sentence(capsys.readouterr().err, rc, bad, "is not UTF-8")
-    assert_unchanged(before)
+    assert_baseline_stops(data_root, tmp_path, capsys, "group5", bad, "is not UTF-8")
 
 
 def test_an_empty_caption_is_a_warning_naming_it(data_root, monkeypatch, caplog):
@@ -243,11 +244,7 @@ def test_a_mistyped_config_value_names_the_key(data_root, tmp_path, monkeypatch,
         load_dataset_config("demo", data_root, config_file=path)
     assert str(e.value).startswith(f"{path}: config 'demo' has {words}:") and "\n" not in str(e.value)
     monkeypatch.setenv("MMPAB_CONFIG_FILE", str(path))
-    work = existing_work(tmp_path)
-    before = contents(work)
-    rc = run_main(baseline_main, baseline_args(data_root, work, "group1"))
-    assert_one_sentence(capsys.readouterr().err, rc, path, words)
-    assert_unchanged(before)
+    assert_baseline_stops(data_root, tmp_path, capsys, "group1", path, words)
 
 
 def backbone_with_record(work, record):
