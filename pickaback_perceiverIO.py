@@ -21,7 +21,7 @@ from pathlib import Path
 from utils.config import load_dataset_config
 from utils.errors import report_user_errors
 from utils.layout import Layout
-from utils.runtime import add_common_arguments, check_amp, seed_everything, select_device, setup_logging
+from utils.runtime import add_common_arguments, seed_everything, select_device, setup_logging
 from utils_pickaback.backbone_search import CANDIDATE_CHOICES, plan, run_search, target_ids
 from utils_pickaback.modeldiff import ProfileSettings
 from utils_pickaback.results import RESULT_COLUMNS, SELECTION_RULES, TABLE_COLUMNS, read_rows, write_results
@@ -64,8 +64,7 @@ def main(argv=None):
     for path, columns in ((layout.result_csv, RESULT_COLUMNS), (layout.table_csv, TABLE_COLUMNS)):
         read_rows(path, columns, len(cfg.groups))             # both files can be merged into, before the search
     candidates_of, checkpoints = plan(cfg, layout, targets, args.candidates)
-    device = select_device(args.device)
-    check_amp(device, args.amp)
+    device = select_device(args.device, args.amp)
     seed_everything(args.seed)
     settings = ProfileSettings(args.profile_size, args.epsilon, args.iterations, args.seed)
     log.info(f"backbone search on '{cfg.name}': targets {targets}, candidates {args.candidates}, selection "

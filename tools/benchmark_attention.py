@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from models.build import Network  # noqa: E402
 from models.perceiver_io import use_fused_attention  # noqa: E402
-from utils.runtime import select_device  # noqa: E402
+from utils.runtime import autocast, select_device  # noqa: E402
 
 CONFIG = dict(num_freq_bands=6, max_freq=10.0, depth=3, num_latents=256, latent_dim=512, cross_heads=1,
               cross_dim_head=64, latent_heads=8, latent_dim_head=64, ff_mult=4, text_dim=384, max_text_length=128)
@@ -61,7 +61,7 @@ def rss_bytes():
 
 def measure(args):
     """One mode in this process: peak memory growth of the first step, step time, logits (as a JSON line)."""
-    device = select_device(args.device)
+    device = select_device(args.device, args.amp)
     torch.manual_seed(0)
     net = Network.new(CONFIG)
     net.start_task("t1", "image", CLASSES)
@@ -74,7 +74,7 @@ def measure(args):
 
     def step():
         model.zero_grad(set_to_none=False)               # gradients stay allocated, as in training
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        with autocast(device, args.amp):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         loss.backward()
@@ -133,7 +133,7 @@ def main(argv=None):
     if args.child:
         print(json.dumps(measure(args)))
         return 0
-    device = select_device(args.device)
+    device = select_device(args.device, args.amp)
     tokens = args.image_size ** 2
     features = 3 + 2 * (2 * CONFIG["num_freq_bands"] + 1)
     attn_matrix = args.batch * CONFIG["cross_heads"] * CONFIG["num_latents"] * tokens * (2 if args.amp else 4)

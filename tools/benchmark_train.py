@@ -38,7 +38,7 @@ from models.build import Network  # noqa: E402
 from models.perceiver_io import use_fused_attention  # noqa: E402
 from utils.data import DeviceLoader  # noqa: E402
 from utils.images import BatchTransform  # noqa: E402
-from utils.runtime import autocast, check_amp, select_device  # noqa: E402
+from utils.runtime import autocast, select_device  # noqa: E402
 from utils.trainer import Trainer, make_optimizers  # noqa: E402
 
 # (model config, image size, batch size, number of classes) of the demo config and of the original's oxford config
@@ -211,8 +211,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = select_device(args.device)
-    check_amp(device, args.amp)
+    device = select_device(args.device, args.amp)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     for size in args.sizes:
         benchmark(size, device, args.rounds, args.steps, args.amp, args.attention == "fused")

@@ -14,26 +14,26 @@ from utils.errors import UserError
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 
-def select_device(name="auto"):
-    """'auto' = CUDA when available, else CPU; 'cpu', 'cuda' or 'cuda:N' force one."""
+def select_device(name="auto", amp=False):
+    """'auto' = CUDA when available, else CPU; 'cpu', 'cuda' or 'cuda:N' force one. With `amp` (bf16 mixed
+    precision asked for), a GPU without bf16 (before Ampere) is a UserError."""
     from utils.distributed import local_device_index, world_size
     if name in (None, "", "auto"):
         if torch.cuda.is_available():                   # under torchrun: this rank's GPU
-            return torch.device(f"cuda:{local_device_index()}" if world_size() > 1 else "cuda")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} was asked for but no CUDA GPU is available: use --device cpu or auto.")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name} is not a device name: use auto, cpu, cuda or cuda:N.") from None
-
-
-def check_amp(device, amp):
-    """A UserError when bf16 mixed precision is asked for on a GPU that lacks it (before Ampere)."""
+            device = torch.device(f"cuda:{local_device_index()}" if world_size() > 1 else "cuda")
+        else:
+            device = torch.device("cpu")
+    else:
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {name} was asked for but no CUDA GPU is available: use --device cpu or auto.")
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"--device {name} is not a device name: use auto, cpu, cuda or cuda:N.") from None
     if amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError(f"--amp (AMP=1) needs bf16, which {torch.cuda.get_device_name(device)} does not support: "
                         f"drop --amp.")
+    return device
 
 
 def autocast(device, enabled):
@@ -97,7 +97,8 @@ def add_task_arguments(parser, expname):
     parser.add_argument("--batch_size", type=int, default=32, help="training batch size")
     parser.add_argument("--val_batch_size", type=int, default=100, help="evaluation batch size")
     parser.add_argument("--epochs", type=int, default=100, help="training epochs")
-    parser.add_argument("--recipe", default="original", choices=["original", "fast"],
+    from utils.trainer import RECIPES               # (utils.trainer imports this module)
+    parser.add_argument("--recipe", default=RECIPES[0], choices=RECIPES,
                         help="original: SGD (momentum 0.9, Nesterov) at --lr, x0.1 at 50%% and 80%% of the epochs; "
                              "fast: Adam with linear warm-up and cosine decay, learns in far fewer epochs "
                              "(README, 'A recipe that learns fast')")
@@ -127,8 +128,7 @@ def load_task(cfg, task, *, batch_size, val_batch_size=100, workers=0, seed=2, d
                         f"{task} of '{cfg.name}' is {actual}: drop --modality or fix the config.")
     if epochs < 1:
         raise UserError(f"--epochs {epochs} must be at least 1.")
-    device = select_device(device)
-    check_amp(device, amp)
+    device = select_device(device, amp)
     seed_everything(seed)
     train_loader, test_loader, found = task_loaders(cfg, task, batch_size, val_batch_size, workers, seed, device,
                                                     train_per_class)

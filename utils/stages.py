@@ -40,7 +40,7 @@ from utils.data import model_config
 from utils.distributed import is_main_process
 from utils.errors import UserError
 from utils.layout import Layout, Manifest, file_digest, sparsity_key, task_checkpoint
-from utils.runtime import LOG_FORMAT, check_amp, load_task, select_device
+from utils.runtime import LOG_FORMAT, load_task, select_device
 from utils.trainer import (RECIPES, Outcome, Resume, begin, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint,
                            start_cpg_task, train_baseline)
 from utils_pickaback.backbone_search import plan, run_search, target_ids
@@ -495,16 +495,15 @@ def find_backbone(run, s):
     layout = run.layout(s.arch)
     targets, candidates_of, checkpoints = search_plan(run, layout, s)
     settings_of = {t: {"stage": "find_backbone", "candidates": candidates_of[t], "selection": s.selection,
-                       "profile_size": s.profile_size, "epsilon": s.epsilon, "iterations": s.iterations,
-                       "seed": s.seed, **training_settings(s, ()), "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}}
+                       **training_settings(s, ("profile_size", "epsilon", "iterations", "seed")),
+                       "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}}
                    for t in targets}
     todo = [t for t in targets if not skip(run, SearchManifest(layout.search_manifest, t), settings_of[t],
                                            f"find_backbone target {t}")]
     if not todo:
         return
     with failing_task("find_backbone", f"targets {todo}"), task_log(layout.stage_log("find_backbone")):
-        device = select_device(s.device)
-        check_amp(device, s.amp)
+        device = select_device(s.device, s.amp)
         profile = ProfileSettings(s.profile_size, s.epsilon, s.iterations, s.seed)
         log.info(f"== find_backbone: '{run.cfg.name}' targets {todo}, candidates {s.candidates}, selection "
                  f"{s.selection}, {profile}, device {device}")
