@@ -2,6 +2,7 @@
 checks of the baseline accuracy file and record.txt that every stage makes before using them."""
 import errno
 import json
+import logging
 import os
 import pickle
 import re
@@ -14,6 +15,8 @@ import torch
 
 from utils.distributed import barrier, is_main_process
 from utils.errors import UserError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.pth\.tar$")
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)                  # disk full, or the user's disk quota used up
@@ -93,6 +96,24 @@ def load_checkpoint(path, map_location="cpu"):
     if not isinstance(ckpt, dict):
         raise UserError(not_a_checkpoint(path))
     return ckpt
+
+
+def load_or_build(path, build, what):
+    """The state saved at `path` (a cache); when it is missing or unreadable, `build()` it and save it there first.
+    `what` names it in the log. Under torchrun every rank looks for the file before rank 0 can write it, so all
+    take the same branch (and meet at the write's barrier)."""
+    path = Path(path)
+    exists = path.is_file()
+    barrier()
+    if exists:
+        try:
+            return load_checkpoint(path)
+        except UserError:
+            log.warning(f"the cache of {what} ({path}) is unreadable: computing it again")
+    state = build()
+    save_checkpoint(state, path)
+    log.info(f"cached {what} in {path}")
+    return state
 
 
 def not_a_checkpoint(path):

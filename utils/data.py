@@ -17,11 +17,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.checkpoint import load_or_build
 from utils.distributed import per_rank_batch, rank, world_size
 from utils.errors import UserError
-from utils.images import (IMAGE_CACHE_VERSION, BatchTransform, ImageTask, cached_size, image_samples,
-                          load_or_build)
+from utils.images import (IMAGE_CACHE_VERSION, BatchTransform, ImageTask, cached_images, cached_size,
+                          image_samples)
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -36,7 +36,7 @@ def image_task(cfg, group, split, raw=False):
     classes, samples = image_samples(folder)
     size = cached_size(cfg, split == "train")
     cache_file = cfg.data_root / ".cache" / f"image_{_cache_key(samples, 'image', IMAGE_CACHE_VERSION, size)}.pt"
-    cached = load_or_build(cfg, folder, samples, size, cache_file)
+    cached = cached_images(cfg, folder, samples, size, cache_file)
     left_out = {i for i, _ in cached["skipped"]}
     kept = [s for i, s in enumerate(samples) if i not in left_out]
     return ImageTask(classes, kept, cached["images"], cached["labels"],
@@ -149,19 +149,12 @@ class TextTask(Dataset):
         self.targets = [label for _, label in samples]
         cache_file = Path(cache_dir) / f"text_{_cache_key(samples, encoder, kind, max_length)}.pt"
         texts = [caption(f) for f, _ in samples]
-        cached = None
-        if use_cache and cache_file.is_file():
-            try:
-                cached = load_checkpoint(cache_file)
-            except UserError:                                 # a broken cache file is recomputed
-                log.warning(f"text feature cache {cache_file} is unreadable: computing it again")
-        if cached is not None:
-            self.features, self.masks = cached["features"], cached["masks"]
-        else:
-            self.features, self.masks = embed_texts(texts, encoder, kind, max_length, device)
-            if use_cache:
-                save_checkpoint({"features": self.features, "masks": self.masks}, cache_file)
-                log.info("cached text features of %s in %s", folder, cache_file)
+
+        def build():
+            features, masks = embed_texts(texts, encoder, kind, max_length, device)
+            return {"features": features, "masks": masks}
+        cached = load_or_build(cache_file, build, f"text features of {folder}") if use_cache else build()
+        self.features, self.masks = cached["features"], cached["masks"]
         self.labels = torch.tensor(self.targets)
 
     def __len__(self):

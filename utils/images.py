@@ -17,8 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.distributed import barrier
+from utils import checkpoint
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -61,15 +60,15 @@ def unreadable_images(paths):
     return bad
 
 
-def check_unreadable(cfg, folder, bad):
-    """Stop on unreadable files (their names and error class names in `bad`), or warn about each and go on when
-    the config says skip_corrupt_images: true."""
+def check_unreadable(cfg, folder, bad, warn=True):
+    """Stop on unreadable files (their names and error class names in `bad`), or (`warn`) warn about each and go on
+    when the config says skip_corrupt_images: true."""
     if bad and not cfg.raw.get("skip_corrupt_images"):
         path, error = next(iter(bad.items()))
         more = f" ({len(bad) - 1} more in {folder})" if len(bad) > 1 else ""
         raise UserError(f"image file {path}{more} cannot be read ({error}): replace or delete it, or set "
                         f"skip_corrupt_images: true in section '{cfg.name}' of {cfg.config_file} to skip such files.")
-    for path, error in bad.items():
+    for path, error in bad.items() if warn else ():
         log.warning(f"skipping unreadable image file {path} ({error}): skip_corrupt_images is true in section "
                     f"'{cfg.name}' of {cfg.config_file}")
 
@@ -96,7 +95,7 @@ def build_cache(cfg, folder, samples, size):
     """{'images': uint8 [N, 3, H, W], 'labels': [N], 'skipped': [[index, error]]} of the readable samples. A file
     whose header verifies but whose pixels do not decode (e.g. a truncated JPEG) is caught here too."""
     bad = unreadable_images(path for path, _ in samples)          # cheap: stop before decoding anything
-    check_unreadable(cfg, folder, bad)
+    check_unreadable(cfg, folder, bad, warn=False)                 # (cached_images warns about what it skips)
     resize = None
     if size:
         from torchvision import transforms                           # the exact resize the config asks for
@@ -113,7 +112,7 @@ def build_cache(cfg, folder, samples, size):
             except PIL_ERRORS as e:
                 error = e.__class__.__name__
         skipped.append([i, error])
-    check_unreadable(cfg, folder, {samples[i][0]: e for i, e in skipped if samples[i][0] not in bad})
+    check_unreadable(cfg, folder, {samples[i][0]: e for i, e in skipped if samples[i][0] not in bad}, warn=False)
     if not images:
         raise UserError(f"image folder {folder} has no readable image: replace its files or re-run the dataset "
                         f"preparer.")
@@ -126,22 +125,12 @@ def build_cache(cfg, folder, samples, size):
     return {"images": torch.stack(images), "labels": torch.tensor(labels), "skipped": skipped}
 
 
-def load_or_build(cfg, folder, samples, size, cache_file):
-    """The cache of `samples` from `cache_file`, built (and written) first when it is missing or unreadable."""
-    exists = cache_file.is_file()
-    barrier()           # under torchrun every rank looks before rank 0 can write it: all take the same branch
-    if exists:
-        try:
-            cached = load_checkpoint(cache_file)
-        except UserError:                                          # a broken cache file is recomputed
-            log.warning(f"image cache {cache_file} is unreadable: decoding the images again")
-        else:
-            # built from these exact bytes: only the files it left out are reported (again), nothing is re-read
-            check_unreadable(cfg, folder, {samples[i][0]: error for i, error in cached["skipped"]})
-            return cached
-    cached = build_cache(cfg, folder, samples, size)
-    save_checkpoint(cached, cache_file)
-    log.info("cached %d decoded images of %s in %s", len(cached["labels"]), folder, cache_file)
+def cached_images(cfg, folder, samples, size, cache_file):
+    """The cache of `samples` from `cache_file`, built (and written) first when it is missing or unreadable. The
+    files it left out are reported (again, when it was read): nothing else is re-read."""
+    cached = checkpoint.load_or_build(cache_file, lambda: build_cache(cfg, folder, samples, size),
+                                      f"decoded images of {folder}")
+    check_unreadable(cfg, folder, {samples[i][0]: error for i, error in cached["skipped"]})
     return cached
 
 
