@@ -43,6 +43,14 @@ class PickedWeight(torch.autograd.Function):
         return grad_weight, grad_piggymask, None, None
 
 
+DERIVED_MASKS = {                          # (ownership mask, active task id) -> bool mask
+    "own": lambda mask, t: mask == t,
+    "earlier": lambda mask, t: (mask > 0) & (mask < t),
+    "keep": lambda mask, t: (mask > 0) & (mask <= t),
+    "free": lambda mask, t: mask == 0,
+}
+
+
 class OwnershipMask(nn.Module):
     """Parametrization of a linear weight: keep the weights of the active task and of the earlier tasks it uses.
 
@@ -62,21 +70,22 @@ class OwnershipMask(nn.Module):
         return {**self.__dict__, "_derived": None}
 
     def derived(self, name, dtype=None):
-        """A mask derived from the ownership mask for the active task: 'own', 'earlier' (tasks before it), 'keep'
-        (own or earlier), 'free' (as bool, or as `dtype`), or the flags 'all_kept' and 'any_free'. Each is computed
-        when first asked for after a change and only then, so a layer holds just the ones its task uses."""
+        """A mask derived from the ownership mask for the active task (DERIVED_MASKS: 'own', 'earlier', 'keep',
+        'free'; bool, or as `dtype`), or a flag: 'all_kept' (no weight is free or a later task's), 'any_free'. Each
+        is computed when first asked for after a change and only then, so a layer holds just what its task uses."""
         key = (self.task_id, self.mask._version)
         if self._derived is None or self._derived[0] is not self.mask or self._derived[1] != key:
             self._derived = (self.mask, key, {})
         cache = self._derived[2]
         if (name, dtype) not in cache:
-            mask, t = self.mask, self.task_id
-            if name in ("all_kept", "any_free"):
-                value = bool(((mask > 0) & (mask <= t)).all() if name == "all_kept" else (mask == 0).any())
+            if name == "all_kept":
+                value = bool(self.derived("keep").all())
+            elif name == "any_free":
+                value = bool(self.derived("free").any())
+            elif dtype is not None:
+                value = self.derived(name).to(dtype)
             else:
-                value = {"own": lambda: mask == t, "earlier": lambda: (mask > 0) & (mask < t),
-                         "keep": lambda: (mask > 0) & (mask <= t), "free": lambda: mask == 0}[name]()
-                value = value if dtype is None else value.to(dtype)
+                value = DERIVED_MASKS[name](self.mask, self.task_id)
             cache[(name, dtype)] = value
         return cache[(name, dtype)]
 
