@@ -29,13 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from perceiver_pytorch import PerceiverIO  # noqa: E402
-from perceiver_pytorch.perceiver_pytorch import fourier_encode  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from models import cpg  # noqa: E402
 from models.build import Network  # noqa: E402
-from models.perceiver_io import use_fused_attention  # noqa: E402
+from models.perceiver_io import ImageAdapter, use_fused_attention  # noqa: E402
 from utils.data import DeviceLoader  # noqa: E402
 from utils.images import BatchTransform  # noqa: E402
 from utils.runtime import autocast, select_device  # noqa: E402
@@ -63,16 +62,6 @@ class RandomImages(Dataset):
 
     def __getitem__(self, i):
         return {"x": self.x[i], "y": self.y[i]}
-
-
-def fourier_tokens(x, bands, max_freq):
-    """[b, 3, h, w] -> [b, h*w, 3 + 2 * (2 * bands + 1)]: pixels and their Fourier position features."""
-    b, _, h, w = x.shape
-    axis = [torch.linspace(-1.0, 1.0, steps=s, device=x.device) for s in (h, w)]
-    pos = torch.stack(torch.meshgrid(*axis, indexing="ij"), dim=-1)
-    enc = fourier_encode(pos, max_freq, bands).flatten(-2)                 # [h, w, 2 * (2 * bands + 1)]
-    enc = enc.unsqueeze(0).expand(b, -1, -1, -1)
-    return torch.cat([x.permute(0, 2, 3, 1), enc], dim=-1).flatten(1, 2)
 
 
 class Bare(torch.nn.Module):
@@ -153,7 +142,8 @@ def benchmark(size, device, rounds, steps, amp=False, fused=True):
     loader = DeviceLoader(DataLoader(data, batch_size=batch, shuffle=False, pin_memory=device.type == "cuda"),
                           device, transform)
     bands, max_freq = config["num_freq_bands"], config["max_freq"]
-    batches = [(fourier_tokens(b["x"], bands, max_freq), b["y"]) for b in loader]
+    tokens = ImageAdapter(bands, max_freq)                            # our network's pixels + Fourier features
+    batches = [(tokens(b["x"]), b["y"]) for b in loader]
     torch.manual_seed(0)
     bare = Bare(config, batches[0][0].shape[-1], classes).to(device)
     bare_opt = torch.optim.SGD(bare.parameters(), lr=1e-2, momentum=0.9, nesterov=True)
