@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's first quick-start command: install the pinned requirements, write the demo data and run every stage
-# on it with run_pickaback/run_all.sh demo, at the demo sizes below (under a minute on 2 CPU cores), ending with
+# on it with run_pickaback/run_all.sh demo, at the demo sizes below (about a minute on 2 CPU cores), ending with
 # the report's path.
 #
 #   bash run_pickaback/demo.sh             # every stage, then the report
