@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from utils.checkpoint import CHECKPOINT_RE, atomic_write, read_json
+from utils.checkpoint import CHECKPOINT_RE, atomic_write, locked, read_json
 from utils.distributed import barrier, is_main_process
 from utils.errors import UserError
 
@@ -193,6 +193,23 @@ class Manifest:
     def write(self, settings, outputs, results=None):
         data = self.entry(settings, outputs, results)
         atomic_write(self.path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
+
+
+class SearchManifest(Manifest):
+    """The search's manifests, one entry per target in one JSON file beside the result CSVs."""
+
+    def __init__(self, path, target):
+        super().__init__(path)
+        self.target = str(target)
+
+    def read(self):
+        return (read_json(self.path) or {}).get(self.target)
+
+    def write(self, settings, outputs, results=None):
+        with locked(self.path):
+            data = read_json(self.path) or {}
+            data[self.target] = self.entry(settings, outputs, results)
+            atomic_write(self.path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
 
 
 def stale_checkpoints(folder, keep):

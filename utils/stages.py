@@ -39,7 +39,7 @@ from utils.config import REPO_ROOT, load_dataset_config
 from utils.data import model_config
 from utils.distributed import is_main_process
 from utils.errors import UserError
-from utils.layout import Layout, Manifest, file_digest, sparsity_key, task_checkpoint
+from utils.layout import Layout, Manifest, SearchManifest, file_digest, sparsity_key, task_checkpoint
 from utils.runtime import LOG_FORMAT, load_task, select_device
 from utils.trainer import (RECIPES, Outcome, Resume, begin, cpg_finetune, cpg_prune, finish_task, save_task_checkpoint,
                            start_cpg_task, train_baseline)
@@ -460,23 +460,6 @@ def chosen_backbone(run, layout, group):
 
 
 # ---- 4. backbone search ------------------------------------------------------------------------------------------
-class SearchManifest(Manifest):
-    """The search's manifests, one entry per target in one JSON file beside the result CSVs."""
-
-    def __init__(self, path, target):
-        super().__init__(path)
-        self.target = str(target)
-
-    def read(self):
-        return (read_json(self.path) or {}).get(self.target)
-
-    def write(self, settings, outputs, results=None):
-        with locked(self.path):
-            data = read_json(self.path) or {}
-            data[self.target] = self.entry(settings, outputs, results)
-            atomic_write(self.path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
-
-
 def search_plan(run, layout, s):
     """(targets, {target: candidates}, {task id: baseline checkpoint}) of the search, every input checked: the
     selection rule, the baselines, and both result CSVs (they must take the new rows before the search runs)."""
