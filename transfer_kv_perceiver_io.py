@@ -15,47 +15,38 @@ plus a key `kv_transfer` = {target, target_id, backbone, source_checkpoint, copi
   0, so the target trainer gives these weights to T, which starts from what T had learnt.
 - Same modality: K's projection must keep serving K, so nothing is copied; T reuses it through its piggymask.
 
-The stage script run_pickaback/transfer_kv.sh does the same through utils/stages.py and skips pairs already done.
+Files go under the work folder ($MMPAB_WORK_DIR or the repository), as for run_pickaback/transfer_kv.sh, which
+runs the same function (utils/pipeline/transfer.py); both skip pairs already done from the same checkpoints.
 """
-import argparse
-import logging
 from pathlib import Path
 
-from packnet_models_pickaback.kv_transfer import transfer
-from utils.config import load_dataset_config
 from utils.errors import report_user_errors
 from utils.layout import Layout
+from utils.pipeline.cli import add_settings_arguments, entry_run, parser, settings_from
+from utils.pipeline.settings import TransferSettings
+from utils.pipeline.transfer import transfer_kv
 from utils.runtime import setup_logging
-from utils.stages import Run, kv_jobs, selected_pairs
-
-log = logging.getLogger("root")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="perceiver_io", choices=["perceiver_io"], help="network architecture")
+    p = parser(__doc__)
     p.add_argument("--dataset_config", default="oxford", help="section of utils/dataset_config.yaml")
-    p.add_argument("--csv_path", default=None,
-                   help="backbone search result (target_id,task_id); default pickaback_<cfg>_result.csv in the "
-                        "working folder")
-    p.add_argument("--checkpoint_root", default="checkpoints_perceiver_io", help="root of the stage checkpoints")
+    add_settings_arguments(p, TransferSettings)
+    p.add_argument("--checkpoint_root", default=None,
+                   help="root of the stage checkpoints (default: checkpoints_perceiver_io/ of the work folder)")
     p.add_argument("--log_path", default=None, help="also append the log to this file")
+    p.add_argument("--force", action="store_true", help="redo pairs that are already done (FORCE=1)")
     return p.parse_args(argv)
 
 
 @report_user_errors
 def main(argv=None):
     args = parse_args(argv)
+    s = settings_from(args, TransferSettings)
     setup_logging(args.log_path)
-    cfg = load_dataset_config(args.dataset_config, check_folders=False)
-    run = Run(cfg, Path("."), list(range(1, len(cfg.groups) + 1)))
-    layout = Layout(Path("."), cfg.name, args.arch, Path(args.checkpoint_root))
-    pairs = selected_pairs(run, args.csv_path or layout.result_csv)
-    outs = []
-    for t, k, k_path, source in kv_jobs(run, layout, pairs):      # every pair is checked before anything is written
-        outs.append(layout.kv_transfer_file(k_path, t))
-        transfer(cfg, t, k, k_path, source, outs[-1])
-    return outs
+    run = entry_run(args, task_ids="all")
+    layout = Layout(run.work_dir, run.cfg.name, s.arch, Path(args.checkpoint_root) if args.checkpoint_root else None)
+    return transfer_kv(run, s, layout=layout)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from CPG_MM_main_normal import main as cpg_main
 from models import cpg
 from models.build import Network
 from tests.conftest import REPO, run_main, run_script
-from tools.choose_appropriate_pruning_ratio_for_next_task_notrmfiles import choose_ratio
+from utils.pipeline.choice import choose_ratio
 from utils.checkpoint import load_checkpoint, read_json
 from utils.layout import Layout, task_checkpoint
 from utils.config import load_dataset_config

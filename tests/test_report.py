@@ -12,7 +12,7 @@ from tools import report
 from utils import metrics
 from utils.config import load_dataset_config
 from utils.layout import Layout
-from utils.stages import STAGES
+from utils.pipeline import STAGES
 
 NAN = math.nan
 

@@ -23,7 +23,7 @@ from tests.conftest import REPO, env_for, run_main, run_script
 from utils.checkpoint import load_checkpoint, read_json
 from utils.errors import UserError
 from utils.layout import Layout, task_checkpoint
-from utils.stages import run_stage, stage_settings
+from utils.pipeline import run_stage, stage_settings
 
 HERE = Layout(Path("."), "demo")
 BACKBONES = str(HERE.backbone_dir("group1").parent)            # every task's CPG backbone folder
@@ -151,7 +151,7 @@ def test_search_writes_neither_csv_when_one_is_malformed(copy_of, demo_root):
 def test_settings_come_from_the_script_and_the_environment():
     assert stage_settings("wo_backbone", {}).epochs == 100                          # the script's default
     s = stage_settings("wo_backbone", {"EPOCHS": "7", "PRUNING_SCHEDULE": "0.2 0.4"})
-    assert s.epochs == 7 and s.pruning_schedule == [0.2, 0.4] and s.batch_size == 16
+    assert s.epochs == 7 and s.pruning_schedule == (0.2, 0.4) and s.batch_size == 16
     with pytest.raises(UserError, match=r"EPOCHS='ten' .* is not a int"):
         stage_settings("w_backbone_MM", {"EPOCHS": "ten"})
 

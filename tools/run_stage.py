@@ -8,33 +8,33 @@ The run_pickaback/<stage>.sh scripts call this. Each stage's settings are the va
 (the original's names), overridden by the environment. Also read from the environment: TASK_IDS (default: every
 task of the config), FORCE=1 (redo tasks that are already finished with the same settings), MMPAB_WORK_DIR (where
 checkpoints_perceiver_io/, logs_perceiver_io/ and the pickaback CSVs go; default: the repository),
-MMPAB_DATA_ROOT, and GPUS: with two or more entries ("0 1 2 3", or "cpu cpu" without CUDA) the independent tasks
-of baseline, wo_backbone and w_backbone_MM run in parallel, one worker process per entry taking the next task when
-it is free, and find_backbone splits its targets over the workers; each worker's lines are prefixed
-[gpu <entry>] (one entry only picks the device). `all` and `compare_selection` end by writing the report
-(tools/report.py) and printing its path. Exits 0 when every task is done, else with one sentence naming the stage
-and the task (exit 3: a baseline accuracy is missing).
+MMPAB_DATA_ROOT, NPROC=N (each task on N processes under torchrun) and GPUS: with two or more entries ("0 1 2 3",
+or "cpu cpu" without CUDA) the independent tasks of baseline, wo_backbone and w_backbone_MM run in parallel, one
+worker process per entry taking the next task when it is free, and find_backbone splits its targets over the
+workers; each worker's lines are prefixed [gpu <entry>] (one entry only picks the device). `all` and
+`compare_selection` end by writing the report (tools/report.py) and printing its path. Exits 0 when every task is
+done, else with one sentence naming the stage and the task (exit 3: a baseline accuracy is missing).
 """
 import argparse
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.distributed import init_from_environment, is_main_process, shutdown  # noqa: E402
-from utils.errors import UserError, report_user_errors  # noqa: E402
-from utils.runtime import setup_logging  # noqa: E402
-from utils.parallel import PARALLEL_STAGES, serve_units  # noqa: E402
-from utils.stages import VARIABLES, run_stage, script_defaults  # noqa: E402
+from tools.report import write_report
+from utils.distributed import init_from_environment, is_main_process, shutdown
+from utils.errors import UserError, report_user_errors
+from utils.pipeline import PARALLEL_STAGES, SETTINGS, run_stage
+from utils.pipeline.executor import serve_units
+from utils.pipeline.graph import run_unit
+from utils.runtime import setup_logging
 
 
 def parse_args(argv=None):
-    lines = [f"  {stage}: " + ", ".join(f"{name}={value!r}" for name, value in script_defaults(stage).items()
-                                        if name in VARIABLES[stage]) for stage in VARIABLES]
+    lines = [f"  {stage}: " + ", ".join(f"{name}={cls.defaults()[name]!r}" for _, name in cls.variables())
+             for stage, cls in SETTINGS.items()]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="stages and their variables (defaults as set in the scripts):\n" +
                                 "\n".join(lines))
-    p.add_argument("stage", choices=[*VARIABLES, "all", "run_all"],
+    p.add_argument("stage", choices=[*SETTINGS, "all", "run_all"],
                    help="a stage, all (run_all) of them in order, or compare_selection (the selection rules side by "
                         "side)")
     p.add_argument("dataset_config", help="section of utils/dataset_config.yaml (cub, oxford, mscoco, demo, ...)")
@@ -56,12 +56,11 @@ def main(argv=None):
     if args.worker:                                           # runs the units its parent hands it on stdin
         if stage not in PARALLEL_STAGES:
             raise UserError(f"--worker runs one of {', '.join(PARALLEL_STAGES)}, not {stage}.")
-        sys.exit(serve_units(stage, args.dataset_config))
+        sys.exit(serve_units(run_unit(stage, args.dataset_config)))
     run = run_stage(stage, args.dataset_config)
     main_process = is_main_process()
     shutdown()
     if stage in ("all", "compare_selection") and main_process:    # last: the report of what the stages wrote
-        from tools.report import write_report                 # (matplotlib is imported only when needed)
         path, _ = write_report(run.cfg.name, run.work_dir, run.cfg.data_root)
         print(f"report: {path}")
 

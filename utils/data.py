@@ -1,4 +1,4 @@
-"""Image and text task datasets and their loaders.
+"""Image and text task datasets, their loaders, and a task's data as the training steps use it (`load_task`).
 
 Image tasks are decoded once into a uint8 tensor cache under `<data_root>/.cache/` (utils/images.py); their loaders
 crop, flip and normalise whole batches on the run's device (`DeviceLoader`). Text tasks are one `.txt` per sample under
@@ -10,6 +10,7 @@ key covers every file's content, the encoder, the feature kind and the length, s
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from utils.distributed import per_rank_batch, rank, world_size
 from utils.errors import UserError
 from utils.images import (IMAGE_CACHE_VERSION, BatchTransform, ImageTask, cached_images, cached_size,
                           image_samples)
+from utils.runtime import seed_everything, select_device
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -247,3 +249,35 @@ def model_config(cfg):
     return {**cfg.model, "text_dim": int(text_dim), "max_text_length": max(cfg.text_max_length, 1)}
 
 
+@dataclass
+class TaskData:
+    """One task's config, modality, device, loaders and number of classes, loaded once and reused by its steps."""
+    cfg: object
+    task: str
+    modality: str
+    device: torch.device
+    train_loader: object
+    test_loader: object
+    num_classes: int
+    amp: bool = False                       # bf16 autocast in training and evaluation
+
+
+def load_task(cfg, task, *, batch_size, val_batch_size=100, workers=0, seed=2, device="auto", num_classes=-1,
+              modality=None, epochs=1, train_per_class=0, amp=False):
+    """A task's data and device from the config; user mistakes become UserErrors."""
+    actual = cfg.modality(task)
+    if modality and modality != actual:
+        raise UserError(f"--modality {modality} contradicts utils/dataset_config.yaml, where task "
+                        f"{task} of '{cfg.name}' is {actual}: drop --modality or fix the config.")
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs} must be at least 1.")
+    device = select_device(device, amp)
+    seed_everything(seed)
+    train_loader, test_loader, found = task_loaders(cfg, task, batch_size, val_batch_size, workers, seed, device,
+                                                    train_per_class)
+    num_classes = cfg.num_classes if num_classes < 0 else num_classes
+    if num_classes != found:
+        raise UserError(f"task {task} has {found} class folders in {cfg.task_folder(task, 'train')} but "
+                        f"{num_classes} classes are configured: fix num_classes in utils/dataset_config.yaml "
+                        f"or --num_classes.")
+    return TaskData(cfg, task, actual, device, train_loader, test_loader, num_classes, bool(amp))

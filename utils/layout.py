@@ -22,6 +22,8 @@ BACKBONE_STAGE = "CPG_single_scratch_woexp"
 TARGET_STAGE = "CPG_fromsingle_scratch_woexp_target"
 COMPARISON_STAGE = "CPG_compare_selection"
 MANIFEST = "stage.json"
+FORMAT = 2                  # of a manifest: 2 records the settings object whole, with the inputs apart
+MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,6 @@ class Layout:
     def target_scratch_dir(self, backbone_group, target_group):
         return self.target_dir(backbone_group, target_group) / "scratch"
 
-    def target_record(self, backbone_group, target_group):
-        return self.target_dir(backbone_group, target_group) / "gradual_prune" / "record.txt"
-
 
 def sparsity_key(value):
     """Record keys and pruning-stage folder names as the original's Python float strings: '0.1', '0.95'."""
@@ -165,11 +164,35 @@ class Manifest:
         data = self.read() or {"outputs": {}}
         return {k: (self.path.parent / v).resolve() for k, v in data["outputs"].items()}
 
-    def finished(self, settings):
-        """True when the task ran with exactly these settings and every file it wrote is still there."""
+    def finished(self, identity):
+        """True when the task ran with this identity (utils.pipeline.lifecycle) and every file it wrote is still
+        there."""
+        return self.stale_reason(identity) is None
+
+    def stale_reason(self, identity):
+        """None when the task is finished with `identity` ({stage, settings, inputs}) and its files are all there;
+        else why it is not, in a few words. The record holds every setting; only those `identity` names count."""
         data = self.read()
-        return bool(data) and data["settings"] == json.loads(json.dumps(settings)) and \
-            all(p.is_file() for p in self.outputs().values())
+        if not data:
+            return "not finished"
+        if data.get("format") != FORMAT:
+            return f"recorded by an earlier version of this repository ({self.path.name} without format {FORMAT})"
+        identity = json.loads(json.dumps(identity))
+        if data.get("stage") != identity["stage"]:
+            return f"recorded by stage {data.get('stage')}"
+        recorded = data["settings"]
+        changed = [f"{k.upper()} {recorded.get(k, 'unset')!r} -> {v!r}" for k, v in identity["settings"].items()
+                   if recorded.get(k, MISSING) != v]
+        if changed:
+            return f"settings changed ({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''})"
+        inputs = data.get("inputs", {})
+        changed = sorted(k for k in set(inputs) | set(identity["inputs"]) if inputs.get(k) != identity["inputs"].get(k))
+        if changed:
+            return f"inputs changed ({', '.join(changed)})"
+        absent = [p.name for p in self.outputs().values() if not p.is_file()]
+        if absent:
+            return f"files missing ({', '.join(absent)})"
+        return None
 
     def output(self, name):
         return self.outputs().get(name)
@@ -183,15 +206,16 @@ class Manifest:
             self.path.unlink(missing_ok=True)
         barrier()
 
-    def entry(self, settings, outputs, results=None):
-        """The record of a finished task, its paths relative to the manifest's folder."""
+    def entry(self, record, outputs, results=None):
+        """The record of a finished task: `record` ({stage, settings, inputs}, utils.pipeline.lifecycle), the files
+        it wrote (paths relative to the manifest's folder) and its results."""
         folder = self.path.parent.resolve()
-        return {"settings": settings,
+        return {"format": FORMAT, **record,
                 "outputs": {k: os.path.relpath(Path(v).resolve(), folder) for k, v in outputs.items()},
                 "results": results or {}}
 
-    def write(self, settings, outputs, results=None):
-        data = self.entry(settings, outputs, results)
+    def write(self, record, outputs, results=None):
+        data = self.entry(record, outputs, results)
         atomic_write(self.path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
 
 
@@ -205,19 +229,11 @@ class SearchManifest(Manifest):
     def read(self):
         return (read_json(self.path) or {}).get(self.target)
 
-    def write(self, settings, outputs, results=None):
+    def write(self, record, outputs, results=None):
         with locked(self.path):
             data = read_json(self.path) or {}
-            data[self.target] = self.entry(settings, outputs, results)
+            data[self.target] = self.entry(record, outputs, results)
             atomic_write(self.path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
-
-
-def stale_checkpoints(folder, keep):
-    """checkpoint-<epoch>.pth.tar files of `folder` other than `keep`: left by earlier runs with other epochs."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return [p for p in folder.iterdir() if CHECKPOINT_RE.match(p.name) and p.resolve() != Path(keep).resolve()]
 
 
 def task_checkpoint(folder, what, manifest=None, key="checkpoint"):

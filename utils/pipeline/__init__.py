@@ -1,2 +1,6 @@
-"""The Pick-a-back stage graph (being moved here from utils/stages.py)."""
-from utils.stages import STAGES, run_stage, stage_settings  # noqa: F401
+"""The Pick-a-back pipeline: typed stage settings (settings), the run (context), the task lifecycle (lifecycle),
+one module per stage (baseline, backbone, choice, search, transfer, target) with the CPG training steps they share
+(cpg_steps), the selection-rule experiment (experiments), the parallel executor (executor) and the stage graph that
+runs them in order (graph)."""
+from utils.pipeline.graph import GRAPH, PARALLEL_STAGES, STAGES, run_stage, summary  # noqa: F401
+from utils.pipeline.settings import SETTINGS, stage_settings  # noqa: F401

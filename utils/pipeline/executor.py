@@ -1,6 +1,7 @@
-"""Independent tasks of a stage in parallel: GPUS="0 1 2 3" runs one worker process per entry, each taking the next
-unfinished task (the backbone search splits its targets) through utils/stages.py, so that every task runs exactly as
-it would alone. Shared files are updated under locks by the stages themselves."""
+"""Units of work in parallel: GPUS="0 1 2 3" runs one worker process per entry, each taking the next unit (a task
+of a stage, or a part of the backbone search's targets) when it is free, so that every unit runs exactly as it
+would alone. The executor knows no stage: it is handed the units (what, environment) and the worker command, and
+the worker side is handed the function that runs one unit. Shared files are updated under locks by the stages."""
 import json
 import logging
 import os
@@ -14,20 +15,16 @@ import traceback
 
 import torch
 
-from utils.checkpoint import read_json
-from utils.config import REPO_ROOT
 from utils.errors import UserError
-from utils.stages import VARIABLES, backbone_jobs, run_stage, search_plan, target_jobs
 
 log = logging.getLogger("root")
 
-# The parent (run_parallel) checks every input as the stage does, then keeps a queue of the stage's tasks and one
-# worker per GPUS entry (`tools/run_stage.py <stage> <cfg> --worker`, serve_units below). A worker stays up for the
-# whole stage and is handed the next task as soon as it is free, so uneven tasks (widening, early pruning stops) keep
-# every GPU busy and Python/torch start once per worker, not once per task. The backbone search splits its targets
-# over the workers instead (round robin, one part each): each worker loads every candidate once for all its targets.
+# The parent (run_parallel) is given the units, after the stage checked every input, and keeps a queue of them and
+# one worker per GPUS entry (the command it is given, e.g. `tools/run_stage.py <stage> <cfg> --worker`, which calls
+# serve_units below). A worker stays up for the whole stage and is handed the next unit as soon as it is free, so
+# uneven tasks (widening, early pruning stops) keep every GPU busy and Python/torch start once per worker, not once
+# per task.
 
-PARALLEL_STAGES = ("baseline", "wo_backbone", "find_backbone", "w_backbone_MM")
 WORKER_MARK = "\x1emmpab-worker "            # starts the line a worker reports a task's end with (never a log line)
 
 
@@ -52,31 +49,12 @@ def entry_device(entry):
     return f"cuda:{index}"
 
 
-def parallel_units(name, run, s, workers):
-    """[(what, environment of the unit)]: the independent units of a stage, after checking every input of every
-    unit the way the stage itself does (so that a missing input stops the stage before any training)."""
-    layout = run.layout(s.arch)
-    if name == "baseline":
-        read_json(layout.baseline_acc_file)                       # a broken accuracy file stops us before training
-        return [(f"task {t} ({group})", {"TASK_IDS": str(t)}) for t, group in run.tasks()]
-    if name == "wo_backbone":
-        return [(f"task {t} ({group})", {"TASK_IDS": str(t)}) for t, group, _ in backbone_jobs(run, layout)]
-    if name == "w_backbone_MM":                                   # TASK_IDS selects the targets (result rows)
-        return [(f"target {t} ({target}) on backbone {k} ({backbone})", {"TASK_IDS": str(t)})
-                for t, k, target, backbone, _, _ in target_jobs(run, layout, s)]
-    if name == "find_backbone":
-        targets, _, _ = search_plan(run, layout, s)
-        parts = [targets[i::workers] for i in range(workers)]
-        return [(f"targets {part}", {"TARGET_ID": ",".join(map(str, part))}) for part in parts if part]
-    raise ValueError(f"stage {name} is not run in parallel")
-
-
-def worker_environment(env, device, workers):
-    """The process environment of a worker: the stage environment (which wins over the process's own stage
-    variables), no GPUS, its device, and a fair share of the cores unless OMP_NUM_THREADS is set."""
+def worker_environment(env, device, workers, own=()):
+    """The process environment of a worker: the stage environment (which wins over the process's own values of the
+    variables `own`, the settings), no GPUS, its device, and a fair share of the cores unless OMP_NUM_THREADS is
+    set."""
     base = dict(os.environ)
-    if env is not os.environ:              # an explicit stage environment: what run_stage reads only from it (the
-        own = {n for variables in VARIABLES.values() for n in variables} | {"TASK_IDS", "FORCE", "MMPAB_WORK_DIR"}
+    if env is not os.environ:              # an explicit stage environment: what is read only from it (the
         base = {k: v for k, v in base.items() if k not in own}            # settings) comes only from it
         base.update(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -84,19 +62,19 @@ def worker_environment(env, device, workers):
     return {**base, "GPUS": "", "DEVICE": device, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
 
 
-def run_parallel(name, run, s, env, entries):
-    """Run the units of stage `name` on one worker per GPUS entry, each taking the next unit when it is free. Each
-    worker's output lines are printed whole, prefixed [gpu <entry>]. The first failing unit stops the stage: the
-    other workers are terminated (their unfinished tasks are redone by a rerun) and a UserError names the stage,
-    the unit and the worker's error, with the worker's exit code."""
-    units = parallel_units(name, run, s, len(entries))
+def run_parallel(name, units, command, env, entries, own=()):
+    """Run `units` ([(what, environment of the unit)]) of stage `name` on one worker per GPUS entry, each worker
+    started with `command` and taking the next unit when it is free. Each worker's output lines are printed whole,
+    prefixed [gpu <entry>]. The first failing unit stops the stage: the other workers are terminated (their
+    unfinished tasks are redone by a rerun) and a UserError names the stage, the unit and the worker's error, with
+    the worker's exit code."""
     if not units:
         log.info(f"{name}: nothing to run")
         return
     entries = entries[:len(units)]
     labels = [e if entries.count(e) == 1 else f"{e}#{i + 1}" for i, e in enumerate(entries)]
     devices = [entry_device(e) for e in entries]
-    workers = ", ".join(f"gpu {label} = {device}" for label, device in zip(labels, devices))
+    workers = ", ".join(f"gpu {label} = {device}" for label, device in zip(labels, devices, strict=True))
     log.info(f"{name}: {len(units)} unit(s) on {len(entries)} workers ({workers})")
     events, printing = queue.Queue(), threading.Lock()
     tails = [[] for _ in entries]                                 # each worker's last lines, for its error
@@ -115,11 +93,10 @@ def run_parallel(name, run, s, env, entries):
         finally:
             events.put((slot, {"exit": proc.wait()}))
 
-    command = [sys.executable, str(REPO_ROOT / "tools" / "run_stage.py"), name, run.cfg.name, "--worker"]
     procs, readers, current, pending = [], [], {}, list(units)
     try:
         for slot, device in enumerate(devices):
-            proc = subprocess.Popen(command, env=worker_environment(env, device, len(entries)), encoding="utf-8",
+            proc = subprocess.Popen(command, env=worker_environment(env, device, len(entries), own), encoding="utf-8",
                                     errors="replace", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT)
             procs.append(proc)
@@ -175,10 +152,11 @@ def run_parallel(name, run, s, env, entries):
             reader.join(timeout=10)
 
 
-def serve_units(stage, config, stdin=None, stdout=None):
-    """The worker side of run_parallel: run `stage` once for each unit read from `stdin` (one JSON object of
-    environment variables a line, e.g. {"TASK_IDS": "3"}) and report each unit's end on `stdout` as one line
-    WORKER_MARK + JSON. Returns the exit code: 0 at the end of the input, else the first failing unit's."""
+def serve_units(run_unit, stdin=None, stdout=None):
+    """The worker side of run_parallel: call `run_unit(environment)` for each unit read from `stdin` (one JSON
+    object of environment variables a line, e.g. {"TASK_IDS": "3"}, over this process's environment) and report each
+    unit's end on `stdout` as one line WORKER_MARK + JSON. Returns the exit code: 0 at the end of the input, else
+    the first failing unit's."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
 
     def report(**result):
@@ -187,7 +165,7 @@ def serve_units(stage, config, stdin=None, stdout=None):
 
     for line in stdin:
         try:
-            run_stage(stage, config, {**os.environ, **json.loads(line), "GPUS": ""})
+            run_unit({**os.environ, **json.loads(line), "GPUS": ""})
         except UserError as e:
             report(ok=False, error=str(e), exit_code=e.exit_code)
             return e.exit_code

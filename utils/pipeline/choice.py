@@ -1,0 +1,98 @@
+"""Stage 3, select_pruning_ratio_of_backbone: per task, the largest pruning ratio whose accuracy stays within
+ALLOW_ACC_LOSS of the baseline; that stage's checkpoint is placed in R/gradual_prune/ for the later stages (the
+original's tools/choose_appropriate_pruning_ratio_for_next_task_notrmfiles.py, which calls `choose_task` too)."""
+import logging
+from pathlib import Path
+
+from utils.checkpoint import CHECKPOINT_RE, atomic_write, baseline_accuracy, load_checkpoint, read_record
+from utils.distributed import is_main_process
+from utils.errors import UserError
+from utils.layout import Manifest, file_digest, task_checkpoint
+from utils.pipeline.lifecycle import Task, failing_task, task_log
+
+log = logging.getLogger("root")
+
+
+def choose_ratio(record, criterion, allow_acc_loss, at_max_width):
+    """The largest recorded ratio whose accuracy is within `allow_acc_loss` of the criterion, or None (scratch).
+    The criterion is the baseline accuracy, except when the backbone is at its maximum width and its unpruned
+    accuracy is below the baseline: then no ratio could reach the baseline, and pruning may cost at most
+    `allow_acc_loss` of what the task reached (the original chose 0.95 outright)."""
+    record = dict(record)
+    acc0 = float(record.pop("0.0", 0.0))
+    if at_max_width and acc0 < criterion:
+        criterion = acc0
+    for key in sorted(record, key=float, reverse=True):
+        if float(record[key]) + allow_acc_loss >= criterion:
+            return key
+    return None
+
+
+def place_choice(source, gradual_prune):
+    """Copy the chosen checkpoint into gradual_prune/ (atomically), then remove an earlier choice and the k/v
+    files made from it. Returns the placed path."""
+    placed = Path(gradual_prune) / Path(source).name
+    atomic_write(placed, lambda f: f.write(Path(source).read_bytes()))
+    for old in (Path(gradual_prune).iterdir() if is_main_process() else ()):
+        if old.is_file() and old != placed and (CHECKPOINT_RE.match(old.name) or "_kv_transfer_" in old.name):
+            old.unlink()
+    return placed
+
+
+def choose(group, record, criterion, allow_acc_loss, at_max_width, checkpoint_of, gradual_prune):
+    """Choose the ratio, place its checkpoint (`checkpoint_of(key or "0.0")`) and log the original's lines;
+    returns (ratio, placed path)."""
+    key = choose_ratio(record, criterion, allow_acc_loss, at_max_width)
+    if key is None:
+        log.info("We select scratch")
+    placed = place_choice(checkpoint_of(key or "0.0"), gradual_prune)
+    log.info(f"We choose pruning ratio {key or '0.0'}")
+    log.info(f"{group}: {placed} (record {record}, criterion {criterion})")
+    return key or "0.0", placed
+
+
+def backbone_width(checkpoint, group):
+    info = load_checkpoint(checkpoint).get("shared_layer_info", {}).get(group, {})
+    return float(info.get("network_width_multiplier", 1.0))
+
+
+def choice_task(run, s, task_id, group):
+    """(Task, its inputs) of one task, every input checked: the finished backbone, its record, the baseline."""
+    layout = run.layout(s.arch)
+    with failing_task(s.STAGE, f"task {task_id} ({group})"):
+        backbone = Manifest(layout.backbone_dir(group) / "stage.json")
+        if not backbone.read() or not all(p.is_file() for p in backbone.outputs().values()):
+            raise UserError(f"the CPG backbone in {layout.backbone_dir(group)} is not finished: run "
+                            f"run_pickaback/wo_backbone.sh {run.cfg.name} first.")
+        record = read_record(layout.record(group))
+        criterion = baseline_accuracy(layout.baseline_acc_file, group)
+        width = backbone_width(backbone.output("0.0"), group)
+        max_width = float(backbone.read()["settings"]["max_network_width_multiplier"])
+    inputs = {"record": record, "baseline": criterion, "width": width, "max_width": max_width,
+              "backbone": file_digest(backbone.path)}
+    task = Task(run, s, f"select_pruning_ratio_of_backbone task {task_id} ({group})", layout.choice_manifest(group),
+                inputs=inputs)
+    return task, backbone, inputs
+
+
+def select_pruning_ratio_of_backbone(run, s):
+    """Per task: choose the backbone's pruning ratio from its record and place that checkpoint in gradual_prune/.
+    Every task's inputs are checked before any choice is replaced."""
+    layout = run.layout(s.arch)
+    jobs = [(group, *choice_task(run, s, task_id, group)) for task_id, group in run.tasks()]
+    for group, task, backbone, inputs in jobs:
+        if task.skip():
+            continue
+        with task.working(), task_log(layout.train_log(group)):
+            ratio, placed = choose(group, inputs["record"], inputs["baseline"], s.allow_acc_loss,
+                                   inputs["width"] >= inputs["max_width"] - 1e-9, backbone.output,
+                                   layout.gradual_prune_dir(group))
+            task.finish({"checkpoint": placed}, {"ratio": ratio})
+
+
+def chosen_backbone(run, layout, group):
+    """The checkpoint the chooser placed for `group`; a UserError naming the stages to run when there is none."""
+    return task_checkpoint(layout.gradual_prune_dir(group),
+                           f"run run_pickaback/wo_backbone.sh {run.cfg.name} and then "
+                           f"run_pickaback/select_pruning_ratio_of_backbone.sh {run.cfg.name} first",
+                           manifest=layout.choice_manifest(group))

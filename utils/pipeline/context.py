@@ -1,0 +1,52 @@
+"""One dataset config's run: its config, where its files live, which tasks, whether finished work is redone."""
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils.config import REPO_ROOT, load_dataset_config
+from utils.layout import Layout
+from utils_pickaback.backbone_search import target_ids
+
+
+def work_dir(env=None):
+    """$MMPAB_WORK_DIR, else the repository: where checkpoints_perceiver_io/, logs_perceiver_io/ and the pickaback
+    CSVs go, for the stage scripts and the entry points alike."""
+    env = os.environ if env is None else env
+    return Path(env.get("MMPAB_WORK_DIR") or REPO_ROOT)
+
+
+@dataclass
+class Run:
+    cfg: object
+    work_dir: Path
+    task_ids: list = field(default_factory=list)
+    force: bool = False
+    loader: dict = field(default_factory=dict)      # data-loader options that change no result (workers, ...)
+
+    @classmethod
+    def from_environment(cls, config, env=None, data_root=None):
+        """The run the stage scripts describe: MMPAB_DATA_ROOT, MMPAB_WORK_DIR, TASK_IDS (default: every task) and
+        FORCE=1 (redo finished tasks)."""
+        env = os.environ if env is None else env
+        cfg = load_dataset_config(config, data_root or env.get("MMPAB_DATA_ROOT"), check_folders=False)
+        ids = target_ids(cfg, env.get("TASK_IDS") or "all")
+        return cls(cfg, work_dir(env), ids, env.get("FORCE", "0") not in ("", "0"))
+
+    def layout(self, arch="perceiver_io"):
+        return Layout(self.work_dir, self.cfg.name, arch)
+
+    def tasks(self):
+        return [(t, self.cfg.task_name(t)) for t in self.task_ids]
+
+    def data_settings(self, group):
+        """What a task's data depends on: the config (without its task list) and the files' names and sizes."""
+        raw = {k: v for k, v in self.cfg.raw.items() if k not in ("DATASETS", "num_groups", "modality")}
+        listing = []
+        for split in ("train", "test"):
+            folder = self.cfg.task_folder(group, split)
+            if folder.is_dir():
+                listing += sorted(f"{p.relative_to(folder)}:{p.stat().st_size}" for p in folder.rglob("*")
+                                  if p.is_file())
+        digest = hashlib.sha256("\n".join(listing).encode()).hexdigest()
+        return {"config": raw, "model": self.cfg.model, "modality": self.cfg.modality(group), "files": digest}

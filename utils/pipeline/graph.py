@@ -1,0 +1,104 @@
+"""The stage graph: every stage of a dataset config, in order, and how each is run (in this process, or its
+independent units on one worker per GPUS entry).
+
+    baseline                            an independent model per task: the criterion of every later stage
+    wo_backbone                         CPG per task from scratch (widening while below the baseline), then the
+                                        gradual-pruning schedule, recording accuracy per sparsity
+    select_pruning_ratio_of_backbone    per task, the largest ratio within ALLOW_ACC_LOSS of the baseline
+    find_backbone                       per target, the most similar other task's baseline (ModelDiff)
+    transfer_kv                         the target's input adapter and k/v projection grafted into its backbone
+    w_backbone_MM                       the target trained with CPG on its backbone (widening while below baseline)
+
+Each stage is a function `stage(run, settings)` over the tasks of the run, calling one function per task through
+the task lifecycle (utils/pipeline/lifecycle.py); its settings are the variables at the top of
+run_pickaback/<stage>.sh (utils/pipeline/settings.py). A stage first checks every input it needs for every task.
+Each task is seeded by itself (utils.trainer.begin), so its result never depends on the tasks before it.
+"""
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+
+from utils.checkpoint import read_json
+from utils.config import REPO_ROOT
+from utils.pipeline import backbone, baseline, search, target
+from utils.pipeline.choice import select_pruning_ratio_of_backbone
+from utils.pipeline.context import Run
+from utils.pipeline.executor import entry_device, gpu_entries, run_parallel
+from utils.pipeline.experiments import compare_selection
+from utils.pipeline.settings import RUN_VARIABLES, all_variables, stage_settings
+from utils.pipeline.transfer import transfer_kv
+
+log = logging.getLogger("root")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage: the function that runs it over a run's tasks, and (for stages whose tasks are independent) the
+    function that lists its units for parallel workers after checking their inputs."""
+    run: Callable
+    units: Callable = None
+
+
+GRAPH = {"baseline": Stage(baseline.baseline, baseline.units),
+         "wo_backbone": Stage(backbone.wo_backbone, backbone.units),
+         "select_pruning_ratio_of_backbone": Stage(select_pruning_ratio_of_backbone),
+         "find_backbone": Stage(search.find_backbone, search.units),
+         "transfer_kv": Stage(transfer_kv),
+         "w_backbone_MM": Stage(target.w_backbone_MM, target.units)}
+STAGES = tuple(GRAPH)                                             # run_all's order
+PARALLEL_STAGES = tuple(name for name, stage in GRAPH.items() if stage.units)
+
+
+def summary(run, arch="perceiver_io"):
+    """The run's results in a few lines: baseline accuracies, backbone picks, targets against their baselines."""
+    layout = run.layout(arch)
+    lines = [f"baseline accuracies ({layout.baseline_acc_file}): {json.dumps(read_json(layout.baseline_acc_file))}"]
+    if layout.result_csv.is_file():
+        picks = pd.read_csv(layout.result_csv)
+        lines.append(f"backbone picks ({layout.result_csv}): " +
+                     ", ".join(f"{t}->{k}" for t, k in zip(picks.target_id, picks.task_id, strict=True)))
+    if layout.target_acc_csv.is_file():
+        lines.append(f"targets on their backbones vs baseline ({layout.target_acc_csv}):\n" +
+                     pd.read_csv(layout.target_acc_csv).to_string(index=False))
+    return "\n".join(lines)
+
+
+def worker_command(stage, config):
+    """How a parallel worker of `stage` starts: tools/run_stage.py in --worker mode (it calls run_unit)."""
+    return [sys.executable, str(REPO_ROOT / "tools" / "run_stage.py"), stage, config, "--worker"]
+
+
+def run_unit(stage, config):
+    """The function a worker calls for each unit it is handed (the unit's environment)."""
+    return lambda env: run_stage(stage, config, env)
+
+
+def run_stage(stage, config, env=None):
+    """Run one stage (or `all`, every stage in order, or the `compare_selection` experiment) of a dataset config,
+    with the settings of its script(s) and the environment. With two or more GPUS entries, the independent units of
+    baseline, wo_backbone, find_backbone and w_backbone_MM run in parallel, one worker per entry; one entry just
+    picks the device."""
+    env = os.environ if env is None else env
+    run = Run.from_environment(config, env)
+    entries = gpu_entries(env)
+    if len(entries) == 1:
+        env = {**env, "GPUS": "", "DEVICE": entry_device(entries[0])}
+    if stage == "compare_selection":
+        compare_selection(run, stage_settings(stage, env), env)
+        return run
+    for name in (STAGES if stage == "all" else (stage,)):
+        s = stage_settings(name, env)
+        log.info(f"==== stage {name} of '{run.cfg.name}' (tasks {run.task_ids})")
+        if len(entries) > 1 and GRAPH[name].units:
+            run_parallel(name, GRAPH[name].units(run, s, len(entries)), worker_command(name, config), env, entries,
+                         own=all_variables() | set(RUN_VARIABLES))
+        else:
+            GRAPH[name].run(run, s)
+    if stage == "all":
+        log.info(summary(run))
+    return run

@@ -1,0 +1,110 @@
+"""The lifecycle of one task of a stage, written once for every stage (in the spirit of Avalanche's
+`before_training_exp` / `after_training_exp`):
+
+    task = Task(run, settings, "baseline task 3 (group3)", folder / "stage.json", inputs={...})
+    if task.skip():                 # before: finished with these settings and inputs, files intact -> one line
+        continue
+    with task.working(log_path):    # the task's log file; a UserError names the stage and the task; the task is
+        ...                         # marked unfinished (manifest removed) and an interrupted attempt's temporary
+        resume = task.resume(path)  # files removed; resume states are keyed on the task's identity
+        task.finish(outputs, results)   # after: the manifest written last, the resume states removed
+
+A task's identity is its stage, the identity fields of its settings and its inputs (fingerprints of the files and
+data it reads); its manifest records the settings whole (utils/layout.py, `Manifest`).
+"""
+import json
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+
+from utils.checkpoint import atomic_write
+from utils.distributed import is_main_process
+from utils.errors import UserError
+from utils.layout import Manifest
+from utils.runtime import LOG_FORMAT
+from utils.trainer import Resume
+
+log = logging.getLogger("root")
+
+
+@contextmanager
+def task_log(path):
+    """Also append the log to `path` (the task's train.log, as the original) while a task is worked on."""
+    if not is_main_process() or path is None:                     # under torchrun only rank 0 writes logs
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+@contextmanager
+def failing_task(stage, what):
+    """A user error inside a task names the stage and the task."""
+    try:
+        yield
+    except UserError as e:
+        raise UserError(f"stage {stage}, {what}: {e}", exit_code=e.exit_code) from None
+
+
+def write_json(path, data):
+    atomic_write(path, lambda f: f.write(json.dumps(data).encode()))
+
+
+class Task:
+    """One unit of a stage's work and its named steps: skip, working, resume, finish."""
+
+    def __init__(self, run, settings, what, manifest, inputs=None):
+        self.run, self.settings, self.what = run, settings, what
+        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
+        inputs = json.loads(json.dumps(inputs or {}))
+        self.identity = {"stage": settings.STAGE, "settings": settings.identity(), "inputs": inputs}
+        self.record = {"stage": settings.STAGE, "settings": settings.record(), "inputs": inputs}
+        self.resumes = []
+
+    def skip(self, also=True):
+        """Before the work: True (and one log line) when the task is finished with this identity and `also` holds
+        (a stage's extra check of its outputs); else False, with the reason when an earlier record exists."""
+        reason = "FORCE=1" if self.run.force else self.manifest.stale_reason(self.identity)
+        if reason is None and also:
+            log.info(f"{self.what}: finished with these settings, skipped (FORCE=1 redoes it)")
+            return True
+        if reason not in (None, "not finished"):
+            log.info(f"{self.what}: redone: {reason}")
+        return False
+
+    @contextmanager
+    def working(self, log_path=None, folder=None):
+        """The work of the task: logged to `log_path` too, user errors naming the stage and the task. The task is
+        marked unfinished before any output is replaced, and temporary files an interrupted attempt left in
+        `folder` (atomic writes rename a temporary file into place) are removed; resume states stay."""
+        with failing_task(self.settings.STAGE, self.what), task_log(log_path):
+            self.manifest.clear()
+            if folder is not None and is_main_process() and Path(folder).is_dir():
+                for tmp in Path(folder).rglob(".*.tmp"):
+                    tmp.unlink()
+            yield self
+
+    def resume(self, path):
+        """A resume state at `path`, continued only by a rerun with the same task identity."""
+        return self.track(Resume(path, self.identity))
+
+    def track(self, state):
+        """Remove `state` (a resume state: a training step's, utils/pipeline/cpg_steps.py, or a stage's progress)
+        when the task is finished."""
+        self.resumes.append(state)
+        return state
+
+    def finish(self, outputs, results=None):
+        """After the work: the manifest (naming exactly the files the next stage reads) is written last, then the
+        resume states are removed."""
+        self.manifest.write(self.record, outputs, results)
+        for resume in self.resumes:
+            resume.clear()

@@ -1,0 +1,62 @@
+"""Stage 4, find_backbone: per target, score every candidate's baseline with ModelDiff (decision distance vectors)
+and pick the backbone (SELECTION). Writes pickaback_<cfg>_result.csv and pickback_<cfg>_table.csv, replacing the
+rows of the targets searched, and one manifest entry per target in pickaback_<cfg>_stage.json.
+pickaback_perceiverIO.py searches through the same function."""
+import logging
+
+from utils.errors import UserError
+from utils.layout import SearchManifest, file_digest
+from utils.pipeline.lifecycle import Task, failing_task, task_log
+from utils.runtime import select_device
+from utils_pickaback.backbone_search import plan, run_search, target_ids
+from utils_pickaback.modeldiff import ProfileSettings
+from utils_pickaback.results import RESULT_COLUMNS, SELECTION_RULES, TABLE_COLUMNS, read_rows, write_results
+
+log = logging.getLogger("root")
+
+
+def search_plan(run, layout, s):
+    """(targets, {target: candidates}, {task id: baseline checkpoint}) of the search, every input checked: the
+    selection rule, the baselines, and both result CSVs (they must take the new rows before the search runs)."""
+    if s.selection not in SELECTION_RULES:
+        raise UserError(f"SELECTION={s.selection} is not one of {', '.join(SELECTION_RULES)}.")
+    targets = target_ids(run.cfg, s.target_id) if s.target_id != "all" else run.task_ids
+    with failing_task(s.STAGE, f"targets {targets}"):
+        candidates_of, checkpoints = plan(run.cfg, layout, targets, s.candidates)
+        for path, columns in ((layout.result_csv, RESULT_COLUMNS), (layout.table_csv, TABLE_COLUMNS)):
+            read_rows(path, columns, len(run.cfg.groups))
+    return targets, candidates_of, checkpoints
+
+
+def find_backbone(run, s, layout=None, batch_size=32):
+    """Search the backbone of every target that is not finished with these settings and models; returns
+    {target: picked task id} of the targets searched. `layout` may put the CSVs and the baselines elsewhere (the
+    entry point's --out_dir and --checkpoint_root)."""
+    layout = layout or run.layout(s.arch)
+    targets, candidates_of, checkpoints = search_plan(run, layout, s)
+    tasks = {t: Task(run, s, f"find_backbone target {t}", SearchManifest(layout.search_manifest, t),
+                     inputs={"candidates": candidates_of[t],
+                             "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}})
+             for t in targets}
+    todo = [t for t in targets if not tasks[t].skip()]
+    if not todo:
+        return {}
+    with failing_task(s.STAGE, f"targets {todo}"), task_log(layout.stage_log("find_backbone")):
+        device = select_device(s.device, s.amp)
+        profile = ProfileSettings(s.profile_size, s.epsilon, s.iterations, s.seed)
+        log.info(f"== find_backbone: '{run.cfg.name}' targets {todo}, candidates {s.candidates}, selection "
+                 f"{s.selection}, {profile}, device {device}")
+        rows, picks = run_search(run.cfg, {t: candidates_of[t] for t in todo}, checkpoints, profile, s.selection,
+                                 device, batch_size, amp=s.amp)
+        result, table = write_results(layout.result_csv, layout.table_csv, rows, picks, len(run.cfg.groups))
+        for t in todo:
+            tasks[t].finish({"result": result, "table": table}, {"backbone": picks[t]})
+        log.info(f"backbones: {picks}")
+    return picks
+
+
+def units(run, s, workers):
+    """The targets split over the workers (round robin): each worker loads every candidate once for its part."""
+    targets, _, _ = search_plan(run, run.layout(s.arch), s)
+    parts = [targets[i::workers] for i in range(workers)]
+    return [(f"targets {part}", {"TARGET_ID": ",".join(map(str, part))}) for part in parts if part]

@@ -1,0 +1,288 @@
+"""Each stage's settings: one typed definition per stage (the variables at the top of run_pickaback/<stage>.sh).
+
+A stage's settings are a frozen dataclass whose fields are the script's variables in lower case (`FINETUNE_EPOCHS`
+-> `finetune_epochs`). The field says how the text of the variable is read, whether it decides if finished work is
+redone (`identity`: the device a task ran on does not), and the entry-point flags that set it (the original's names,
+several where the original's scripts differ, e.g. `--lr` / `--init_lr`).
+
+The defaults live in one place, the script: `NAME="${NAME:-default}"` at its top, where users edit them. Python
+reads them from there (`script_defaults`) and never repeats them; the environment overrides them, and an entry
+point's flags override those. A task's manifest records the settings object whole (`record()`), as nanoGPT saves its
+config in every checkpoint; a rerun compares the identity fields (`identity()`).
+"""
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from utils.config import REPO_ROOT
+from utils.errors import UserError
+from utils.trainer import RECIPES
+
+SCRIPTS = REPO_ROOT / "run_pickaback"
+ASSIGNMENT = re.compile(r'^([A-Z_]+)="\$\{\1:-([^}]*)\}"\s*(#.*)?$')     # NAME="${NAME:-default}"
+
+
+# ---- how a variable's text is read ------------------------------------------------------------------------------
+def floats(text):
+    return tuple(float(v) for v in str(text).split())
+
+
+def ints(text):
+    return tuple(int(v) for v in str(text).split())
+
+
+def words(text):
+    return tuple(str(text).split())
+
+
+def switch(text):
+    """1/0 (also true/false, yes/no, on/off) as a bool."""
+    value = str(text).strip().lower()
+    if value not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
+        raise ValueError(text)
+    return value in ("1", "true", "yes", "on")
+
+
+def recipe(text):
+    if text not in RECIPES:
+        raise ValueError(text)
+    return text
+
+
+EXPECTED = {floats: "a list of numbers", ints: "a list of whole numbers", switch: "1 or 0",
+            recipe: " or ".join(RECIPES), int: "a whole number", float: "a number"}
+
+
+def setting(parse, *flags, identity=True, help=""):
+    """A stage variable read with `parse`; `flags` are the entry-point flags that set it (the first is the main
+    one); `identity=False` for what is recorded but never makes finished work stale (the device, which rows to
+    work on)."""
+    return field(metadata={"parse": parse, "flags": flags, "identity": identity, "help": help})
+
+
+def script_defaults(stage):
+    """{variable: default text} as written at the top of run_pickaback/<stage>.sh."""
+    script = SCRIPTS / f"{stage}.sh"
+    found = {}
+    for line in script.read_text().splitlines():
+        if m := ASSIGNMENT.match(line.strip()):
+            found[m.group(1)] = m.group(2)
+    return found
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings of one stage; subclasses name the stage (`STAGE`) and declare its variables."""
+    STAGE: ClassVar[str] = ""
+
+    @classmethod
+    def variables(cls):
+        """[(dataclass field, VARIABLE NAME)] in declaration order."""
+        return [(f, f.name.upper()) for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def defaults(cls):
+        """{variable: default text} from the stage script; a UserError when a variable's line is missing."""
+        found = script_defaults(cls.STAGE)
+        missing = [name for _, name in cls.variables() if name not in found]
+        if missing:
+            raise UserError(f"{SCRIPTS / (cls.STAGE + '.sh')} does not set {', '.join(missing)} in the form "
+                            f"NAME=\"${{NAME:-value}}\": restore those lines.")
+        return found
+
+    @classmethod
+    def parse(cls, texts, where=None):
+        """The settings from {VARIABLE: text} (every variable present); a UserError naming a value that does not
+        read as its type. `where` says where the text came from."""
+        where = where or f"run_pickaback/{cls.STAGE}.sh or the environment"
+        values = {}
+        for f, name in cls.variables():
+            parse = f.metadata["parse"]
+            try:
+                values[f.name] = parse(texts[name])
+            except ValueError:
+                expected = EXPECTED.get(parse, f"a {getattr(parse, '__name__', 'value')}")
+                raise UserError(f"{name}={texts[name]!r} ({where}) is not {expected}: fix the value.") from None
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    @classmethod
+    def from_environment(cls, env):
+        """The script's defaults, overridden by the environment (an empty variable keeps the default)."""
+        defaults = cls.defaults()
+        return cls.parse({name: env.get(name) or defaults[name] for _, name in cls.variables()})
+
+    def check(self):
+        if getattr(self, "arch", "perceiver_io") != "perceiver_io":
+            raise UserError(f"ARCH={self.arch} is not an architecture of this repository: use perceiver_io.")
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def record(self):
+        """Every setting, as JSON data: what a manifest records."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def identity(self):
+        """The settings that decide whether finished work still holds."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata["identity"]}
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+# ---- the stages' settings ----------------------------------------------------------------------------------------
+# Field order is the order of the variables in the scripts. The flags are the entry points' (the original's names).
+def arch():
+    return setting(str, "--arch", help="network architecture (perceiver_io)")
+
+
+def seed():
+    return setting(int, "--seed", help="random seed")
+
+
+def device():
+    return setting(str, "--device", identity=False, help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+
+
+def amp():
+    return setting(switch, "--amp", help="bf16 mixed precision (autocast) on CUDA, and on the CPU where supported")
+
+
+def recipe_setting():
+    return setting(recipe, "--recipe", help="original: SGD at the learning rate, x0.1 at 50%% and 80%% of the "
+                                            "epochs; fast: Adam with linear warm-up and cosine decay (README)")
+
+
+def num_classes():
+    return setting(int, "--num_classes", help="classes of the task; -1 = the config's")
+
+
+def weight_decay():
+    return setting(float, "--weight_decay", help="L2 on the task's own linear weights")
+
+
+def batch_size():
+    return setting(int, "--batch_size", help="training batch size (the global batch under torchrun)")
+
+
+@dataclass(frozen=True)
+class BaselineSettings(Settings):
+    STAGE: ClassVar[str] = "baseline"
+    arch: str = arch()
+    finetune_epochs: int = setting(int, "--epochs", "--finetune_epochs", help="training epochs")
+    num_classes: int = num_classes()
+    init_lr: float = setting(float, "--lr", "--init_lr", help="SGD learning rate of the weights")
+    weight_decay: float = weight_decay()
+    batch_size: int = batch_size()
+    seed: int = seed()
+    device: str = device()
+    amp: bool = amp()
+    recipe: str = recipe_setting()
+
+
+@dataclass(frozen=True)
+class GrowthSettings(Settings):
+    """What CPG training with growth needs (the backbone and the target stage)."""
+    arch: str = arch()
+    epochs: int = setting(int, "--epochs", help="finetuning epochs at each width")
+    num_classes: int = num_classes()
+    init_lr: float = setting(float, "--lr", "--init_lr", help="learning rate of the weights")
+    lr_mask: float = setting(float, "--lr_mask", help="Adam learning rate of the piggymask")
+    weight_decay: float = weight_decay()
+    batch_size: int = batch_size()
+    network_width_multiplier: float = setting(float, "--network_width_multiplier",
+                                              help="widen every latent feed-forward to this multiple first")
+    max_network_width_multiplier: float = setting(float, "--max_allowed_network_width_multiplier",
+                                                  "--max_network_width_multiplier",
+                                                  help="the widest the network may grow")
+    width_step: float = setting(float, "--width_step", help="how much wider each new attempt is")
+
+
+@dataclass(frozen=True)
+class BackboneSettings(GrowthSettings):
+    STAGE: ClassVar[str] = "wo_backbone"
+    pruning_lr: float = setting(float, "--pruning_lr", help="SGD learning rate while pruning")
+    nr_epoch_for_each_prune: int = setting(int, "--nr_epoch_for_each_prune", help="epochs of each pruning stage")
+    pruning_frequency: int = setting(int, "--pruning_frequency", help="steps between mask updates")
+    pruning_interval: int = setting(int, "--pruning_interval", help="epochs over which the sparsity rises")
+    pruning_schedule: tuple = setting(floats, "--pruning_schedule", help="target sparsity of each pruning stage")
+    total_num_tasks: int = setting(int, "--total_num_tasks", help="tasks the network must leave room for")
+    seed: int = seed()
+    device: str = device()
+    amp: bool = amp()
+    recipe: str = recipe_setting()
+
+
+@dataclass(frozen=True)
+class ChoiceSettings(Settings):
+    STAGE: ClassVar[str] = "select_pruning_ratio_of_backbone"
+    arch: str = arch()
+    allow_acc_loss: float = setting(float, "--allow_acc_loss", help="accuracy a ratio may lose")
+
+
+@dataclass(frozen=True)
+class SearchSettings(Settings):
+    STAGE: ClassVar[str] = "find_backbone"
+    arch: str = arch()
+    target_id: str = setting(str, "--target_id", identity=False,
+                             help="target task id (1-based), several as 1,3,5, or 'all'")
+    candidates: str = setting(str, "--candidates", help="all, same or cross (the candidates' modality)")
+    selection: str = setting(str, "--selection", help="similar (the most similar candidate) or original (the "
+                                                      "largest Euclidean-DDV distance, the original code's rule)")
+    profile_size: int = setting(int, "--profile_size", help="profiling inputs per target (class-balanced)")
+    epsilon: float = setting(float, "--epsilon", help="mutation step of the profiling-input search")
+    iterations: int = setting(int, "--iterations", help="mutation attempts of the profiling-input search")
+    seed: int = seed()
+    device: str = device()
+    amp: bool = amp()
+
+
+@dataclass(frozen=True)
+class TransferSettings(Settings):
+    STAGE: ClassVar[str] = "transfer_kv"
+    arch: str = arch()
+    csv_path: str = setting(str, "--csv_path", identity=False,
+                            help="backbone search result (target_id,task_id); empty: pickaback_<cfg>_result.csv")
+
+
+@dataclass(frozen=True)
+class TargetSettings(GrowthSettings):
+    STAGE: ClassVar[str] = "w_backbone_MM"
+    total_num_tasks: int = setting(int, "--total_num_tasks", help="tasks the network must leave room for")
+    seed: int = seed()
+    device: str = device()
+    amp: bool = amp()
+    recipe: str = recipe_setting()
+    result_csv: str = setting(str, "--result_csv", identity=False,
+                              help="backbone search result; empty: pickaback_<cfg>_result.csv")
+
+
+@dataclass(frozen=True)
+class CompareSettings(Settings):
+    """Not a stage of run_all: the experiment that compares selection rules (run_pickaback/compare_selection.sh)."""
+    STAGE: ClassVar[str] = "compare_selection"
+    arch: str = arch()
+    selections: tuple = setting(words)
+    seeds: tuple = setting(ints)
+    target_train_per_class: int = setting(int)
+
+
+SETTINGS = {cls.STAGE: cls for cls in (BaselineSettings, BackboneSettings, ChoiceSettings, SearchSettings,
+                                       TransferSettings, TargetSettings, CompareSettings)}
+RUN_VARIABLES = ("TASK_IDS", "FORCE", "MMPAB_WORK_DIR")        # read by the run, not by a stage
+
+
+def stage_settings(stage, env=None):
+    """The settings of `stage`: its script's variables, overridden by the environment `env` (default: this
+    process's)."""
+    return SETTINGS[stage].from_environment(os.environ if env is None else env)
+
+
+def all_variables():
+    """Every stage variable's name: what a worker's environment takes only from the stage environment."""
+    return {name for cls in SETTINGS.values() for _, name in cls.variables()}

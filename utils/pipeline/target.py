@@ -1,0 +1,110 @@
+"""Stage 6, w_backbone_MM: every target of the search result CPG-trained on its backbone (picking its weights
+through a piggymask, training the free ones, widening while below the target's baseline). Writes, per pair,
+checkpoints_perceiver_io/CPG_fromsingle_scratch_woexp_target/<arch>/<cfg>/<backbone>/<target>/{scratch/,
+gradual_prune/record.txt, train.log, train.csv, stage.json} and a row of logs_perceiver_io/w_backbone_<cfg>_acc.csv.
+"""
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from models.build import Network
+from utils.checkpoint import atomic_write, baseline_accuracy, locked
+from utils.data import load_task, model_config
+from utils.errors import UserError
+from utils.layout import Manifest, file_digest
+from utils.pipeline.choice import chosen_backbone
+from utils.pipeline.cpg_steps import FinetuneStep, finetune_with_growth, step_resume
+from utils.pipeline.lifecycle import Task, failing_task, write_json
+from utils.pipeline.transfer import selected_pairs
+from utils.trainer import finish_task, save_task_checkpoint
+
+log = logging.getLogger("root")
+
+
+def target_start(run, layout, t, backbone):
+    """The k/v-transferred backbone made for target t, else the chosen backbone checkpoint."""
+    manifest = Manifest(layout.kv_manifest(backbone, t))
+    if manifest.path.is_file():
+        path = manifest.output("checkpoint")
+        if path is None or not path.is_file():
+            raise UserError(f"{manifest.path} names a k/v transfer file that does not exist: rerun "
+                            f"run_pickaback/transfer_kv.sh {run.cfg.name}.")
+        return path
+    return chosen_backbone(run, layout, backbone)
+
+
+def record_target(out, row):
+    """Put the row of a (target, backbone) pair in w_backbone_<cfg>_acc.csv, replacing an earlier one."""
+    with locked(out):
+        table = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=list(row))
+        table = table[~((table.target == row["target"]) & (table.backbone == row["backbone"]))]
+        table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
+        text = table.to_csv(index=False, lineterminator="\n")
+        atomic_write(out, lambda f: f.write(text.encode()))
+    return table
+
+
+def train_target(run, s, target, start, criterion, out, what, train_per_class=0):
+    """CPG-train `target` on the checkpoint `start` (None: alone, from scratch) into the folder `out`, widening while
+    below its baseline, unless `out` already holds this task finished with the same settings. Returns the result
+    row {target, backbone, width, target_acc, baseline_acc}."""
+    data_settings = run.data_settings(target)
+    task = Task(run, s, what, out / "stage.json",
+                inputs={"baseline": criterion, "start": file_digest(start) if start else None, "data": data_settings,
+                        "train_per_class": train_per_class})
+    if task.skip():
+        return task.manifest.results()
+    log.info(f"== {what}, from {start or 'scratch'}")
+    with task.working(out / "train.log", out):
+        data = load_task(run.cfg, target, batch_size=s.batch_size, seed=s.seed, device=s.device,
+                         num_classes=s.num_classes, train_per_class=train_per_class, amp=s.amp, epochs=s.epochs,
+                         **run.loader)
+        step = FinetuneStep.of(s, train_per_class)
+        resume = task.track(step_resume(out / "scratch", step, criterion, start, data_settings))
+        make_net = (lambda: Network.load(start, model_config(run.cfg))) if start else \
+            (lambda: Network.new(model_config(run.cfg)))
+        net, _, acc, width = finetune_with_growth(make_net, data, step, s.network_width_multiplier, s.width_step,
+                                                  criterion, out / "train.csv", resume)
+        finish_task(net, target)
+        path = save_task_checkpoint(net, run.cfg, out / "scratch", s.epochs)
+        record = out / "gradual_prune" / "record.txt"
+        write_json(record, {"0.0": round(acc, 4)})
+        row = {"target": target, "backbone": net.history[0] if start else "", "width": width,
+               "target_acc": round(acc, 4), "baseline_acc": criterion}
+        task.finish({"checkpoint": path, "record": record}, row)
+        log.info(f"saved {path}")
+    return row
+
+
+def target_jobs(run, layout, s):
+    """[(target id, backbone id, target, backbone, baseline accuracy, start checkpoint)] of the rows of the search
+    result that TASK_IDS selects, every row checked before any training."""
+    csv_path = Path(s.result_csv) if s.result_csv else layout.result_csv
+    with failing_task(s.STAGE, str(csv_path)):
+        pairs = selected_pairs(run, csv_path)
+    jobs = []
+    for t, k in pairs:
+        target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)
+        with failing_task(s.STAGE, f"target {t} ({target}) on backbone {k} ({backbone})"):
+            jobs.append((t, k, target, backbone, baseline_accuracy(layout.baseline_acc_file, target),
+                         target_start(run, layout, t, backbone)))
+    return jobs
+
+
+def w_backbone_MM(run, s):  # noqa: N802 (the original script's name)
+    """CPG-train every target of the search result on its backbone, widening while below its baseline."""
+    layout = run.layout(s.arch)
+    jobs = target_jobs(run, layout, s)
+    for n, (t, k, target, backbone, criterion, start) in enumerate(jobs, 1):
+        what = (f"w_backbone_MM target {t} ({n}/{len(jobs)}: {target}, {run.cfg.modality(target)}) on backbone {k} "
+                f"({backbone})")
+        row = train_target(run, s, target, start, criterion, layout.target_dir(backbone, target), what)
+        table = record_target(layout.target_acc_csv, {**row, "backbone": backbone})
+        log.info(f"{layout.target_acc_csv.name}:\n{table.to_string(index=False)}")
+
+
+def units(run, s, workers):
+    """One unit per target row (TASK_IDS selects the targets)."""
+    return [(f"target {t} ({target}) on backbone {k} ({backbone})", {"TASK_IDS": str(t)})
+            for t, k, target, backbone, _, _ in target_jobs(run, run.layout(s.arch), s)]
