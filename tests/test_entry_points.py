@@ -1,0 +1,95 @@
+"""The entry points are thin adapters over the stages' per-task functions: the same settings object from their
+flags, the same stage.json, and the same resume state, so a task half-trained by a stage script is continued by the
+entry point and the other way round, ending bit-identical to an uninterrupted run."""
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+
+from CPG_MM_main_normal import main as cpg_main
+from packnet_main_normal import main as baseline_main
+from tests.conftest import env_for, run_main
+from utils import trainer
+from utils.layout import Layout, Manifest, task_checkpoint
+from utils.pipeline import run_stage
+
+
+class Interrupted(Exception):
+    """Stands for the kill: raised in the middle of a training step, after a resume state was written."""
+
+
+def interrupt_at(monkeypatch, epoch):
+    """Stop the next training step while it validates `epoch`: the resume state then holds epoch - 1."""
+    validate = trainer.Trainer.validate
+
+    def stopping(self, at, *args, **kwargs):
+        if at == epoch:
+            monkeypatch.setattr(trainer.Trainer, "validate", validate)
+            raise Interrupted
+        return validate(self, at, *args, **kwargs)
+    monkeypatch.setattr(trainer.Trainer, "validate", stopping)
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def reference(demo_root, tmp_path_factory):
+    """An uninterrupted baseline and CPG backbone of task 1 (3 epochs each, no pruning)."""
+    torch.set_num_threads(1)
+    work = tmp_path_factory.mktemp("reference")
+    env = env_for(demo_root, work, TASK_IDS="1", FINETUNE_EPOCHS="3", EPOCHS="3")
+    run_stage("baseline", "demo", env)
+    run_stage("wo_backbone", "demo", env)
+    return work
+
+
+def test_a_baseline_interrupted_in_the_stage_is_finished_by_the_entry_point(reference, demo_root, tmp_path,
+                                                                            monkeypatch, caplog):
+    torch.set_num_threads(1)
+    env = env_for(demo_root, tmp_path, TASK_IDS="1", FINETUNE_EPOCHS="3")
+    lay, ref = Layout(tmp_path, "demo"), Layout(reference, "demo")
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        run_stage("baseline", "demo", env)
+    assert (lay.baseline_dir("group1") / "resume.pt").is_file()
+    caplog.set_level("INFO")
+    monkeypatch.setenv("MMPAB_WORK_DIR", str(tmp_path))
+    run_main(baseline_main, ["--dataset_config", "demo", "--data_root", str(demo_root), "--dataset", "group1",
+                             "--epochs", "3", "--batch_size", "16", "--device", "cpu",
+                             "--save_folder", str(lay.baseline_dir("group1")),
+                             "--logfile", str(lay.baseline_acc_file)])
+    assert "resuming {'kind': 'baseline'} after epoch 1" in caplog.text
+    done = task_checkpoint(lay.baseline_dir("group1"), "-")
+    assert sha(done) == sha(task_checkpoint(ref.baseline_dir("group1"), "-"))
+    assert json.loads(lay.baseline_acc_file.read_text()) == json.loads(ref.baseline_acc_file.read_text())
+    caplog.clear()
+    run_stage("baseline", "demo", env)                        # the entry point's stage.json is the stage's own
+    assert "baseline task 1 (group1): finished with these settings, skipped" in caplog.text
+
+
+def test_a_cpg_finetune_interrupted_in_the_entry_point_is_finished_by_the_stage(reference, demo_root, tmp_path,
+                                                                                monkeypatch, caplog):
+    torch.set_num_threads(1)
+    lay, ref = Layout(tmp_path, "demo"), Layout(reference, "demo")
+    for part in (ref.baseline_dir("group1"), ref.logs):
+        shutil.copytree(part, tmp_path / part.relative_to(reference))
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        cpg_main(["--mode", "finetune", "--dataset_config", "demo", "--data_root", str(demo_root), "--dataset",
+                  "group1", "--epochs", "3", "--batch_size", "16", "--device", "cpu",
+                  "--save_folder", str(lay.scratch_dir("group1")), "--jsonfile", str(lay.baseline_acc_file),
+                  "--pruning_ratio_to_acc_record_file", str(lay.record("group1")),
+                  "--log_path", str(lay.train_log("group1"))])
+    assert (lay.scratch_dir("group1") / "resume.pt").is_file()
+    caplog.set_level("INFO")
+    run_stage("wo_backbone", "demo", env_for(demo_root, tmp_path, TASK_IDS="1", EPOCHS="3"))
+    assert "resuming {'kind': 'finetune', 'width': 1.0} after epoch 1" in caplog.text
+    finished = Manifest(lay.backbone_dir("group1") / "stage.json")
+    reference_manifest = Manifest(ref.backbone_dir("group1") / "stage.json")
+    assert sha(finished.output("0.0")) == sha(reference_manifest.output("0.0"))
+    assert finished.results() == reference_manifest.results()
+    assert not (lay.scratch_dir("group1") / "resume.pt").exists()
