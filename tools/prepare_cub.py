@@ -9,16 +9,13 @@ Caption group k is written as text group K+k, K = number of image groups, so the
     python tools/prepare_cub.py --raw_dir ~/downloads --captions_csv ~/downloads/image_caption.csv
 """
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from tools._prepare_common import (copy_file, image_files, make_parser, output_roots, prepare_output,  # noqa: E402
+from tools._prepare_common import (copy_file, image_files, make_parser, output_roots, prepare_output,
                                    read_captions_csv, require_dir, setup_logging, warn_layout, write_text)
-from utils.errors import UserError, report_user_errors  # noqa: E402
+from utils.errors import UserError, report_user_errors
 
 IMAGES_PER_CLASS = 60
 CLASSES_PER_GROUP = 5

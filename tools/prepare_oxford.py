@@ -10,16 +10,13 @@ read).
 """
 import logging
 import re
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from tools._prepare_common import (copy_file, image_files, make_parser, output_roots, prepare_output,  # noqa: E402
+from tools._prepare_common import (copy_file, image_files, make_parser, output_roots, prepare_output,
                                    read_captions_csv, require_dir, setup_logging, warn_layout, write_text)
-from utils.errors import UserError, report_user_errors  # noqa: E402
+from utils.errors import UserError, report_user_errors
 
 GROUPS = [[51, 72, 82, 60], [77, 65, 58, 56], [46, 74, 37, 80], [73, 41, 83, 95], [89, 81, 75, 76], [94, 88, 78, 43]]
 TEXT_GROUP_OFFSET = len(GROUPS)
