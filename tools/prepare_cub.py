@@ -55,7 +55,7 @@ def make_groups(images_dir):
 def caption_index(df, csv_path):
     """basename of `image` -> caption (the first row wins when an image appears twice)."""
     index = {}
-    for image, caption in zip(df["image"], df["caption"]):
+    for image, caption in zip(df["image"], df["caption"], strict=True):
         index.setdefault(Path(image.replace("\\", "/")).name, caption)
     if len(index) < len(df):
         log.warning("%s has %d rows for images that already had a caption; the first caption of each is used",
@@ -97,7 +97,7 @@ def main(argv=None):
 
     total = sum(len(files[c]) for g in groups for c in g)
     with tqdm(total=total, desc="cub", unit="img") as bar:
-        for image_group, text_group, classes in zip(image_groups, text_groups, groups):
+        for image_group, text_group, classes in zip(image_groups, text_groups, groups, strict=True):
             for class_name in classes:
                 for split, split_files in split_class(files[class_name], args.seed).items():
                     for f in split_files:
