@@ -172,8 +172,8 @@ def add_piggymasks(model, task_id, init=PIGGYMASK_INIT):
 
 
 def piggymask_parameters(model, task_id):
-    return [ownership(l).piggymasks[str(task_id)] for l in prunable_layers(model).values()
-            if str(task_id) in ownership(l).piggymasks]
+    return [ownership(layer).piggymasks[str(task_id)] for layer in prunable_layers(model).values()
+            if str(task_id) in ownership(layer).piggymasks]
 
 
 # ---- freezing what has no ownership mask ------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def read_pairs(csv_path, cfg):
         raise UserError(f"{csv_path} has columns {list(table.columns)}, not target_id,task_id: give the "
                         f"pickaback_<cfg>_result.csv that find_backbone.sh writes.")
     try:
-        pairs = [(int(t.strip()), int(k.strip())) for t, k in zip(table["target_id"], table["task_id"])]
+        pairs = [(int(t.strip()), int(k.strip())) for t, k in zip(table["target_id"], table["task_id"], strict=True)]
     except (ValueError, AttributeError):
         raise UserError(f"{csv_path} has a row that is not two task ids: fix or regenerate it.") from None
     for t, k in pairs:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The README's first quick-start command: install the pinned requirements, write the demo data and run every stage
-# on it with run_pickaback/run_all.sh demo, at the demo sizes below (about a minute on 2 CPU cores), ending with
-# the report's path.
+# The README's first quick-start command: install the pinned requirements and this checkout (pip install -e .),
+# write the demo data and run every stage on it with run_pickaback/run_all.sh demo, at the demo sizes below (about
+# a minute on 2 CPU cores), ending with the report's path.
 #
 #   bash run_pickaback/demo.sh             # every stage, then the report
 #   bash run_pickaback/demo.sh compare     # then also the selection rules side by side (compare_selection.sh)
@@ -21,8 +21,12 @@ export PRUNING_INTERVAL="${PRUNING_INTERVAL:-1}"
 # the comparison trains each target on 5 samples per class: with all 100 every demo target learns alone
 export TARGET_TRAIN_PER_CLASS="${TARGET_TRAIN_PER_CLASS:-5}"
 
+# the checkout's own modules without an install too (SKIP_INSTALL=1)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     time "$PYTHON" -m pip install -q -r requirements.txt
+    "$PYTHON" -m pip install -q -e . --no-deps --no-build-isolation
 fi
 "$PYTHON" tools/make_demo_data.py
 time bash run_pickaback/run_all.sh demo

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the pinned requirements and run the test suite (the README's second quick-start command; CI runs it).
+# Install the pinned requirements and this checkout (pip install -e .), run the linters (ruff, then import-linter's
+# contracts: see pyproject.toml), then the test suite (the README's second quick-start command; CI runs it).
 #
 #   bash run_pickaback/test.sh [pytest arguments]
 set -euo pipefail
@@ -9,5 +10,10 @@ fi
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 "$PYTHON" -m pip install -q -r requirements.txt
+# the setuptools pinned in requirements.txt builds it: no isolated build environment to download (offline, ~7 s)
+"$PYTHON" -m pip install -q -e . --no-deps --no-build-isolation
+# the linters of $PYTHON's environment (the ones just installed), not whatever is first on PATH
+"$PYTHON" -m ruff check .
+"$PYTHON" -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())'
 export TQDM_DISABLE=1
 exec "$PYTHON" -m pytest -q tests "$@"

@@ -27,13 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from models.build import Network  # noqa: E402
-from models.perceiver_io import use_fused_attention  # noqa: E402
-from utils.runtime import autocast, select_device  # noqa: E402
+from models.build import Network
+from models.perceiver_io import use_fused_attention
+from utils.runtime import autocast, select_device
 
 CONFIG = dict(num_freq_bands=6, max_freq=10.0, depth=3, num_latents=256, latent_dim=512, cross_heads=1,
               cross_dim_head=64, latent_heads=8, latent_dim_head=64, ff_mult=4, text_dim=384, max_text_length=128)

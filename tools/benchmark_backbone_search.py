@@ -10,17 +10,14 @@ table; the per-pair scheme exists only here.
 """
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import torch  # noqa: E402
+import torch
 
-from models.build import Network  # noqa: E402
-from packnet_models_pickaback import InferenceModel  # noqa: E402
-from utils_pickaback.modeldiff import ProfileSettings, profile, score_candidate, search  # noqa: E402
+from models.build import Network
+from packnet_models_pickaback import InferenceModel
+from utils_pickaback.modeldiff import ProfileSettings, profile, score_candidate, search
 
 TINY = dict(num_freq_bands=2, max_freq=4.0, depth=1, num_latents=8, latent_dim=32, cross_heads=1, cross_dim_head=16,
             latent_heads=2, latent_dim_head=16, ff_mult=2, text_dim=16, max_text_length=8)

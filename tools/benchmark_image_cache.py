@@ -8,7 +8,6 @@ size (224 x 224). Prints the numbers.
     python tools/benchmark_image_cache.py --images 200 --device cpu
 """
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,11 +18,10 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.config import load_dataset_config  # noqa: E402
-from utils.data import image_task, task_loaders  # noqa: E402
-from utils.errors import report_user_errors  # noqa: E402
-from utils.runtime import select_device  # noqa: E402
+from utils.config import load_dataset_config
+from utils.data import image_task, task_loaders
+from utils.errors import report_user_errors
+from utils.runtime import select_device
 
 SIZES = {"oxford": [64, 64], "CUB": [224, 224]}
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

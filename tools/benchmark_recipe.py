@@ -14,18 +14,15 @@ import argparse
 import logging
 import os
 import re
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from packnet_models import baseline_network  # noqa: E402
-from tools.make_digits_data import main as make_digits  # noqa: E402
-from utils.config import load_dataset_config  # noqa: E402
-from utils.runtime import load_task  # noqa: E402
-from utils.trainer import train_baseline  # noqa: E402
+from packnet_models import baseline_network
+from tools.make_digits_data import main as make_digits
+from utils.config import load_dataset_config
+from utils.runtime import load_task
+from utils.trainer import train_baseline
 
 VAL_LINE = re.compile(r"Val Ep. #(\d+) loss: [\d.]+, accuracy: ([\d.]+)")
 

@@ -4,17 +4,14 @@ tokenised and embedded in `__getitem__` each epoch (the original's way). Prints 
     python tools/benchmark_text_cache.py --dataset_config demo --dataset group5
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.config import load_dataset_config  # noqa: E402
-from utils.data import load_text_encoder, text_samples, text_task  # noqa: E402
-from utils.errors import UserError, report_user_errors  # noqa: E402
+from utils.config import load_dataset_config
+from utils.data import load_text_encoder, text_samples, text_task
+from utils.errors import UserError, report_user_errors
 
 
 class PerSampleText(Dataset):

@@ -20,25 +20,22 @@ epoch.
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from perceiver_pytorch import PerceiverIO  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+import torch.nn.functional as F
+from perceiver_pytorch import PerceiverIO
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 
-from models import cpg  # noqa: E402
-from models.build import Network  # noqa: E402
-from models.perceiver_io import ImageAdapter, use_fused_attention  # noqa: E402
-from utils.data import DeviceLoader  # noqa: E402
-from utils.images import BatchTransform  # noqa: E402
-from utils.runtime import autocast, select_device  # noqa: E402
-from utils.trainer import Trainer, make_optimizers  # noqa: E402
+from models import cpg
+from models.build import Network
+from models.perceiver_io import ImageAdapter, use_fused_attention
+from utils.data import DeviceLoader
+from utils.images import BatchTransform
+from utils.runtime import autocast, select_device
+from utils.trainer import Trainer, make_optimizers
 
 # (model config, image size, batch size, number of classes) of the demo config and of the original's oxford config
 SIZES = {

@@ -6,12 +6,9 @@
     python tools/get_dataset_name.py oxford group7 --task_id -> 7
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.config import load_dataset_config  # noqa: E402
-from utils.errors import UserError, report_user_errors  # noqa: E402
+from utils.config import load_dataset_config
+from utils.errors import UserError, report_user_errors
 
 
 @report_user_errors

@@ -23,16 +23,13 @@ Layout (as the real preparers write): <root>/demo/image/{train,test}/group<k>/<c
 """
 import argparse
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.config import load_dataset_config  # noqa: E402
-from utils.errors import report_user_errors  # noqa: E402
+from utils.config import load_dataset_config
+from utils.errors import report_user_errors
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230), "yellow": (230, 220, 40),
            "purple": (160, 60, 200), "orange": (240, 140, 30), "cyan": (40, 210, 220), "white": (245, 245, 245)}
@@ -100,7 +97,7 @@ def main(argv=None):
             shutil.rmtree(cfg.split_root(modality, split), ignore_errors=True)
     rng = np.random.default_rng(args.seed)
     pixels = int((cfg.raw.get("resize") or [16])[0])
-    for image_group, text_group in tqdm(list(zip(image_groups, text_groups)), desc="demo tasks"):
+    for image_group, text_group in tqdm(list(zip(image_groups, text_groups, strict=False)), desc="demo tasks"):
         attribute, values, palette, background, scale_range = TASKS[image_group]
         for split, n in (("train", args.train_per_class), ("test", args.test_per_class)):
             for value in values:

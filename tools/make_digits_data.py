@@ -13,16 +13,13 @@ Layout: <root>/digits/image/{train,test}/group<k>/<digit>/<index>.png
 """
 import argparse
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.config import load_dataset_config  # noqa: E402
-from utils.errors import UserError, report_user_errors  # noqa: E402
+from utils.config import load_dataset_config
+from utils.errors import UserError, report_user_errors
 
 GROUPS = {"group1": range(0, 5), "group2": range(5, 10)}
 

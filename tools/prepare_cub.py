@@ -9,16 +9,13 @@ Caption group k is written as text group K+k, K = number of image groups, so the
     python tools/prepare_cub.py --raw_dir ~/downloads --captions_csv ~/downloads/image_caption.csv
 """
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from tools._prepare_common import (copy_file, image_files, make_parser, output_roots, prepare_output,  # noqa: E402
+from tools._prepare_common import (copy_file, image_files, make_parser, output_roots, prepare_output,
                                    read_captions_csv, require_dir, setup_logging, warn_layout, write_text)
-from utils.errors import UserError, report_user_errors  # noqa: E402
+from utils.errors import UserError, report_user_errors
 
 IMAGES_PER_CLASS = 60
 CLASSES_PER_GROUP = 5
@@ -58,7 +55,7 @@ def make_groups(images_dir):
 def caption_index(df, csv_path):
     """basename of `image` -> caption (the first row wins when an image appears twice)."""
     index = {}
-    for image, caption in zip(df["image"], df["caption"]):
+    for image, caption in zip(df["image"], df["caption"], strict=True):
         index.setdefault(Path(image.replace("\\", "/")).name, caption)
     if len(index) < len(df):
         log.warning("%s has %d rows for images that already had a caption; the first caption of each is used",
@@ -100,7 +97,7 @@ def main(argv=None):
 
     total = sum(len(files[c]) for g in groups for c in g)
     with tqdm(total=total, desc="cub", unit="img") as bar:
-        for image_group, text_group, classes in zip(image_groups, text_groups, groups):
+        for image_group, text_group, classes in zip(image_groups, text_groups, groups, strict=True):
             for class_name in classes:
                 for split, split_files in split_class(files[class_name], args.seed).items():
                     for f in split_files:

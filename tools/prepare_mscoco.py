@@ -14,17 +14,14 @@ import logging
 import math
 import random
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from tools._prepare_common import (copy_file, make_parser, output_roots, prepare_output,  # noqa: E402
+from tools._prepare_common import (copy_file, make_parser, output_roots, prepare_output,
                                    require_dir, setup_logging, warn_layout)
-from utils.errors import UserError, report_user_errors  # noqa: E402
+from utils.errors import UserError, report_user_errors
 
 GROUPS = {
     "Accessory": ["handbag", "umbrella", "backpack", "tie"],

@@ -10,16 +10,13 @@ read).
 """
 import logging
 import re
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from tools._prepare_common import (copy_file, image_files, make_parser, output_roots, prepare_output,  # noqa: E402
+from tools._prepare_common import (copy_file, image_files, make_parser, output_roots, prepare_output,
                                    read_captions_csv, require_dir, setup_logging, warn_layout, write_text)
-from utils.errors import UserError, report_user_errors  # noqa: E402
+from utils.errors import UserError, report_user_errors
 
 GROUPS = [[51, 72, 82, 60], [77, 65, 58, 56], [46, 74, 37, 80], [73, 41, 83, 95], [89, 81, 75, 76], [94, 88, 78, 43]]
 TEXT_GROUP_OFFSET = len(GROUPS)
@@ -90,8 +87,9 @@ def main(argv=None):
     labels = df["label"].map(class_id_of)
     splits = {}  # class id -> {split: [(image file, caption), ...]}
     for class_id in (c for g in GROUPS for c in g):
+        of_class = labels == class_id
         rows = [(with_extension(image), caption)
-                for image, caption in zip(df["image"][labels == class_id], df["caption"][labels == class_id])]
+                for image, caption in zip(df["image"][of_class], df["caption"][of_class], strict=True)]
         if len(rows) < 2:
             raise UserError(f"captions CSV {csv_path} has {len(rows)} row(s) with label {class_folder_name(class_id)}:"
                             f" give it one row per image of that class (columns image,label,caption).")
@@ -112,7 +110,7 @@ def main(argv=None):
 
     total = sum(len(r) for s in splits.values() for r in s.values())
     with tqdm(total=total, desc="oxford", unit="img") as bar:
-        for image_group, text_group, classes in zip(image_groups, text_groups, GROUPS):
+        for image_group, text_group, classes in zip(image_groups, text_groups, GROUPS, strict=True):
             for class_id in classes:
                 class_name = class_folder_name(class_id)
                 for split, rows in splits[class_id].items():

@@ -12,6 +12,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from utils.errors import UserError
+
 
 def world_size():
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -74,7 +76,6 @@ def wrap(model, device):
 def per_rank_batch(batch_size):
     n = world_size()
     if batch_size % n:
-        from utils.errors import UserError
         raise UserError(f"BATCH_SIZE={batch_size} (the global batch) is not divisible by the {n} processes: use a "
                         f"multiple of {n}.")
     return batch_size // n

@@ -138,8 +138,8 @@ def cached_images(cfg, folder, samples, size, cache_file):
 class BatchTransform:
     """What the torchvision transforms did to each PIL image, on a uint8 batch [B, 3, H, W] on its own device:
     random crop (with zero padding) and random horizontal flip when training, then ToTensor + Normalize in their
-    order ((x / 255 - mean) / std in float32, equal to theirs within float rounding). Random draws come from torch's global
-    CPU generator, one per batch, so seeded runs reproduce and a resumed run (which restores it) continues."""
+    order ((x / 255 - mean) / std in float32, equal to theirs within float rounding). Random draws come from torch's
+    global CPU generator, one per batch, so seeded runs reproduce and a resumed run (which restores it) continues."""
 
     def __init__(self, mean, std, flip=False, crop=None, padding=4, source="the dataset config"):
         self.mean, self.std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
