@@ -16,7 +16,7 @@ from utils.layout import Layout, Manifest, task_checkpoint
 from utils.pipeline import run_stage
 
 
-class Interrupted(Exception):
+class KilledError(Exception):
     """Stands for the kill: raised in the middle of a training step, after a resume state was written."""
 
 
@@ -27,7 +27,7 @@ def interrupt_at(monkeypatch, epoch):
     def stopping(self, at, *args, **kwargs):
         if at == epoch:
             monkeypatch.setattr(trainer.Trainer, "validate", validate)
-            raise Interrupted
+            raise KilledError
         return validate(self, at, *args, **kwargs)
     monkeypatch.setattr(trainer.Trainer, "validate", stopping)
 
@@ -53,7 +53,7 @@ def test_a_baseline_interrupted_in_the_stage_is_finished_by_the_entry_point(refe
     env = env_for(demo_root, tmp_path, TASK_IDS="1", FINETUNE_EPOCHS="3")
     lay, ref = Layout(tmp_path, "demo"), Layout(reference, "demo")
     interrupt_at(monkeypatch, 2)
-    with pytest.raises(Interrupted):
+    with pytest.raises(KilledError):
         run_stage("baseline", "demo", env)
     assert (lay.baseline_dir("group1") / "resume.pt").is_file()
     caplog.set_level("INFO")
@@ -78,7 +78,7 @@ def test_a_cpg_finetune_interrupted_in_the_entry_point_is_finished_by_the_stage(
     for part in (ref.baseline_dir("group1"), ref.logs):
         shutil.copytree(part, tmp_path / part.relative_to(reference))
     interrupt_at(monkeypatch, 2)
-    with pytest.raises(Interrupted):
+    with pytest.raises(KilledError):
         cpg_main(["--mode", "finetune", "--dataset_config", "demo", "--data_root", str(demo_root), "--dataset",
                   "group1", "--epochs", "3", "--batch_size", "16", "--device", "cpu",
                   "--save_folder", str(lay.scratch_dir("group1")), "--jsonfile", str(lay.baseline_acc_file),

@@ -21,7 +21,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from packnet_models import baseline_network
 from tools.make_digits_data import main as make_digits
 from utils.config import load_dataset_config
-from utils.runtime import load_task
+from utils.data import load_task
 from utils.trainer import train_baseline
 
 VAL_LINE = re.compile(r"Val Ep. #(\d+) loss: [\d.]+, accuracy: ([\d.]+)")
