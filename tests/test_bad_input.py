@@ -257,11 +257,11 @@ def backbone_with_record(work, record):
     scratch.write_bytes(b"backbone")
     lay.gradual_prune_dir("group1").mkdir()
     lay.record("group1").write_text(json.dumps(record))
-    Manifest(lay.backbone_dir("group1") / "stage.json").write({"max_network_width_multiplier": 1.0},
+    Manifest(lay.backbone_dir("group1") / "stage.json").write({"settings": {"max_network_width_multiplier": 1.0}},
                                                               {"0.0": scratch, "record": lay.record("group1")})
     chosen = lay.gradual_prune_dir("group1") / "checkpoint-1.pth.tar"
     chosen.write_bytes(b"earlier choice")
-    Manifest(lay.choice_manifest("group1")).write({"stage": "earlier"}, {"checkpoint": chosen})
+    Manifest(lay.choice_manifest("group1")).write({"stage": "earlier", "settings": {}}, {"checkpoint": chosen})
     return lay
 
 

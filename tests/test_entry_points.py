@@ -48,7 +48,7 @@ def reference(demo_root, tmp_path_factory):
 
 
 def test_a_baseline_interrupted_in_the_stage_is_finished_by_the_entry_point(reference, demo_root, tmp_path,
-                                                                            monkeypatch, caplog):
+                                                                            monkeypatch, capsys):
     torch.set_num_threads(1)
     env = env_for(demo_root, tmp_path, TASK_IDS="1", FINETUNE_EPOCHS="3")
     lay, ref = Layout(tmp_path, "demo"), Layout(reference, "demo")
@@ -56,23 +56,22 @@ def test_a_baseline_interrupted_in_the_stage_is_finished_by_the_entry_point(refe
     with pytest.raises(KilledError):
         run_stage("baseline", "demo", env)
     assert (lay.baseline_dir("group1") / "resume.pt").is_file()
-    caplog.set_level("INFO")
+    capsys.readouterr()
     monkeypatch.setenv("MMPAB_WORK_DIR", str(tmp_path))
     run_main(baseline_main, ["--dataset_config", "demo", "--data_root", str(demo_root), "--dataset", "group1",
                              "--epochs", "3", "--batch_size", "16", "--device", "cpu",
                              "--save_folder", str(lay.baseline_dir("group1")),
                              "--logfile", str(lay.baseline_acc_file)])
-    assert "resuming {'kind': 'baseline'} after epoch 1" in caplog.text
+    assert "resuming {'kind': 'baseline'} after epoch 1" in capsys.readouterr().out   # (the entry point's log)
     done = task_checkpoint(lay.baseline_dir("group1"), "-")
     assert sha(done) == sha(task_checkpoint(ref.baseline_dir("group1"), "-"))
     assert json.loads(lay.baseline_acc_file.read_text()) == json.loads(ref.baseline_acc_file.read_text())
-    caplog.clear()
     run_stage("baseline", "demo", env)                        # the entry point's stage.json is the stage's own
-    assert "baseline task 1 (group1): finished with these settings, skipped" in caplog.text
+    assert "baseline task 1 (group1): finished with these settings, skipped" in capsys.readouterr().out
 
 
 def test_a_cpg_finetune_interrupted_in_the_entry_point_is_finished_by_the_stage(reference, demo_root, tmp_path,
-                                                                                monkeypatch, caplog):
+                                                                                monkeypatch, capsys):
     torch.set_num_threads(1)
     lay, ref = Layout(tmp_path, "demo"), Layout(reference, "demo")
     for part in (ref.baseline_dir("group1"), ref.logs):
@@ -85,9 +84,9 @@ def test_a_cpg_finetune_interrupted_in_the_entry_point_is_finished_by_the_stage(
                   "--pruning_ratio_to_acc_record_file", str(lay.record("group1")),
                   "--log_path", str(lay.train_log("group1"))])
     assert (lay.scratch_dir("group1") / "resume.pt").is_file()
-    caplog.set_level("INFO")
+    capsys.readouterr()
     run_stage("wo_backbone", "demo", env_for(demo_root, tmp_path, TASK_IDS="1", EPOCHS="3"))
-    assert "resuming {'kind': 'finetune', 'width': 1.0} after epoch 1" in caplog.text
+    assert "resuming {'kind': 'finetune', 'width': 1.0} after epoch 1" in capsys.readouterr().out
     finished = Manifest(lay.backbone_dir("group1") / "stage.json")
     reference_manifest = Manifest(ref.backbone_dir("group1") / "stage.json")
     assert sha(finished.output("0.0")) == sha(reference_manifest.output("0.0"))

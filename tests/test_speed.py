@@ -117,4 +117,4 @@ def test_amp_and_fast_recipe_through_the_stage_and_recorded(demo_root, tmp_path)
     first = manifest.read()
     assert first["settings"]["amp"] is True and first["settings"]["recipe"] == "fast"
     run_stage("baseline", "demo", env)
-    assert "amp" not in manifest.read()["settings"] and "recipe" not in manifest.read()["settings"]
+    assert manifest.read()["settings"]["amp"] is False and manifest.read()["settings"]["recipe"] == "original"

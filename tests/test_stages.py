@@ -152,7 +152,7 @@ def test_settings_come_from_the_script_and_the_environment():
     assert stage_settings("wo_backbone", {}).epochs == 100                          # the script's default
     s = stage_settings("wo_backbone", {"EPOCHS": "7", "PRUNING_SCHEDULE": "0.2 0.4"})
     assert s.epochs == 7 and s.pruning_schedule == (0.2, 0.4) and s.batch_size == 16
-    with pytest.raises(UserError, match=r"EPOCHS='ten' .* is not a int"):
+    with pytest.raises(UserError, match=r"EPOCHS='ten' .* is not a whole number"):
         stage_settings("w_backbone_MM", {"EPOCHS": "ten"})
 
 
@@ -249,7 +249,8 @@ def test_killed_inside_a_task_twice_resumes_to_bit_identical_outputs(demo_root, 
            "OMP_NUM_THREADS": "1", **env_for(demo_root, work, **longer)}
     script = ["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"]
     lay = layout(work)
-    resume, first_stage = lay.backbone_dir("group1") / "resume.pt", lay.prune_stage_dir("group1", 0.3)
+    finetuning = lay.scratch_dir("group1") / "resume.pt"            # each step's resume state, in its own folder
+    pruning = lay.prune_stage_dir("group1", 0.6) / "resume.pt"
 
     def kill_when(ready):
         proc = subprocess.Popen(script, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -260,13 +261,13 @@ def test_killed_inside_a_task_twice_resumes_to_bit_identical_outputs(demo_root, 
         os.killpg(proc.pid, signal.SIGKILL)
         return proc.communicate()[0]
 
-    kill_when(resume.is_file)                                    # inside the finetuning
-    out = kill_when(lambda: first_stage.is_dir() and any(first_stage.iterdir()) and resume.is_file() and
-                    resume.stat().st_mtime > next(first_stage.iterdir()).stat().st_mtime)   # inside pruning 0.6
+    kill_when(finetuning.is_file)                                # inside the finetuning
+    out = kill_when(pruning.is_file)                             # inside pruning 0.3 -> 0.6
     assert "resuming {'kind': 'finetune'" in out
     rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env_for(demo_root, work, **longer)},
                        check=True)
     assert "resuming {'kind': 'prune', 'initial': 0.3, 'target': 0.6}" in rerun.stdout
-    assert not resume.exists()                                   # removed once the task is finished
+    leftovers = [p.name for p in lay.backbone_dir("group1").rglob("*") if p.name in ("resume.pt", "progress.json")]
+    assert not leftovers                                         # removed once the task is finished
     backbone = str(HERE.backbone_dir("group1"))
     assert checksums(work, backbone) == checksums(reference, backbone)

@@ -56,7 +56,7 @@ def backbone_task(run, s, task_id, group, criterion, position=""):
     """Finetune (with growth) and prune task `task_id`, unless it is finished with these settings and inputs."""
     layout = run.layout(s.arch)
     folder = layout.backbone_dir(group)
-    task = Task(run, s, f"wo_backbone task {task_id} ({group})", folder / "stage.json",
+    task = Task(run, s, f"task {task_id} ({group})", folder / "stage.json",
                 inputs={"baseline": criterion, "data": run.data_settings(group)})
     if task.skip():
         return

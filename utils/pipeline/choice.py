@@ -70,7 +70,7 @@ def choice_task(run, s, task_id, group):
         max_width = float(backbone.read()["settings"]["max_network_width_multiplier"])
     inputs = {"record": record, "baseline": criterion, "width": width, "max_width": max_width,
               "backbone": file_digest(backbone.path)}
-    task = Task(run, s, f"select_pruning_ratio_of_backbone task {task_id} ({group})", layout.choice_manifest(group),
+    task = Task(run, s, f"task {task_id} ({group})", layout.choice_manifest(group),
                 inputs=inputs)
     return task, backbone, inputs
 

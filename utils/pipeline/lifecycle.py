@@ -62,7 +62,10 @@ class Task:
     """One unit of a stage's work and its named steps: skip, working, resume, finish."""
 
     def __init__(self, run, settings, what, manifest, inputs=None):
+        """`what` names the task in errors ("stage <stage>, <what>: ...") and, after the stage's name unless it
+        starts with it, in the log."""
         self.run, self.settings, self.what = run, settings, what
+        self.label = what if what.startswith(settings.STAGE) else f"{settings.STAGE} {what}"
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
         inputs = json.loads(json.dumps(inputs or {}))
         self.identity = {"stage": settings.STAGE, "settings": settings.identity(), "inputs": inputs}
@@ -74,10 +77,10 @@ class Task:
         (a stage's extra check of its outputs); else False, with the reason when an earlier record exists."""
         reason = "FORCE=1" if self.run.force else self.manifest.stale_reason(self.identity)
         if reason is None and also:
-            log.info(f"{self.what}: finished with these settings, skipped (FORCE=1 redoes it)")
+            log.info(f"{self.label}: finished with these settings, skipped (FORCE=1 redoes it)")
             return True
         if reason not in (None, "not finished"):
-            log.info(f"{self.what}: redone: {reason}")
+            log.info(f"{self.label}: redone: {reason}")
         return False
 
     @contextmanager

@@ -22,9 +22,9 @@ def search_plan(run, layout, s):
         raise UserError(f"SELECTION={s.selection} is not one of {', '.join(SELECTION_RULES)}.")
     targets = target_ids(run.cfg, s.target_id) if s.target_id != "all" else run.task_ids
     with failing_task(s.STAGE, f"targets {targets}"):
-        candidates_of, checkpoints = plan(run.cfg, layout, targets, s.candidates)
         for path, columns in ((layout.result_csv, RESULT_COLUMNS), (layout.table_csv, TABLE_COLUMNS)):
             read_rows(path, columns, len(run.cfg.groups))
+        candidates_of, checkpoints = plan(run.cfg, layout, targets, s.candidates)
     return targets, candidates_of, checkpoints
 
 
@@ -34,7 +34,7 @@ def find_backbone(run, s, layout=None, batch_size=32):
     entry point's --out_dir and --checkpoint_root)."""
     layout = layout or run.layout(s.arch)
     targets, candidates_of, checkpoints = search_plan(run, layout, s)
-    tasks = {t: Task(run, s, f"find_backbone target {t}", SearchManifest(layout.search_manifest, t),
+    tasks = {t: Task(run, s, f"target {t}", SearchManifest(layout.search_manifest, t),
                      inputs={"candidates": candidates_of[t],
                              "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}})
              for t in targets}

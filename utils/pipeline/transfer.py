@@ -57,7 +57,7 @@ def transfer_kv(run, s, pairs=None, layout=None):
             pairs = selected_pairs(run, csv_path)
     outs = []
     for t, k, k_path, source in kv_jobs(run, layout, pairs):      # every pair is checked before anything is written
-        task = Task(run, s, f"transfer_kv target {t} on backbone {k}", layout.kv_manifest(run.cfg.task_name(k), t),
+        task = Task(run, s, f"target {t} on backbone {k}", layout.kv_manifest(run.cfg.task_name(k), t),
                     inputs={"target": t, "backbone": k, "backbone_checkpoint": file_digest(k_path),
                             "source": file_digest(source[0]) if source[0] else None})
         outs.append(layout.kv_transfer_file(k_path, t))
