@@ -1,4 +1,4 @@
-"""tools/report.py and utils/metrics.py: the metrics against Avalanche's definitions, a report of a run with stages
+"""tools/report.py and utils/report/metrics.py: the metrics against Avalanche's definitions, a report of a run with stages
 missing, and forgetting measured as exactly 0 on a real (tiny) trained chain."""
 import math
 import shutil
@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import run_main
 from tools import report
-from utils import metrics
+from utils.report import metrics
 from utils.config import load_dataset_config
 from utils.layout import Layout
 from utils.stages import STAGES

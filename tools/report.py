@@ -39,7 +39,7 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import cpg  # noqa: E402
 from models.build import Network  # noqa: E402
-from utils import metrics  # noqa: E402
+from utils.report import metrics  # noqa: E402
 from utils.checkpoint import atomic_write, load_checkpoint, read_json  # noqa: E402
 from utils.config import REPO_ROOT, load_dataset_config  # noqa: E402
 from utils.errors import UserError, report_user_errors  # noqa: E402
