@@ -1,5 +1,5 @@
-"""tools/report.py and utils/report/metrics.py: the metrics against Avalanche's definitions, a report of a run with stages
-missing, and forgetting measured as exactly 0 on a real (tiny) trained chain."""
+"""utils/report/ (tools/report.py) and utils/report/metrics.py: the metrics against Avalanche's definitions, a
+report of a run with stages missing, and forgetting measured as exactly 0 on a real (tiny) trained chain."""
 import math
 import shutil
 
@@ -9,10 +9,10 @@ import pytest
 
 from tests.conftest import run_main
 from tools import report
-from utils.report import metrics
 from utils.config import load_dataset_config
 from utils.layout import Layout
-from utils.stages import STAGES
+from utils.pipeline import STAGES
+from utils.report import metrics, write_report
 
 NAN = math.nan
 
@@ -112,7 +112,7 @@ def test_report_with_only_baselines(chain_work, demo_root, tmp_path):
     shutil.copy(full.baseline_acc_file, only.baseline_acc_file)
     for group in load_dataset_config("demo", demo_root, check_folders=False).groups:
         shutil.copytree(full.baseline_dir(group), only.baseline_dir(group))
-    path, c = report.write_report("demo", tmp_path, demo_root)
+    path, c = write_report("demo", tmp_path, demo_root)
     text = read(path)
     assert "| baseline | done |" in text
     for stage in STAGES[1:]:
@@ -125,7 +125,7 @@ def test_report_with_only_baselines(chain_work, demo_root, tmp_path):
 
 # ---- (3) measured forgetting on a real chain --------------------------------------------------------------------
 def test_forgetting_is_measured_zero_on_a_real_chain(chain_work, demo_root):
-    path, c = report.write_report("demo", chain_work, demo_root)
+    path, c = write_report("demo", chain_work, demo_root)
     layout = Layout(chain_work, "demo")
     text = read(path)
     assert "**missing**" not in text and "## Missing" not in text
@@ -161,7 +161,7 @@ def test_selection_rules_side_by_side(tmp_path, demo_root):
     csv = layout.comparison_csv
     csv.parent.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(csv, index=False)
-    path, _ = report.write_report("demo", tmp_path, demo_root)
+    path, _ = write_report("demo", tmp_path, demo_root)
     text = read(path)
     assert "## Selection rules side by side" in text
     # group1 under `similar` (n = 0): 0.51, 0.52 -> 0.515 ± 0.0071; forward transfer +0.015
