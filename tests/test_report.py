@@ -1,5 +1,6 @@
-"""tools/report.py and utils/metrics.py: the metrics against Avalanche's definitions, a report of a run with stages
-missing, and forgetting measured as exactly 0 on a real (tiny) trained chain."""
+"""utils/report/ (tools/report.py) and utils/report/metrics.py: the metrics against Avalanche's definitions, a
+report of a run with stages missing or broken, a bug of the report failing loudly instead of reading as "stage
+missing", and forgetting measured as exactly 0 on a real (tiny) trained chain."""
 import math
 import shutil
 
@@ -9,10 +10,10 @@ import pytest
 
 from tests.conftest import run_main
 from tools import report
-from utils import metrics
 from utils.config import load_dataset_config
-from utils.layout import Layout
+from utils.layout import MANIFEST, Layout
 from utils.pipeline import STAGES
+from utils.report import collect, figures, markdown, metrics, verdicts, write_report
 
 NAN = math.nan
 
@@ -112,7 +113,7 @@ def test_report_with_only_baselines(chain_work, demo_root, tmp_path):
     shutil.copy(full.baseline_acc_file, only.baseline_acc_file)
     for group in load_dataset_config("demo", demo_root, check_folders=False).groups:
         shutil.copytree(full.baseline_dir(group), only.baseline_dir(group))
-    path, c = report.write_report("demo", tmp_path, demo_root)
+    path, c = write_report("demo", tmp_path, demo_root)
     text = read(path)
     assert "| baseline | done |" in text
     for stage in STAGES[1:]:
@@ -125,7 +126,7 @@ def test_report_with_only_baselines(chain_work, demo_root, tmp_path):
 
 # ---- (3) measured forgetting on a real chain --------------------------------------------------------------------
 def test_forgetting_is_measured_zero_on_a_real_chain(chain_work, demo_root):
-    path, c = report.write_report("demo", chain_work, demo_root)
+    path, c = write_report("demo", chain_work, demo_root)
     layout = Layout(chain_work, "demo")
     text = read(path)
     assert "**missing**" not in text and "## Missing" not in text
@@ -146,7 +147,8 @@ def test_forgetting_is_measured_zero_on_a_real_chain(chain_work, demo_root):
 
 
 # ---- selection rules side by side --------------------------------------------------------------------------------
-def test_selection_rules_side_by_side(tmp_path, demo_root):
+def write_comparison(layout):
+    """A compare_selection CSV of two seeds and two targets, every rule (similar = oracle for 3 of the 4)."""
     rows = []
     for seed in (1, 2):
         for target, baseline, picks in (("group1", 0.5, {"similar": "group2", "oracle": "group2",
@@ -157,11 +159,14 @@ def test_selection_rules_side_by_side(tmp_path, demo_root):
                 rows.append({"rule": rule, "seed": seed, "target": target, "backbone": backbone,
                              "target_acc": round(baseline + 0.08 * n + 0.01 * seed, 4), "baseline_acc": baseline,
                              "width": 1.0})
+    layout.comparison_csv.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(layout.comparison_csv, index=False)
+
+
+def test_selection_rules_side_by_side(tmp_path, demo_root):
     layout = Layout(tmp_path, "demo")
-    csv = layout.comparison_csv
-    csv.parent.mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(csv, index=False)
-    path, _ = report.write_report("demo", tmp_path, demo_root)
+    write_comparison(layout)
+    path, _ = write_report("demo", tmp_path, demo_root)
     text = read(path)
     assert "## Selection rules side by side" in text
     # group1 under `similar` (n = 0): 0.51, 0.52 -> 0.515 ± 0.0071; forward transfer +0.015
@@ -175,3 +180,59 @@ def test_selection_rules_side_by_side(tmp_path, demo_root):
     assert float(avg[avg.metric == "target_acc_mean"].value.iloc[0]) == pytest.approx(((0.5 + 0.32 + 0.015) + (
         0.3 + 0.32 + 0.015)) / 2)
     assert layout.report("_selection.png").is_file()
+
+
+# ---- broken files are listed, bugs propagate ---------------------------------------------------------------------
+def test_tools_report_re_exports_write_report():
+    assert report.write_report is write_report
+
+
+def test_broken_stage_files_are_listed_and_the_rest_written(tmp_path, demo_root):
+    layout = Layout(tmp_path, "demo")
+    layout.result_csv.write_text("target_id,task_id\n1,2\n3,4,5,6\n")       # torn CSV: ParserError
+    layout.table_csv.write_text("")                                          # empty CSV: EmptyDataError
+    layout.comparison_csv.parent.mkdir(parents=True)
+    layout.comparison_csv.write_text("rule,seed\nsimilar,1\n")               # lacks columns: UserError
+    path, _ = write_report("demo", tmp_path, demo_root, evaluate=False)
+    text = read(path)
+    assert "- find_backbone (all): EmptyDataError: " in text                 # the table is read first
+    assert f"- compare_selection (all): section not written (UserError: {layout.comparison_csv} lacks the " \
+           f"column(s) target, backbone, target_acc, baseline_acc: rerun compare_selection" in text
+    assert "| find_backbone | **missing** for " in text and "## Backbones: accuracy against sparsity" in text
+    layout.table_csv.unlink()
+    path, _ = write_report("demo", tmp_path, demo_root, evaluate=False)
+    assert "- find_backbone (all): ParserError: Error tokenizing data." in read(path)
+
+
+def test_an_unreadable_record_is_listed_with_its_reason(tmp_path, demo_root):
+    layout = Layout(tmp_path, "demo")
+    layout.logs.mkdir(parents=True)
+    layout.baseline_acc_file.write_text('{"group1": 0.5}')
+    record = layout.baseline_dir("group1") / MANIFEST
+    record.parent.mkdir(parents=True)
+    record.write_text("{not json")
+    path, _ = write_report("demo", tmp_path, demo_root, evaluate=False)
+    assert f"- baseline (group1): {record} is not valid JSON: fix or delete the file.".replace(
+        "/group1/", "/<task>/") in read(path)
+
+
+def raise_(error):
+    def broken(*args, **kwargs):
+        raise error
+    return broken
+
+
+@pytest.mark.parametrize("module,name,error", [
+    (collect, "collect_baselines", KeyError("acc")),
+    (collect, "collect_targets", TypeError("a bug")),
+    (collect, "collect_search", AttributeError("a bug")),
+    (verdicts, "read_comparison", ValueError("a bug")),        # ValueError: not a CSV error of pandas
+    (figures, "plot_selection", RuntimeError("a bug")),
+    (markdown, "metrics_section", KeyError("fwt")),
+])
+def test_a_bug_in_a_step_propagates_instead_of_reading_as_missing(tmp_path, demo_root, monkeypatch, module, name,
+                                                                   error):
+    write_comparison(Layout(tmp_path, "demo"))                  # so that the selection section is written
+    monkeypatch.setattr(module, name, raise_(error))
+    with pytest.raises(type(error), match=str(error.args[0])):
+        write_report("demo", tmp_path, demo_root, evaluate=False)

@@ -197,6 +197,11 @@ class Manifest:
     def output(self, name):
         return self.outputs().get(name)
 
+    def missing_outputs(self):
+        """The files the record names that do not exist (none without a record): a stage's task is complete when
+        its record exists and this is empty, whatever settings made it."""
+        return [p for p in self.outputs().values() if not p.is_file()]
+
     def results(self):
         return (self.read() or {}).get("results", {})
 
