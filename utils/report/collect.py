@@ -22,16 +22,16 @@ SEARCH_TABLE_COLUMNS = ("target_id", "task_id", "sim_euc")        # of the searc
 SEARCH_RESULT_COLUMNS = ("target_id", "task_id")
 
 
-class StageMissing(Exception):
+class StageMissingError(Exception):
     """A stage has not (completely) run for a task: its record, or a file the record names, does not exist."""
 
 
 # a task that is not usably done: not run, or its record unreadable (Manifest.read's UserError names the file)
-NOT_DONE = (StageMissing, UserError)
+NOT_DONE = (StageMissingError, UserError)
 # everything a stage's files can do to the report: the above, a checkpoint or JSON file that cannot be read
 # (UserError from load_checkpoint / read_json / Network.from_checkpoint), a torn or empty CSV. Listed as missing;
 # anything else is a bug of the report and must not read as "stage missing"
-EXPECTED = (StageMissing, UserError, pd.errors.ParserError, pd.errors.EmptyDataError)
+EXPECTED = (StageMissingError, UserError, pd.errors.ParserError, pd.errors.EmptyDataError)
 
 
 @dataclass
@@ -57,14 +57,14 @@ class Collected:
 
 # ---- reading records and CSVs ------------------------------------------------------------------------------------
 def finished(path):
-    """The Manifest at `path` when its record exists and every file it names exists. Raises StageMissing saying
+    """The Manifest at `path` when its record exists and every file it names exists. Raises StageMissingError saying
     which is absent, UserError when the record cannot be read."""
     manifest = Manifest(path)
     if not manifest.read():
-        raise StageMissing(f"no record {path}")
+        raise StageMissingError(f"no record {path}")
     absent = manifest.missing_outputs()
     if absent:
-        raise StageMissing(f"{path} names files that do not exist: {', '.join(str(p) for p in absent)}")
+        raise StageMissingError(f"{path} names files that do not exist: {', '.join(str(p) for p in absent)}")
     return manifest
 
 
@@ -162,7 +162,7 @@ def collect_search(c):
         c.miss("find_backbone", "all", f"no similarity table {table}")
     picks = read_csv(result_csv, SEARCH_RESULT_COLUMNS, "find_backbone") if result_csv.is_file() else \
         pd.DataFrame(columns=list(SEARCH_RESULT_COLUMNS))
-    for t, k in zip(picks.target_id, picks.task_id):
+    for t, k in zip(picks.target_id, picks.task_id, strict=False):
         c.picks[c.cfg.task_name(t)] = c.cfg.task_name(k)
     for group in c.cfg.groups:
         if group not in c.picks:
@@ -245,7 +245,7 @@ def similarity_matrix(c):
     rows = [g for g in groups if c.cfg.task_id(g) in set(table.target_id)]
     cols = [g for g in groups if c.cfg.task_id(g) in set(table.task_id)]
     sim = pd.DataFrame(np.nan, index=rows, columns=cols)
-    for t, k, v in zip(table.target_id, table.task_id, table.sim_euc):
+    for t, k, v in zip(table.target_id, table.task_id, table.sim_euc, strict=False):
         sim.loc[c.cfg.task_name(t), c.cfg.task_name(k)] = number(v, f"sim_euc of targets {t} and {k} in the "
                                                                    f"search's table")
     return sim

@@ -10,7 +10,7 @@ from models.build import Network
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.report import metrics
-from utils.runtime import load_task
+from utils.data import load_task
 from utils.trainer import Trainer
 
 

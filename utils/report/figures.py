@@ -60,9 +60,9 @@ def plot_similarity(c, sim, path):
         ax.axhline(b - 0.5, color="black", linewidth=2)
     ax.set_xticks(range(n_c), [label(c.cfg, g) for g in sim.columns], rotation=35, ha="right")
     ax.set_yticks(range(n_r), [label(c.cfg, g) for g in sim.index])
-    for tick, g in zip(ax.get_xticklabels(), sim.columns):
+    for tick, g in zip(ax.get_xticklabels(), sim.columns, strict=False):
         tick.set_color(MODALITY_COLOURS.get(c.cfg.modality(g), "black"))
-    for tick, g in zip(ax.get_yticklabels(), sim.index):
+    for tick, g in zip(ax.get_yticklabels(), sim.index, strict=False):
         tick.set_color(MODALITY_COLOURS.get(c.cfg.modality(g), "black"))
     ax.set_xlabel("candidate backbone K (its baseline model)")
     ax.set_ylabel("target task T")
@@ -84,7 +84,7 @@ def plot_sparsity(c, path):
                              squeeze=False)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
-    for ax, group in zip(axes.flat, groups):
+    for ax, group in zip(axes.flat, groups, strict=False):
         entry = c.backbones[group]
         xs = sorted(entry["record"])
         ax.plot(xs, [entry["record"][x] for x in xs], "o-", color=MODALITY_COLOURS.get(c.cfg.modality(group)),
@@ -103,7 +103,7 @@ def plot_sparsity(c, path):
         ax.set_ylim(-0.05, 1.05)
     handles = {}
     for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=False):
             handles.setdefault(lab, h)
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=9, frameon=False,
                bbox_to_anchor=(0.5, -0.02))
@@ -127,7 +127,7 @@ def plot_accuracy(c, path):
         if r.get("gain") is not None:
             ax.text(i + 0.2, acc[i] + 0.02, f"{r['gain']:+.3f}", ha="center", fontsize=8)
     ax.set_xticks(x, [f"{r['target']}\non {r['backbone']}" for r in rows], fontsize=8)
-    for tick, r in zip(ax.get_xticklabels(), rows):
+    for tick, r in zip(ax.get_xticklabels(), rows, strict=False):
         tick.set_color(MODALITY_COLOURS.get(r["modality"], "black"))
     ax.set_ylim(0, 1.15)
     ax.set_xlabel("target task on its picked backbone (label colour: target modality)")
