@@ -6,10 +6,11 @@ A checkpoint keeps the original's keys (`model_state_dict`, `dataset_history`, `
 trained each unmasked parameter).
 """
 import json
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 from models import cpg
-from models.perceiver_io import MultimodalPerceiverIO
+from models.perceiver_io import ActiveTask, MultimodalPerceiverIO
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
@@ -93,12 +94,21 @@ class Network:
         return self.history.index(task) + 1
 
     def activate(self, task):
-        """Switch modality, head, growth branches and masks to `task` (e.g. to evaluate an earlier task)."""
+        """Make `task` the one the model computes (e.g. to evaluate an earlier task): its head, its modality's
+        adapter and k/v projection, its growth branches and its masks. Returns its task id."""
         task_id = self.task_id(task)
-        self.model.set_modality(self.modalities[task])
-        self.model.set_task(task, task_id)
-        cpg.set_active_task(self.model, task_id)
+        self.model.activate(ActiveTask(task, task_id, self.modalities[task]))
         return task_id
+
+    @contextmanager
+    def active(self, task):
+        """`with net.active(task):` computes `task` inside the block and restores whichever task was active before,
+        also when the block raises. Yields the task id."""
+        previous = replace(self.model.active)
+        try:
+            yield self.activate(task)
+        finally:
+            self.model.activate(previous)
 
     def start_task(self, task, modality, num_classes, width_multiplier=1.0):
         """Add `task` (or continue it), widen the network to `width_multiplier` if needed, give the task every
