@@ -4,12 +4,17 @@ A checkpoint keeps the original's keys (`model_state_dict`, `dataset_history`, `
 `shared_layer_info`) plus what rebuilding needs: `model_config` (hyperparameters, text feature width),
 `growth` (feed-forward units added by each task), `modalities` (task -> modality), `shared_owners` (which task
 trained each unmasked parameter).
+
+In memory a task's facts are one `TaskRecord` (its position in `Network.tasks` + 1 is its task id), the growth is
+the model's own branches, and the checkpoint's per-task dicts are views of the records, written in task order.
 """
 import json
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from models import cpg
-from models.perceiver_io import MultimodalPerceiverIO
+from models.perceiver_io import ActiveTask, MultimodalPerceiverIO
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
@@ -40,14 +45,21 @@ def check_model_config(ckpt, expected, source):
 
 
 @dataclass
+class TaskRecord:
+    """What the network knows of one task: its name (also its head's), the modality it reads, its number of
+    classes, and its `shared_layer_info` entry as checkpoints keep it (width multiplier and modality when started;
+    None for a task of a checkpoint that has none)."""
+    name: str
+    modality: str
+    num_classes: int
+    layer_info: dict | None = None
+
+
+@dataclass
 class Network:
     model: MultimodalPerceiverIO
-    history: list = field(default_factory=list)           # task names; task id = position + 1
-    modalities: dict = field(default_factory=dict)        # task -> 'image' | 'text'
-    dataset2num_classes: dict = field(default_factory=dict)
+    tasks: list = field(default_factory=list)             # TaskRecord per task, in order: task id = position + 1
     shared_owners: dict = field(default_factory=dict)     # shared (unmasked) parameter -> task that trained it
-    shared_layer_info: dict = field(default_factory=dict)
-    growth: list = field(default_factory=list)            # [{'task_id', 'hidden'}] in order
 
     @classmethod
     def new(cls, model_config):
@@ -70,12 +82,15 @@ class Network:
         if missing:
             raise UserError(f"{source} lacks {', '.join(missing)}, so it was not written by this repository: rerun "
                             f"the stage that writes it.")
+        layer_info = ckpt.get("shared_layer_info", {})
+        tasks = [TaskRecord(task, ckpt["modalities"][task], ckpt["dataset2num_classes"][task], layer_info.get(task))
+                 for task in ckpt["dataset_history"]]
         model = MultimodalPerceiverIO(**ckpt["model_config"])
         for g in ckpt.get("growth", []):
             model.grow(g["hidden"], g["task_id"])
         cpg.attach(model)
-        for task in ckpt["dataset_history"]:
-            model.add_task(task, ckpt["dataset2num_classes"][task])
+        for t in tasks:
+            model.add_task(t.name, t.num_classes)
         for task_id in sorted({int(k.rsplit(".", 1)[1]) for k in ckpt["model_state_dict"] if ".piggymasks." in k}):
             cpg.add_piggymasks(model, task_id)
         differing = shape_differences(model.state_dict(), ckpt["model_state_dict"])
@@ -84,31 +99,66 @@ class Network:
                             f"({differing}): {CONFIG_FIX}.")
         model.load_state_dict(ckpt["model_state_dict"])
         cpg.load_masks(model, ckpt["masks"])
-        return cls(model, list(ckpt["dataset_history"]), dict(ckpt["modalities"]),
-                   dict(ckpt["dataset2num_classes"]), dict(ckpt.get("shared_owners", {})),
-                   dict(ckpt.get("shared_layer_info", {})), list(ckpt.get("growth", [])))
+        return cls(model, tasks, dict(ckpt.get("shared_owners", {})))
+
+    # ---- read-only views of the records, as the checkpoint keeps them ------------------------------------------
+    @property
+    def history(self):
+        """Task names in order (a copy)."""
+        return [t.name for t in self.tasks]
+
+    @property
+    def modalities(self):
+        return MappingProxyType({t.name: t.modality for t in self.tasks})
+
+    @property
+    def dataset2num_classes(self):
+        return MappingProxyType({t.name: t.num_classes for t in self.tasks})
+
+    @property
+    def shared_layer_info(self):
+        return MappingProxyType({t.name: t.layer_info for t in self.tasks if t.layer_info is not None})
+
+    @property
+    def growth(self):
+        """[{'task_id', 'hidden'}] of every growth, in order: the model's feed-forward branches (each growth adds
+        one branch of the same width to every feed-forward)."""
+        return [{"task_id": int(b.created_by), "hidden": b[2].in_features}
+                for b in self.model.feedforwards()[0].branches]
 
     # ---- tasks ------------------------------------------------------------------------------------------------
     def task_id(self, task):
         return self.history.index(task) + 1
 
+    def record(self, task):
+        """The TaskRecord of `task` itself, not a copy: what is changed in it (the k/v swap's modality) is the
+        network's."""
+        return self.tasks[self.task_id(task) - 1]
+
     def activate(self, task):
-        """Switch modality, head, growth branches and masks to `task` (e.g. to evaluate an earlier task)."""
+        """Make `task` the one the model computes (e.g. to evaluate an earlier task): its head, its modality's
+        adapter and k/v projection, its growth branches and its masks. Returns its task id."""
         task_id = self.task_id(task)
-        self.model.set_modality(self.modalities[task])
-        self.model.set_task(task, task_id)
-        cpg.set_active_task(self.model, task_id)
+        self.model.activate(ActiveTask(task, task_id, self.record(task).modality))
         return task_id
+
+    @contextmanager
+    def active(self, task):
+        """`with net.active(task):` computes `task` inside the block and restores whichever task was active before,
+        also when the block raises. Yields the task id."""
+        previous = replace(self.model.active)
+        try:
+            yield self.activate(task)
+        finally:
+            self.model.activate(previous)
 
     def start_task(self, task, modality, num_classes, width_multiplier=1.0):
         """Add `task` (or continue it), widen the network to `width_multiplier` if needed, give the task every
         free weight of the layers it uses, and a piggymask over earlier tasks' weights. Returns its task id."""
         if task not in self.history:
-            self.history.append(task)
-            self.modalities[task] = modality
-            self.dataset2num_classes[task] = int(num_classes)
-        elif self.modalities[task] != modality:
-            raise ValueError(f"task {task} was trained as {self.modalities[task]}, not {modality}")
+            self.tasks.append(TaskRecord(task, modality, int(num_classes)))
+        elif self.record(task).modality != modality:
+            raise ValueError(f"task {task} was trained as {self.record(task).modality}, not {modality}")
         self.model.add_task(task, num_classes)
         task_id = self.task_id(task)
         self.grow_to(width_multiplier, task_id)
@@ -116,7 +166,7 @@ class Network:
             cpg.add_piggymasks(self.model, task_id)
         cpg.make_finetuning_mask(self.model, modality, task_id)
         self.activate(task)
-        self.shared_layer_info[task] = {"network_width_multiplier": float(width_multiplier), "modality": modality}
+        self.record(task).layer_info = {"network_width_multiplier": float(width_multiplier), "modality": modality}
         return task_id
 
     def grow_to(self, width_multiplier, task_id):
@@ -126,17 +176,16 @@ class Network:
         if extra > 0:
             self.model.grow(extra, task_id)
             cpg.attach(self.model)
-            self.growth.append({"task_id": int(task_id), "hidden": int(extra)})
         return max(extra, 0)
 
     def set_trainable(self, task):
         frozen = {name for name, owner in self.shared_owners.items() if owner != task}
-        cpg.set_trainable(self.model, self.modalities[task], task, self.task_id(task), frozen)
+        cpg.set_trainable(self.model, self.record(task).modality, task, self.task_id(task), frozen)
 
     def claim_shared(self, task):
         """The shared parameters this task trained become its own: frozen for every later task, so that nothing
         a later task does changes what this one computes."""
-        for name in cpg.shared_parameter_names(self.model, self.modalities[task], task):
+        for name in cpg.shared_parameter_names(self.model, self.record(task).modality, task):
             self.shared_owners.setdefault(name, task)
 
     def num_parameters(self):
@@ -146,11 +195,11 @@ class Network:
         # the plain-data parts go through JSON, so that a network rebuilt from a checkpoint writes byte-identical
         # files to the one that never left memory (pickle's layout depends on which strings are the same object)
         plain = json.loads(json.dumps({
-            "dataset_history": list(self.history),
+            "dataset_history": self.history,
             "dataset2num_classes": dict(self.dataset2num_classes),
-            "shared_layer_info": self.shared_layer_info,
+            "shared_layer_info": dict(self.shared_layer_info),
             "model_config": dict(self.model.config),
-            "growth": list(self.growth),
+            "growth": self.growth,
             "modalities": dict(self.modalities),
             "shared_owners": dict(self.shared_owners),
             "epoch": int(epoch),

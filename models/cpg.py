@@ -53,18 +53,23 @@ DERIVED_MASKS = {                          # (ownership mask, active task id) ->
 
 class OwnershipMask(nn.Module):
     """Parametrization of a linear weight: keep the weights of the active task and of the earlier tasks it uses.
+    The active task is the network's ActiveTask (models/perceiver_io.py), held by reference, never copied here.
 
     The masks derived from the ownership mask (the task's own weights, the earlier tasks' weights, the free ones)
     change only when a task is activated or the ownership changes (a new task, pruning, loading), never inside a
     training step, so they are computed once and reused until then: any in-place change of `mask` bumps its
     version counter, which is part of the cache key."""
 
-    def __init__(self, shape):
+    def __init__(self, shape, active):
         super().__init__()
         self.register_buffer("mask", torch.zeros(shape, dtype=torch.uint8), persistent=False)
         self.piggymasks = nn.ParameterDict()
-        self.task_id = 1
+        self.active = active
         self._derived = None
+
+    @property
+    def task_id(self):
+        return self.active.task_id
 
     def __getstate__(self):                       # a copy (deepcopy, pickle) recomputes its own derived masks
         return {**self.__dict__, "_derived": None}
@@ -120,10 +125,10 @@ def used_layers(model, modality):
 
 
 def attach(model):
-    """Register an OwnershipMask on every prunable weight (idempotent)."""
+    """Register an OwnershipMask on every prunable weight (idempotent), following the model's active task."""
     for layer in prunable_layers(model).values():
         if not parametrize.is_parametrized(layer, "weight"):
-            parametrize.register_parametrization(layer, "weight", OwnershipMask(layer.weight.shape))
+            parametrize.register_parametrization(layer, "weight", OwnershipMask(layer.weight.shape, model.active))
     return model
 
 
@@ -133,11 +138,6 @@ def ownership(layer):
 
 def raw_weight(layer):
     return layer.parametrizations.weight.original
-
-
-def set_active_task(model, task_id):
-    for layer in prunable_layers(model).values():
-        ownership(layer).task_id = int(task_id)
 
 
 def get_masks(model):

@@ -14,10 +14,16 @@ and restored with the checkpoint. Every latent feed-forward can grow (CPG "growi
 extra hidden units, which is the same function as a wider GEGLU feed-forward whose new units are appended; a branch
 is used by the task that created it and every later task, so earlier tasks compute exactly what they did before.
 
+Which task the network computes (its head, its modality's adapter and k/v projection, the growth branches it may use,
+and, through models/cpg.py, the masks of its weights) is one `ActiveTask` object that every module depending on it
+holds a reference to; `MultimodalPerceiverIO.activate` is the only place that changes it.
+
 Attention is perceiver-pytorch's `Attention` (same modules and state_dict keys) computed by PyTorch's fused
 `scaled_dot_product_attention`, which never materialises the [latents x tokens] attention matrix (50,176 image
 tokens per sample on CUB); `use_fused_attention(model, False)` selects perceiver-pytorch's einsum forward instead.
 """
+from dataclasses import dataclass, replace
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
@@ -27,6 +33,16 @@ from perceiver_pytorch.perceiver_pytorch import fourier_encode
 from torch import nn
 
 MODALITIES = ("image", "text")
+
+
+@dataclass
+class ActiveTask:
+    """The task forward computes. One instance per network, shared by reference with the k/v projection, the
+    feed-forwards and the CPG masks, so that changing it (MultimodalPerceiverIO.activate) switches all of them
+    together; a module never keeps its own copy."""
+    name: str | None = None          # the head
+    task_id: int = 1                 # growth branches and masked weights of tasks 1..task_id
+    modality: str = MODALITIES[0]    # the input adapter and the k/v projection
 
 
 class ImageAdapter(nn.Module):
@@ -94,26 +110,27 @@ def use_fused_attention(model, on=True):
 
 
 class ModalityKV(nn.Module):
-    """The cross-attention's `to_kv`: one bias-free projection per modality, the active one chosen by `modality`."""
+    """The cross-attention's `to_kv`: one bias-free projection per modality, that of the active task's modality
+    (perceiver-pytorch's Attention calls to_kv(context) and nothing else, so the choice cannot be an argument)."""
 
-    def __init__(self, input_dims, out_dim):
+    def __init__(self, input_dims, out_dim, active):
         super().__init__()
         self.projections = nn.ModuleDict({m: nn.Linear(d, out_dim, bias=False) for m, d in input_dims.items()})
-        self.modality = MODALITIES[0]
+        self.active = active
 
     def forward(self, context):
-        return self.projections[self.modality](context)
+        return self.projections[self.active.modality](context)
 
 
 class GrowableFeedForward(nn.Module):
     """perceiver-pytorch's GEGLU FeedForward plus growth branches (extra hidden units, CPG "growing")."""
 
-    def __init__(self, dim, mult):
+    def __init__(self, dim, mult, active):
         super().__init__()
         self.dim, self.hidden = dim, dim * mult
         self.base = FeedForward(dim, mult)
         self.branches = nn.ModuleList()
-        self.active_task_id = 1
+        self.active = active
 
     def add_branch(self, hidden, task_id):
         branch = nn.Sequential(nn.Linear(self.dim, hidden * 2), GEGLU(), nn.Linear(hidden, self.dim, bias=False))
@@ -127,7 +144,7 @@ class GrowableFeedForward(nn.Module):
     def forward(self, x):
         out = self.base(x)
         for branch in self.branches:
-            if int(branch.created_by) <= self.active_task_id:
+            if int(branch.created_by) <= self.active.task_id:
                 out = out + branch(x)
         return out
 
@@ -143,19 +160,18 @@ class MultimodalPerceiverIO(nn.Module):
                            latent_dim_head=latent_dim_head, ff_mult=ff_mult, image_channels=image_channels)
         self.adapters = nn.ModuleDict({"image": ImageAdapter(num_freq_bands, max_freq, image_channels),
                                        "text": TextAdapter(text_dim, max_text_length)})
+        self.active = ActiveTask()
         self.latents = nn.Parameter(torch.randn(num_latents, latent_dim))
         cross_attn = Attention(latent_dim, heads=cross_heads, dim_head=cross_dim_head)
         cross_attn.to_kv = ModalityKV({m: a.out_dim for m, a in self.adapters.items()},
-                                      2 * cross_heads * cross_dim_head)
-        self.cross_attend_blocks = nn.ModuleList([PreNorm(latent_dim, cross_attn),
-                                                  PreNorm(latent_dim, GrowableFeedForward(latent_dim, ff_mult))])
+                                      2 * cross_heads * cross_dim_head, self.active)
+        cross_ff = GrowableFeedForward(latent_dim, ff_mult, self.active)
+        self.cross_attend_blocks = nn.ModuleList([PreNorm(latent_dim, cross_attn), PreNorm(latent_dim, cross_ff)])
         self.layers = nn.ModuleList([
             nn.ModuleList([PreNorm(latent_dim, Attention(latent_dim, heads=latent_heads, dim_head=latent_dim_head)),
-                           PreNorm(latent_dim, GrowableFeedForward(latent_dim, ff_mult))])
+                           PreNorm(latent_dim, GrowableFeedForward(latent_dim, ff_mult, self.active))])
             for _ in range(depth)])
         self.heads = nn.ModuleDict()
-        self.modality = MODALITIES[0]
-        self.active_task = None
         self._init_weights()
 
     def _init_weights(self):
@@ -171,11 +187,25 @@ class MultimodalPerceiverIO(nn.Module):
     def kv(self):
         return self.cross_attend_blocks[0].fn.to_kv
 
-    def set_modality(self, modality):
-        if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r}")
-        self.modality = modality
-        self.kv.modality = modality
+    @property
+    def modality(self):
+        return self.active.modality
+
+    @property
+    def active_task(self):
+        return self.active.name
+
+    def activate(self, task):
+        """Make `task` (an ActiveTask: head, task id, modality) the one forward computes, in every module at once.
+        Returns the task active before, so that a caller can restore it with activate(previous)."""
+        if task.modality not in MODALITIES:
+            raise ValueError(f"unknown modality {task.modality!r}")
+        if task.name is not None and task.name not in self.heads:
+            raise KeyError(f"model has no head for task {task.name!r} (has {list(self.heads)})")
+        previous = replace(self.active)
+        # in place: the modules hold this object, not a copy
+        self.active.name, self.active.task_id, self.active.modality = task.name, int(task.task_id), task.modality
+        return previous
 
     def add_task(self, name, num_classes):
         if name not in self.heads:
@@ -183,15 +213,6 @@ class MultimodalPerceiverIO(nn.Module):
                                              nn.Linear(self.config["latent_dim"], num_classes))
             nn.init.normal_(self.heads[name][1].weight, std=0.01)
             nn.init.zeros_(self.heads[name][1].bias)
-
-    def set_task(self, name, task_id=None):
-        """Select the head of `name`; task_id (1-based position in the task history) selects the growth
-        branches that task may use."""
-        if name not in self.heads:
-            raise KeyError(f"model has no head for task {name!r} (has {list(self.heads)})")
-        self.active_task = name
-        for ff in self.feedforwards():
-            ff.active_task_id = len(self.heads) + 1 if task_id is None else int(task_id)
 
     def feedforwards(self):
         return [m for m in self.modules() if isinstance(m, GrowableFeedForward)]
@@ -213,7 +234,7 @@ class MultimodalPerceiverIO(nn.Module):
     # ---- forward --------------------------------------------------------------------------------------------
     def encode(self, x, mask=None):
         """Latents after the encoder and latent transformer: [b, num_latents, latent_dim]."""
-        data = self.adapters[self.modality](x)                                           # [b, n, d]
+        data = self.adapters[self.active.modality](x)                                    # [b, n, d]
         lat = repeat(self.latents, "n d -> b n d", b=data.shape[0])
         cross_attn, cross_ff = self.cross_attend_blocks
         lat = cross_attn(lat, context=data, mask=mask) + lat
@@ -224,4 +245,4 @@ class MultimodalPerceiverIO(nn.Module):
         return lat
 
     def forward(self, x, mask=None):
-        return self.heads[self.active_task](self.encode(x, mask).mean(dim=1))
+        return self.heads[self.active.name](self.encode(x, mask).mean(dim=1))

@@ -68,7 +68,7 @@ def swap_reader(net, task, reader, modality):
                             f"compare only models built from the same dataset config.")
         params[key].copy_(tensor)
     cpg.ownership(swapped.model.get_submodule(kv_layer_name(modality))).mask.fill_(swapped.task_id(task))
-    swapped.modalities[task] = modality
+    swapped.record(task).modality = modality
     return swapped
 
 
