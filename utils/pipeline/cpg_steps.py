@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from utils.errors import UserError
 from utils.layout import file_digest
-from utils.trainer import Outcome, Resume, begin, cpg_finetune, cpg_prune, start_cpg_task
+from utils.resume import Resume
+from utils.trainer import Outcome, begin, cpg_finetune, cpg_prune, start_cpg_task
 
 log = logging.getLogger("root")
 RESUME = "resume.pt"            # a step's resume state, in the folder it writes its checkpoint to

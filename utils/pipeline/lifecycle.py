@@ -22,7 +22,7 @@ from utils.distributed import is_main_process
 from utils.errors import UserError
 from utils.layout import Manifest
 from utils.runtime import LOG_FORMAT
-from utils.trainer import Resume
+from utils.resume import Resume
 
 log = logging.getLogger("root")
 
