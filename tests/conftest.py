@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
@@ -73,7 +72,7 @@ def tiny_run(demo_root, tmp_path_factory):
     """Every stage of the demo config, run once in-process with tiny settings on one thread (a real backbone ->
     target chain per task). Tests must not change it: copy it first."""
     import torch
-    from utils.stages import run_stage
+    from utils.pipeline import run_stage
     work = tmp_path_factory.mktemp("tiny_run")
     torch.set_num_threads(1)
     run_stage("all", "demo", env_for(demo_root, work))

@@ -28,7 +28,7 @@ from utils.data import model_config
 from utils.errors import UserError
 from utils.images import unreadable_images
 from utils.layout import Layout, Manifest
-from utils.stages import run_stage
+from utils.pipeline import run_stage
 from utils_pickaback.results import RESULT_COLUMNS, TABLE_COLUMNS, read_rows, write_results
 
 TINY = dict(num_freq_bands=2, max_freq=4.0, depth=1, num_latents=4, latent_dim=16, cross_heads=1,

@@ -8,7 +8,7 @@ import torch
 from tests.conftest import REPO, env_for, run_script
 from utils.checkpoint import atomic_write, load_checkpoint
 from utils.layout import Layout, task_checkpoint
-from utils.stages import run_stage
+from utils.pipeline import run_stage
 
 
 def test_written_files_get_the_permissions_of_the_users_umask(tmp_path):

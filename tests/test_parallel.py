@@ -13,7 +13,7 @@ from tests.conftest import REPO, env_for, run_script
 from utils.checkpoint import read_json
 from utils.errors import UserError
 from utils.layout import Layout, task_checkpoint
-from utils.stages import run_stage
+from utils.pipeline import run_stage
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - "
 LINE = re.compile(r"^(?:\[gpu (cpu#[12])\] )?(.*)$")

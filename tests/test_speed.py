@@ -9,7 +9,7 @@ import torch
 from models import cpg
 from models.build import Network
 from utils.runtime import autocast
-from utils.stages import run_stage
+from utils.pipeline import run_stage
 from utils.layout import Layout, Manifest
 from utils.trainer import FAST_PEAK_LR, FAST_WARMUP, lr_schedule
 from tests.conftest import env_for

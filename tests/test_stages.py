@@ -1,4 +1,4 @@
-"""The stage graph (utils/stages.py): every stage in one process, finished work skipped and never lost, inputs
+"""The stage graph (utils.pipeline): every stage in one process, finished work skipped and never lost, inputs
 checked before anything is trained, deleted or rewritten, and a run killed half-way that ends like an
 uninterrupted one.
 
@@ -23,7 +23,7 @@ from tests.conftest import REPO, env_for, run_main, run_script
 from utils.checkpoint import load_checkpoint, read_json
 from utils.errors import UserError
 from utils.layout import Layout, task_checkpoint
-from utils.stages import run_stage, stage_settings
+from utils.pipeline import run_stage, stage_settings
 
 HERE = Layout(Path("."), "demo")
 BACKBONES = str(HERE.backbone_dir("group1").parent)            # every task's CPG backbone folder
