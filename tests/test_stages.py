@@ -21,6 +21,7 @@ import torch
 
 from tests.conftest import REPO, env_for, run_main, run_script
 from utils.checkpoint import load_checkpoint, read_json
+from utils.config import load_dataset_config
 from utils.errors import UserError
 from utils.layout import Layout, Manifest, task_checkpoint
 from utils.pipeline import run_stage, stage_settings
@@ -100,6 +101,27 @@ def test_changed_settings_redo_the_task_and_the_next_stage_reads_the_new_checkpo
     (folder / "stage.json").unlink()
     with pytest.raises(UserError, match="holds 2 checkpoints"):
         task_checkpoint(folder, "-")
+
+
+def test_a_changed_training_file_redoes_exactly_that_task(copy_of, demo_root, tmp_path, caplog):
+    """Bytes appended to one training image of group2 (same name, same pixels, another size): a rerun of the
+    baseline stage trains group2 again and skips the seven other tasks."""
+    data = Path(shutil.copytree(demo_root, tmp_path / "data"))
+    image = sorted(load_dataset_config("demo", data).task_folder("group2", "train").rglob("*.png"))[0]
+    with open(image, "ab") as f:
+        f.write(b"\0" * 8)
+    baselines = str(HERE.baseline_dir("group1").parent)
+    before = checksums(copy_of, baselines)
+    caplog.set_level("INFO")
+    run_stage("baseline", "demo", env_for(data, copy_of))
+    messages = [r.getMessage() for r in caplog.records]
+    skipped = {m.split(":")[0] for m in messages if m.endswith("finished with these settings, skipped (FORCE=1 redoes it)")}
+    assert skipped == {f"baseline task {i} (group{i})" for i in (1, 3, 4, 5, 6, 7, 8)}
+    assert any(m.startswith("== baseline: demo task 2 ") for m in messages)
+    assert sum("In train()-> Train Ep." in m for m in messages) == 1          # one task, one epoch trained
+    changed = {p for p, digest in checksums(copy_of, baselines).items() if before.get(p) != digest}
+    assert changed and all("/group2/" in p for p in changed)                 # only group2's files were rewritten
+    assert str(Path(baselines) / "group2" / "stage.json") in changed
 
 
 def test_chooser_checks_the_record_before_replacing_its_choice(copy_of, demo_root):
