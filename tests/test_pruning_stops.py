@@ -60,8 +60,8 @@ def network_with_tasks(demo_root, n):
 
 @pytest.mark.parametrize("total, tasks, stops_at, goes_on_at", [
     (5, 1, 0.8, 0.7),       # 4 tasks remain: this one keeps round(1/5, 1) = 0.2
-    (5, 2, 0.8, 0.7),       # 3 remain: round(1/4, 1) = 0.2
-    (3, 1, 0.7, 0.6),       # 2 remain: round(1/3, 1) = 0.3
+    (5, 2, 0.8, 0.75),      # 3 remain: round(1/4, 1) = 0.2 (not 0.25)
+    (3, 1, 0.7, 0.68),      # 2 remain: round(1/3, 1) = 0.3 (not 1/3)
     (2, 1, 0.5, 0.4),       # 1 remains: round(1/2, 1) = 0.5
 ])
 def test_upper_bound_leaves_the_remaining_tasks_their_share_at_max_width_below_the_baseline(demo_root, total, tasks,
