@@ -115,7 +115,8 @@ def test_a_changed_training_file_redoes_exactly_that_task(copy_of, demo_root, tm
     caplog.set_level("INFO")
     run_stage("baseline", "demo", env_for(data, copy_of))
     messages = [r.getMessage() for r in caplog.records]
-    skipped = {m.split(":")[0] for m in messages if m.endswith("finished with these settings, skipped (FORCE=1 redoes it)")}
+    skipped = {m.split(":")[0] for m in messages if m.endswith(": finished with these settings, skipped (FORCE=1 "
+                                                               "redoes it)")}
     assert skipped == {f"baseline task {i} (group{i})" for i in (1, 3, 4, 5, 6, 7, 8)}
     assert any(m.startswith("== baseline: demo task 2 ") for m in messages)
     assert sum("In train()-> Train Ep." in m for m in messages) == 1          # one task, one epoch trained
