@@ -39,8 +39,9 @@ def backbone(demo_root, tmp_path_factory):
     """group1 trained from scratch and pruned to 0.5: the backbone checkpoint and the baseline file.
 
     The pruning step is made to end at the sparsity upper bound, so that its exit code is known whatever the
-    training accuracy: at max width (x1.0, the default) with the unpruned accuracy below an unreachable baseline
-    (1.01) and --total_num_tasks 2, one task remains and the task may keep round(1/2, 1) = 0.5: stop at 0.5 (6)."""
+    training accuracy: at max width (x1.0) with the unpruned accuracy below an unreachable baseline (1.01) and
+    --total_num_tasks 2, one task remains and the task may keep round(1/2, 1) = 0.5: stop at 0.5 (6). Widths are
+    given explicitly: the flags' defaults are not what these tests are about."""
     tmp = tmp_path_factory.mktemp("backbone")
     base = tmp / "baseline.txt"
     base.write_text(json.dumps({g: "0.5000" for g in [f"group{i}" for i in range(1, 9)]}))
@@ -48,8 +49,8 @@ def backbone(demo_root, tmp_path_factory):
     unreachable.write_text(json.dumps({"group1": "1.0100"}))
     r = tmp / "group1"
     common = ["--dataset", "group1", "--pruning_ratio_to_acc_record_file", r / "gradual_prune" / "record.txt",
-              "--log_path", r / "train.log"]
-    # at max width (the default x1.0) finetuning is done whatever the accuracy: 0
+              "--log_path", r / "train.log", "--max_allowed_network_width_multiplier", 1.0]
+    # at max width (x1.0) finetuning is done whatever the accuracy: 0
     assert run_cpg(demo_root, "--mode", "finetune", "--epochs", 4, "--save_folder", r / "scratch", "--jsonfile", base,
                    *common) == 0
     assert run_cpg(demo_root, "--mode", "prune", "--epochs", 2, "--lr", 1e-3, "--initial_sparsity", 0.0,
@@ -66,8 +67,8 @@ def test_target_training_leaves_backbone_logits_bit_identical(demo_root, backbon
     out = tmp_path / "target"
     rc = run_cpg(demo_root, "--mode", "finetune", "--dataset", target, "--epochs", 2, "--load_checkpoint",
                  backbone["ckpt"], "--save_folder", out, "--jsonfile", backbone["baseline"],
-                 "--pruning_ratio_to_acc_record_file", out / "rec.txt")
-    assert rc == 0                      # at max width (x1.0, the default) the step is done whatever its accuracy
+                 "--max_allowed_network_width_multiplier", 1.0, "--pruning_ratio_to_acc_record_file", out / "rec.txt")
+    assert rc == 0                      # at max width (x1.0) the step is done whatever its accuracy
     after = logits(demo_root, "group1", tmp_path, load_folder=out)
     assert torch.equal(before, after)
     ckpt = load_checkpoint(checkpoint_in(out))
@@ -83,8 +84,9 @@ def test_amp_fast_recipe_target_training_leaves_backbone_logits_bit_identical(de
     out = tmp_path / "target"
     rc = run_cpg(demo_root, "--mode", "finetune", "--dataset", "group5", "--epochs", 2, "--amp", "--recipe", "fast",
                  "--load_checkpoint",
-                 backbone["ckpt"], "--save_folder", out, "--jsonfile", backbone["baseline"])
-    assert rc == 0                      # at max width (x1.0, the default) the step is done whatever its accuracy
+                 backbone["ckpt"], "--save_folder", out, "--jsonfile", backbone["baseline"],
+                 "--max_allowed_network_width_multiplier", 1.0)
+    assert rc == 0                      # at max width (x1.0) the step is done whatever its accuracy
     assert torch.equal(before, logits(demo_root, "group1", tmp_path, "--amp", load_folder=out))
 
 
@@ -112,7 +114,8 @@ def test_a_target_on_a_backbone_that_owns_every_weight_owns_none_and_exits_5(dem
     unpruned = checkpoint_in(backbone["root"] / "group1" / "scratch")
     out = tmp_path / "target"
     assert run_cpg(demo_root, "--mode", "finetune", "--dataset", "group2", "--epochs", 1, "--load_checkpoint",
-                   unpruned, "--save_folder", out, "--jsonfile", backbone["baseline"]) == 5
+                   unpruned, "--save_folder", out, "--jsonfile", backbone["baseline"],
+                   "--max_allowed_network_width_multiplier", 1.0) == 5
     assert "task2 ratio: 0.000" in (out / "train.log").read_text()
 
 
