@@ -195,7 +195,7 @@ def test_seeded_baseline_runs_reproduce_exactly(demo_root, tmp_path):
 
 def test_baseline_script_without_data_is_one_sentence(tmp_path):
     proc = run_script(["bash", str(REPO / "run_pickaback" / "baseline.sh"), "oxford"], cwd=tmp_path,
-                      env={"MMPAB_DATA_ROOT": str(tmp_path)})
+                      env={"MMPAB_DATA_ROOT": str(tmp_path), "MMPAB_WORK_DIR": str(tmp_path / "work")})
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "tools/prepare_oxford.py" in proc.stderr and str(tmp_path / "oxford") in proc.stderr
 

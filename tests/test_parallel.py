@@ -1,5 +1,6 @@
 """Several GPUs (GPUS="0 1 ..."; here GPUS="cpu cpu"): the independent tasks of a stage run at the same time in
 worker processes, one per entry, and every output is the sequential run's (conftest's tiny_run, one thread)."""
+import logging
 import re
 import shutil
 from datetime import datetime
@@ -9,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, env_for, run_script
+from tests.conftest import REPO, env_for, run_main, run_script
 from utils.checkpoint import read_json
 from utils.errors import UserError
 from utils.layout import Layout, task_checkpoint
+from utils.pipeline.executor import entry_device, gpu_entries
 from utils.pipeline import run_stage
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - "
@@ -98,3 +100,58 @@ def test_a_failing_worker_stops_the_stage_with_one_sentence(demo_root, tmp_path)
     assert error.value.exit_code == 1
     assert re.fullmatch(r"stage baseline, task (1 \(group1\)|2 \(group2\)) on gpu cpu#[12]: task group[12] has 3 "
                         r"class folders in \S+ but 5 classes are configured: [^\n]*\.", str(error.value)), error.value
+
+
+@pytest.fixture
+def root_logging():
+    """tools/run_stage.py's main replaces the root logger's handlers: put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    for h in handlers:
+        if h not in root.handlers:
+            root.addHandler(h)
+    root.setLevel(level)
+
+
+def test_a_gpus_entry_that_is_neither_an_index_nor_cpu_exits_1_with_one_sentence_naming_it(demo_root, tmp_path,
+                                                                                          monkeypatch, capsys,
+                                                                                          root_logging):
+    from tools.run_stage import main
+    for name, value in env_for(demo_root, tmp_path / "work", GPUS="0 x", TASK_IDS="1").items():
+        monkeypatch.setenv(name, value)
+    assert run_main(main, ["baseline", "demo"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: GPUS='0 x': 'x' is neither a GPU index nor cpu") and err.endswith(".")
+    assert "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "work").exists()                                  # checked before anything is written
+
+
+def test_gpus_entries_are_cpu_or_gpu_indices_and_an_index_is_the_cpu_without_cuda():
+    assert gpu_entries({"GPUS": "cpu 7"}) == ["cpu", "7"]
+    assert gpu_entries({"GPUS": "0,1 cuda:2"}) == ["0", "1", "cuda:2"]
+    assert gpu_entries({}) == []
+    assert entry_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        assert entry_device("7") == entry_device("cuda:7") == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="GPU 7 is treated as the CPU only without CUDA")
+def test_one_gpus_entry_without_cuda_runs_the_stage_on_the_cpu(demo_root, tmp_path):
+    """GPUS="7" (one entry: it only picks the device) on a machine without CUDA: the stage trains on the CPU, even
+    with DEVICE=cuda:7, which alone would be refused."""
+    run_stage("baseline", "demo", env_for(demo_root, tmp_path, GPUS="7", DEVICE="cuda:7", TASK_IDS="1"))
+    assert task_checkpoint(Layout(tmp_path, "demo").baseline_dir("group1"), "-").is_file()
+    with pytest.raises(UserError, match="no CUDA GPU is available"):
+        run_stage("baseline", "demo", env_for(demo_root, tmp_path, DEVICE="cuda:7", TASK_IDS="2"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: a GPU index beyond the device count")
+def test_a_gpus_index_beyond_the_device_count_is_one_sentence():
+    count = torch.cuda.device_count()
+    with pytest.raises(UserError, match=rf"GPUS names GPU {count}, but this machine has {count} GPU\(s\)"):
+        entry_device(str(count))

@@ -14,8 +14,7 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fixtures_raw  # noqa: E402
+from tests import fixtures_raw
 
 REPO = Path(__file__).resolve().parent.parent
 

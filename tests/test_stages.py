@@ -1,4 +1,4 @@
-"""The stage graph (utils/stages.py): every stage in one process, finished work skipped and never lost, inputs
+"""The stage graph (utils.pipeline): every stage in one process, finished work skipped and never lost, inputs
 checked before anything is trained, deleted or rewritten, and a run killed half-way that ends like an
 uninterrupted one.
 
@@ -21,8 +21,9 @@ import torch
 
 from tests.conftest import REPO, env_for, run_main, run_script
 from utils.checkpoint import load_checkpoint, read_json
+from utils.config import load_dataset_config
 from utils.errors import UserError
-from utils.layout import Layout, task_checkpoint
+from utils.layout import Layout, Manifest, task_checkpoint
 from utils.pipeline import run_stage, stage_settings
 
 HERE = Layout(Path("."), "demo")
@@ -38,46 +39,50 @@ def checksums(root, below=""):
 
 
 @pytest.fixture
-def pipeline(tiny_run):
-    return tiny_run
-
-
-@pytest.fixture
-def copy_of(pipeline, tmp_path):
-    return Path(shutil.copytree(pipeline, tmp_path / "work"))
+def copy_of(tiny_run, tmp_path):
+    """A copy of conftest's tiny_run that a test may change."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "work"))
 
 
 def layout(work):
     return Layout(Path(work), "demo")
 
 
-def test_every_stage_writes_its_outputs_and_manifests(pipeline):
-    lay = layout(pipeline)
+def test_every_stage_writes_its_outputs_and_manifests(tiny_run):
+    lay = layout(tiny_run)
     assert set(read_json(lay.baseline_acc_file)) == {f"group{i}" for i in range(1, 9)}
+    chosen = set()
     for i in range(1, 9):
         group = f"group{i}"
-        assert set(read_json(lay.record(group))) == {"0.0", "0.5"}
-        assert read_json(lay.choice_manifest(group))["results"]["ratio"] in ("0.0", "0.5")
+        record = read_json(lay.record(group))
+        assert set(record) == {"0.0", "0.5"}
+        # the chooser's rule on the record's own numbers (ALLOW_ACC_LOSS 0.001; every backbone is at its max width
+        # x1.0, so below the baseline the unpruned accuracy is the criterion)
+        criterion = min(record["0.0"], float(read_json(lay.baseline_acc_file)[group]))
+        expected = "0.5" if record["0.5"] + 0.001 >= criterion else "0.0"
+        assert read_json(lay.choice_manifest(group))["results"]["ratio"] == expected, (group, record)
+        chosen.add(expected)
+    assert chosen == {"0.0", "0.5"}                    # the tiny run exercises both outcomes of the rule
     result = lay.result_csv.read_text().splitlines()
     assert result[0] == "target_id,task_id" and len(result) == 9
     summary = lay.target_acc_csv.read_text().splitlines()
     assert summary[0] == "target,backbone,width,target_acc,baseline_acc" and len(summary) == 9
 
 
-def test_rerun_skips_every_finished_task_and_changes_no_file(pipeline, demo_root, caplog):
-    before = checksums(pipeline)
+def test_rerun_skips_every_finished_task_and_changes_no_file(tiny_run, demo_root, caplog):
+    before = checksums(tiny_run)
     caplog.set_level("INFO")
-    run_stage("all", "demo", env_for(demo_root, pipeline))
-    assert checksums(pipeline) == before
+    run_stage("all", "demo", env_for(demo_root, tiny_run))
+    assert checksums(tiny_run) == before
     skipped = [r.message for r in caplog.records if "skipped (FORCE=1 redoes it)" in r.message]
     assert len(skipped) == 8 * 6                       # every task of every stage
     assert not any("Train Ep." in r.message for r in caplog.records)
 
 
-def test_a_task_depends_only_on_its_own_seed_not_on_the_tasks_before_it(pipeline, demo_root, tmp_path):
+def test_a_task_depends_only_on_its_own_seed_not_on_the_tasks_before_it(tiny_run, demo_root, tmp_path):
     run_stage("baseline", "demo", env_for(demo_root, tmp_path, TASK_IDS="3"))
     alone = load_checkpoint(task_checkpoint(layout(tmp_path).baseline_dir("group3"), "-"))
-    after_others = load_checkpoint(task_checkpoint(layout(pipeline).baseline_dir("group3"), "-"))
+    after_others = load_checkpoint(task_checkpoint(layout(tiny_run).baseline_dir("group3"), "-"))
     for key, tensor in after_others["model_state_dict"].items():
         assert torch.equal(alone["model_state_dict"][key], tensor), key
 
@@ -96,6 +101,28 @@ def test_changed_settings_redo_the_task_and_the_next_stage_reads_the_new_checkpo
     (folder / "stage.json").unlink()
     with pytest.raises(UserError, match="holds 2 checkpoints"):
         task_checkpoint(folder, "-")
+
+
+def test_a_changed_training_file_redoes_exactly_that_task(copy_of, demo_root, tmp_path, caplog):
+    """Bytes appended to one training image of group2 (same name, same pixels, another size): a rerun of the
+    baseline stage trains group2 again and skips the seven other tasks."""
+    data = Path(shutil.copytree(demo_root, tmp_path / "data"))
+    image = sorted(load_dataset_config("demo", data).task_folder("group2", "train").rglob("*.png"))[0]
+    with open(image, "ab") as f:
+        f.write(b"\0" * 8)
+    baselines = str(HERE.baseline_dir("group1").parent)
+    before = checksums(copy_of, baselines)
+    caplog.set_level("INFO")
+    run_stage("baseline", "demo", env_for(data, copy_of))
+    messages = [r.getMessage() for r in caplog.records]
+    skipped = {m.split(":")[0] for m in messages if m.endswith(": finished with these settings, skipped (FORCE=1 "
+                                                               "redoes it)")}
+    assert skipped == {f"baseline task {i} (group{i})" for i in (1, 3, 4, 5, 6, 7, 8)}
+    assert any(m.startswith("== baseline: demo task 2 ") for m in messages)
+    assert sum("In train()-> Train Ep." in m for m in messages) == 1          # one task, one epoch trained
+    changed = {p for p, digest in checksums(copy_of, baselines).items() if before.get(p) != digest}
+    assert changed and all("/group2/" in p for p in changed)                 # only group2's files were rewritten
+    assert str(Path(baselines) / "group2" / "stage.json") in changed
 
 
 def test_chooser_checks_the_record_before_replacing_its_choice(copy_of, demo_root):
@@ -167,10 +194,10 @@ def test_stage_scripts_run_alone_with_the_original_variables(copy_of, demo_root)
     assert proc.stdout.count("wrote ") == 2
 
 
-def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run(pipeline, demo_root, tmp_path):
+def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run(tiny_run, demo_root, tmp_path):
     work = tmp_path / "work"
     for part in (HERE.baseline_dir("group1").parent, HERE.logs):
-        shutil.copytree(pipeline / part, work / part)
+        shutil.copytree(tiny_run / part, work / part)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1", **env_for(demo_root, work)}          # one thread, as the fixture's run
     script = ["bash", str(REPO / "run_pickaback" / "run_all.sh"), "demo"]
@@ -188,9 +215,9 @@ def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run
     log = rerun.stdout
     assert "wo_backbone task 2 (group2): finished with these settings, skipped" in log
     assert "== wo_backbone: demo task 3" in log and "wo_backbone task 3 (group3): finished" not in log
-    assert checksums(work, BACKBONES) == checksums(pipeline, BACKBONES)
-    assert checksums(work, TARGETS) == checksums(pipeline, TARGETS)
-    assert layout(work).result_csv.read_text() == layout(pipeline).result_csv.read_text()
+    assert checksums(work, BACKBONES) == checksums(tiny_run, BACKBONES)
+    assert checksums(work, TARGETS) == checksums(tiny_run, TARGETS)
+    assert layout(work).result_csv.read_text() == layout(tiny_run).result_csv.read_text()
 
 
 def test_a_stage_script_without_baselines_exits_3_with_one_sentence(demo_root, tmp_path):
@@ -212,23 +239,40 @@ def test_selection_rules_are_compared_apart_from_the_default_run(copy_of, demo_r
     lay = layout(copy_of)
     default = {**checksums(copy_of, TARGETS), "csv": lay.target_acc_csv.read_text(),
                "result": lay.result_csv.read_text()}
+    # an image and a text target whose candidates train to different accuracies (at x1.0: no widening), so that
+    # picking the best of them is a real choice
     env = env_for(demo_root, copy_of, SELECTIONS="similar random scratch oracle", SEEDS="1",
-                  TARGET_TRAIN_PER_CLASS="4", TASK_IDS="1 5")           # an image and a text target
+                  TARGET_TRAIN_PER_CLASS="4", TASK_IDS="3 8", MAX_NETWORK_WIDTH_MULTIPLIER="1.0")
     run_stage("compare_selection", "demo", env)
     assert {**checksums(copy_of, TARGETS), "csv": lay.target_acc_csv.read_text(),
             "result": lay.result_csv.read_text()} == default
     rows = pd.read_csv(lay.comparison_csv, keep_default_na=False)
     assert len(rows) == 4 * 2 and set(rows.rule) == {"similar", "random", "scratch", "oracle"}
     picks = pd.read_csv(lay.result_csv)
-    for t, k in [(t, k) for t, k in zip(picks.target_id, picks.task_id) if t in (1, 5)]:   # similar = the pick
+    for t, k in [(t, k) for t, k in zip(picks.target_id, picks.task_id) if t in (3, 8)]:   # similar = the pick
         row = rows[(rows.rule == "similar") & (rows.target == f"group{t}")].iloc[0]
         assert row.backbone == f"group{k}"
     assert (rows[rows.rule == "scratch"].backbone == "").all()
-    for target, group in rows.groupby("target"):                        # the oracle is the best of every candidate
-        assert group[group.rule == "oracle"].target_acc.iloc[0] >= group[group.rule != "scratch"].target_acc.max()
     # one training per (seed, backbone, target), shared by the rules: 7 candidates + scratch per target
     trained = list((lay.checkpoints / "CPG_compare_selection").rglob("stage.json"))
     assert len(trained) == 2 * 8
+    for target, group in rows.groupby("target"):
+        # each training's own record (its stage.json), read apart from the comparison table
+        seed_dir = lay.comparison_dir(1, "scratch", target).parent.parent
+        acc = {folder.name: Manifest(folder / target / "stage.json").results()["target_acc"]
+               for folder in seed_dir.iterdir() if (folder / target / "stage.json").is_file()}
+        candidates = {f"group{k}" for k in range(1, 9)} - {target}
+        assert set(acc) == candidates | {"scratch"}
+        assert len({acc[k] for k in candidates}) > 1, acc            # the premise: not every candidate ties
+        best = max(acc[k] for k in candidates)
+        best_ones = {k for k in candidates if acc[k] == best}
+        oracle = group[group.rule == "oracle"].iloc[0]              # the best of every candidate's training
+        assert oracle.target_acc == pytest.approx(best, abs=1e-9) and oracle.backbone in best_ones
+        assert set(oracle.best_backbones.split(";")) == best_ones
+        for rule in ("similar", "random"):                         # one training each: its own accuracy
+            row = group[group.rule == rule].iloc[0]
+            assert row.target_acc == pytest.approx(acc[row.backbone], abs=1e-9), rule
+        assert group[group.rule == "scratch"].target_acc.iloc[0] == pytest.approx(acc["scratch"], abs=1e-9)
     caplog.set_level("INFO")
     caplog.clear()
     run_stage("compare_selection", "demo", env)                         # a rerun trains nothing
