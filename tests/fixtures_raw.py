@@ -87,7 +87,7 @@ def write_coco(root):
         images, annotations, number = [], [], 0
         base = 1000 if split == "val" else 0
 
-        def add_image():
+        def add_image(base=base, split=split, images=images):      # (called within this iteration)
             nonlocal number
             number += 1
             image_id = base + number

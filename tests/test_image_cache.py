@@ -1,6 +1,6 @@
 """The image cache: images are decoded once into uint8 tensors whose normalised values equal what PIL + torchvision
-gave per item (within float rounding); later loads decode nothing; any changed file rebuilds it; crop, flip and normalisation run per batch
-on the loader's device, drawn from the seeded global generator."""
+gave per item (within float rounding); later loads decode nothing; any changed file rebuilds it; crop, flip and
+normalisation run per batch on the loader's device, drawn from the seeded global generator."""
 import logging
 import os
 import shutil

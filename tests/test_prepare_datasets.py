@@ -91,7 +91,7 @@ def test_cub_keeps_classes_with_60_images_in_sorted_groups_of_five(cub_out):
         assert names(cub_out / "image" / split / "group2") == [name(i) for i in (7, 8, 9, 10, 11)]
 
 
-def test_cub_captions_are_text_groups_k_plus_K_with_the_same_split(cub_out):
+def test_cub_captions_are_text_groups_k_plus_the_image_group_count_with_the_same_split(cub_out):
     for split in ("train", "test"):
         assert names(cub_out / "text" / split) == ["group3", "group4"]
     for k in (1, 2):
