@@ -249,7 +249,8 @@ def test_selection_rules_are_compared_apart_from_the_default_run(copy_of, demo_r
     rows = pd.read_csv(lay.comparison_csv, keep_default_na=False)
     assert len(rows) == 4 * 2 and set(rows.rule) == {"similar", "random", "scratch", "oracle"}
     picks = pd.read_csv(lay.result_csv)
-    for t, k in [(t, k) for t, k in zip(picks.target_id, picks.task_id, strict=True) if t in (3, 8)]:   # similar = the pick
+    pairs = zip(picks.target_id, picks.task_id, strict=True)
+    for t, k in [(t, k) for t, k in pairs if t in (3, 8)]:                          # similar = the pick
         row = rows[(rows.rule == "similar") & (rows.target == f"group{t}")].iloc[0]
         assert row.backbone == f"group{k}"
     assert (rows[rows.rule == "scratch"].backbone == "").all()
