@@ -101,14 +101,8 @@ def test_report_of_an_empty_work_dir_lists_every_stage_missing(tmp_path, demo_ro
     assert (layout.logs / "report_demo.csv").is_file()
 
 
-@pytest.fixture
-def chain_work(tiny_run):
-    """Every stage of the demo config at tiny settings: a real backbone -> target chain per target."""
-    return tiny_run
-
-
-def test_report_with_only_baselines(chain_work, demo_root, tmp_path):
-    full, only = Layout(chain_work, "demo"), Layout(tmp_path, "demo")
+def test_report_with_only_baselines(tiny_run, demo_root, tmp_path):
+    full, only = Layout(tiny_run, "demo"), Layout(tmp_path, "demo")
     only.logs.mkdir(parents=True)
     shutil.copy(full.baseline_acc_file, only.baseline_acc_file)
     for group in load_dataset_config("demo", demo_root, check_folders=False).groups:
@@ -125,7 +119,8 @@ def test_report_with_only_baselines(chain_work, demo_root, tmp_path):
 
 
 # ---- (3) measured forgetting on a real chain --------------------------------------------------------------------
-def test_forgetting_is_measured_zero_on_a_real_chain(chain_work, demo_root):
+def test_forgetting_is_measured_zero_on_a_real_chain(tiny_run, demo_root, tmp_path):
+    chain_work = shutil.copytree(tiny_run, tmp_path / "work")           # a real backbone -> target chain per target
     path, c = write_report("demo", chain_work, demo_root)
     layout = Layout(chain_work, "demo")
     text = read(path)
