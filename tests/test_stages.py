@@ -316,3 +316,14 @@ def test_killed_inside_a_task_twice_resumes_to_bit_identical_outputs(demo_root, 
     assert not leftovers                                         # removed once the task is finished
     backbone = str(HERE.backbone_dir("group1"))
     assert checksums(work, backbone) == checksums(reference, backbone)
+
+
+@pytest.mark.parametrize("stage", ["transfer_kv", "w_backbone_MM"])
+def test_task_ids_naming_a_target_the_result_csv_lacks_is_one_sentence(copy_of, demo_root, stage):
+    lay = layout(copy_of)
+    rows = lay.result_csv.read_text().splitlines()
+    lay.result_csv.write_text("\n".join(r for r in rows if not r.startswith("3,")) + "\n")
+    before = checksums(copy_of)
+    with pytest.raises(UserError, match=r"has no row for target\(s\) 3: run run_pickaback/find_backbone.sh demo"):
+        run_stage(stage, "demo", env_for(demo_root, copy_of, TASK_IDS="3"))
+    assert checksums(copy_of) == before

@@ -8,7 +8,7 @@ from utils.checkpoint import CHECKPOINT_RE, atomic_write, baseline_accuracy, loa
 from utils.distributed import is_main_process
 from utils.errors import UserError
 from utils.layout import Manifest, file_digest, task_checkpoint
-from utils.pipeline.lifecycle import Task, failing_task, task_log
+from utils.pipeline.lifecycle import Task, failing_task
 
 log = logging.getLogger("root")
 
@@ -83,7 +83,7 @@ def select_pruning_ratio_of_backbone(run, s):
     for group, task, backbone, inputs in jobs:
         if task.skip():
             continue
-        with task.working(), task_log(layout.train_log(group)):
+        with task.working(layout.train_log(group)):
             ratio, placed = choose(group, inputs["record"], inputs["baseline"], s.allow_acc_loss,
                                    inputs["width"] >= inputs["max_width"] - 1e-9, backbone.output,
                                    layout.gradual_prune_dir(group))

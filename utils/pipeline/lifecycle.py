@@ -79,7 +79,9 @@ class Task:
         if reason is None and also:
             log.info(f"{self.label}: finished with these settings, skipped (FORCE=1 redoes it)")
             return True
-        if reason not in (None, "not finished"):
+        if reason is None:
+            reason = "what it wrote was changed after it finished"
+        if reason != "not finished":
             log.info(f"{self.label}: redone: {reason}")
         return False
 

@@ -41,6 +41,9 @@ def find_backbone(run, s, layout=None, batch_size=32):
     todo = [t for t in targets if not tasks[t].skip()]
     if not todo:
         return {}
+    # the targets left are searched together (each candidate is loaded once for all of them), so their lifecycle is
+    # shared: no entry is removed first (the entries of one JSON file are replaced, under a lock, only once the
+    # search has written both CSVs), and each target's entry is written last
     with failing_task(s.STAGE, f"targets {todo}"), task_log(layout.stage_log("find_backbone")):
         device = select_device(s.device, s.amp)
         profile = ProfileSettings(s.profile_size, s.epsilon, s.iterations, s.seed)
