@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's first quick-start command: install the pinned requirements and this checkout (pip install -e .),
-# write the demo data and run every stage on it with run_pickaback/run_all.sh demo, at the demo sizes below (about
-# a minute on 2 CPU cores), ending with the report's path.
+# write the demo data and run every stage on it with run_pickaback/run_all.sh demo, at the demo sizes below (1–2
+# minutes on 2 CPU cores), ending with the report's path.
 #
 #   bash run_pickaback/demo.sh             # every stage, then the report
 #   bash run_pickaback/demo.sh compare     # then also the selection rules side by side (compare_selection.sh)
