@@ -1,5 +1,6 @@
 """Shared fixtures: a small copy of the demo data and helpers to run entry points in-process or as scripts."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -77,3 +78,29 @@ def tiny_run(demo_root, tmp_path_factory):
     torch.set_num_threads(1)
     run_stage("all", "demo", env_for(demo_root, work))
     return work
+
+
+@pytest.fixture
+def root_logging():
+    """The entry points (and tools/run_stage.py) replace the root logger's handlers: put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    for h in handlers:
+        if h not in root.handlers:
+            root.addHandler(h)
+    root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train fastest on one thread (as tiny_run), and do not slow down when the CPU is shared."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

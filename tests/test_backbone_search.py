@@ -34,13 +34,7 @@ def baseline_folder(checkpoint_root, group):
     return Layout(Path("."), "demo", checkpoint_root=Path(checkpoint_root)).baseline_dir(group)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not slow down when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,20 +35,7 @@ TINY = dict(num_freq_bands=2, max_freq=4.0, depth=1, num_latents=4, latent_dim=1
             cross_dim_head=8, latent_heads=1, latent_dim_head=8, ff_mult=1, text_dim=24, max_text_length=8)
 
 
-@pytest.fixture(autouse=True)
-def root_logging():
-    """Entry points replace the root logger's handlers: put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-            h.close()
-    for h in handlers:
-        if h not in root.handlers:
-            root.addHandler(h)
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("root_logging")       # (the entry points replace the root handlers)
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """Several GPUs (GPUS="0 1 ..."; here GPUS="cpu cpu"): the independent tasks of a stage run at the same time in
 worker processes, one per entry, and every output is the sequential run's (conftest's tiny_run, one thread)."""
-import logging
 import re
 import shutil
 from datetime import datetime
@@ -100,22 +99,6 @@ def test_a_failing_worker_stops_the_stage_with_one_sentence(demo_root, tmp_path)
     assert error.value.exit_code == 1
     assert re.fullmatch(r"stage baseline, task (1 \(group1\)|2 \(group2\)) on gpu cpu#[12]: task group[12] has 3 "
                         r"class folders in \S+ but 5 classes are configured: [^\n]*\.", str(error.value)), error.value
-
-
-@pytest.fixture
-def root_logging():
-    """tools/run_stage.py's main replaces the root logger's handlers: put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-            h.close()
-    for h in handlers:
-        if h not in root.handlers:
-            root.addHandler(h)
-    root.setLevel(level)
 
 
 def test_a_gpus_entry_that_is_neither_an_index_nor_cpu_exits_1_with_one_sentence_naming_it(demo_root, tmp_path,

@@ -10,7 +10,6 @@ import json
 import re
 
 import pytest
-import torch
 
 from models import cpg
 from models.build import Network
@@ -25,13 +24,7 @@ from utils.trainer import upper_bound_reached
 TRAIN_ACC = re.compile(r"In train\(\)-> Train Ep\. #\d+ loss: [\d.]+, accuracy: ([\d.]+),")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread (as conftest's tiny_run), also when this file runs alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def backbone_stage(demo_root, work, baselines, caplog, **settings):
