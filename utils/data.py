@@ -263,12 +263,8 @@ class TaskData:
 
 
 def load_task(cfg, task, *, batch_size, val_batch_size=100, workers=0, seed=2, device="auto", num_classes=-1,
-              modality=None, epochs=1, train_per_class=0, amp=False):
+              epochs=1, train_per_class=0, amp=False):
     """A task's data and device from the config; user mistakes become UserErrors."""
-    actual = cfg.modality(task)
-    if modality and modality != actual:
-        raise UserError(f"--modality {modality} contradicts utils/dataset_config.yaml, where task "
-                        f"{task} of '{cfg.name}' is {actual}: drop --modality or fix the config.")
     if epochs < 1:
         raise UserError(f"--epochs {epochs} must be at least 1.")
     device = select_device(device, amp)
@@ -280,4 +276,4 @@ def load_task(cfg, task, *, batch_size, val_batch_size=100, workers=0, seed=2, d
         raise UserError(f"task {task} has {found} class folders in {cfg.task_folder(task, 'train')} but "
                         f"{num_classes} classes are configured: fix num_classes in utils/dataset_config.yaml "
                         f"or --num_classes.")
-    return TaskData(cfg, task, actual, device, train_loader, test_loader, num_classes, bool(amp))
+    return TaskData(cfg, task, cfg.modality(task), device, train_loader, test_loader, num_classes, bool(amp))

@@ -164,11 +164,6 @@ class Manifest:
         data = self.read() or {"outputs": {}}
         return {k: (self.path.parent / v).resolve() for k, v in data["outputs"].items()}
 
-    def finished(self, identity):
-        """True when the task ran with this identity (utils.pipeline.lifecycle) and every file it wrote is still
-        there."""
-        return self.stale_reason(identity) is None
-
     def stale_reason(self, identity):
         """None when the task is finished with `identity` ({stage, settings, inputs}) and its files are all there;
         else why it is not, in a few words. The record holds every setting; only those `identity` names count."""
@@ -189,7 +184,7 @@ class Manifest:
         changed = sorted(k for k in set(inputs) | set(identity["inputs"]) if inputs.get(k) != identity["inputs"].get(k))
         if changed:
             return f"inputs changed ({', '.join(changed)})"
-        absent = [p.name for p in self.outputs().values() if not p.is_file()]
+        absent = [p.name for p in self.missing_outputs()]
         if absent:
             return f"files missing ({', '.join(absent)})"
         return None

@@ -56,8 +56,9 @@ def backbone_task(run, s, task_id, group, criterion, position=""):
     """Finetune (with growth) and prune task `task_id`, unless it is finished with these settings and inputs."""
     layout = run.layout(s.arch)
     folder = layout.backbone_dir(group)
+    data_settings = run.data_settings(group)                      # (lists every data file: once per task)
     task = Task(run, s, f"task {task_id} ({group})", folder / "stage.json",
-                inputs={"baseline": criterion, "data": run.data_settings(group)})
+                inputs={"baseline": criterion, "data": data_settings})
     if task.skip():
         return
     log.info(f"== wo_backbone: {run.cfg.name} task {task_id} ({position}{group}, {run.cfg.modality(group)})")
@@ -65,16 +66,16 @@ def backbone_task(run, s, task_id, group, criterion, position=""):
         data = load_task(run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
                          num_classes=s.num_classes, amp=s.amp, epochs=s.epochs, **run.loader)
         progress = task.track(Progress(folder / "progress.json", task.identity))
-        outputs, record, width = train_backbone(run, layout, s, data, criterion, progress)
+        outputs, record, width = train_backbone(run, layout, s, data, data_settings, criterion, progress)
         remove_stale_stages(layout.gradual_prune_dir(group), outputs)
         task.finish(outputs, {"record": record, "width": width})
         log.info(f"record of {group}: {json.dumps(record)}")
 
 
-def train_backbone(run, layout, s, data, criterion, progress):
+def train_backbone(run, layout, s, data, data_settings, criterion, progress):
     """Finetune (with growth), then the pruning schedule; each step's checkpoint and the record are written as the
     step ends. Returns (files written, record, width)."""
-    group, data_settings = data.task, run.data_settings(data.task)
+    group = data.task
     csv_path = layout.train_log(group).with_name("train.csv")
     done = progress.load()
     if done:                                                      # finetuning and `index` pruning stages are done

@@ -26,7 +26,7 @@ def baseline_task(run, s, task_id, folder=None, acc_file=None, log_path=None, po
     acc_file = acc_file or layout.baseline_acc_file
     task = Task(run, s, f"task {task_id} ({group})", folder / "stage.json",
                 inputs={"data": run.data_settings(group)})
-    recorded = task.manifest.results().get("accuracy") if task.manifest.path.is_file() else None
+    recorded = task.manifest.results().get("accuracy")
     if task.skip(also=recorded is not None and (read_json(acc_file) or {}).get(group) == recorded):
         return float(recorded)
     log.info(f"== baseline: {run.cfg.name} task {task_id} ({position}{group}, {run.cfg.modality(group)})")

@@ -61,7 +61,7 @@ def choice_task(run, s, task_id, group):
     layout = run.layout(s.arch)
     with failing_task(s.STAGE, f"task {task_id} ({group})"):
         backbone = Manifest(layout.backbone_dir(group) / "stage.json")
-        if not backbone.read() or not all(p.is_file() for p in backbone.outputs().values()):
+        if not backbone.read() or backbone.missing_outputs():
             raise UserError(f"the CPG backbone in {layout.backbone_dir(group)} is not finished: run "
                             f"run_pickaback/wo_backbone.sh {run.cfg.name} first.")
         record = read_record(layout.record(group))
