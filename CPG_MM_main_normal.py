@@ -34,8 +34,8 @@ from utils.checkpoint import baseline_accuracy, read_record, update_json
 from utils.data import load_task, model_config
 from utils.errors import UserError, report_user_errors
 from utils.layout import sparsity_key, task_checkpoint
-from utils.pipeline.cli import add_settings_arguments, add_task_arguments, entry_run, parser, settings_from
-from utils.pipeline.cpg_steps import FinetuneStep, PruneStep, check_widths, finetune_at, prune_stage, step_resume
+from utils.pipeline.cli import SPARSITY, add_settings_arguments, add_task_arguments, entry_run, parser, settings_from
+from utils.pipeline.cpg_steps import FinetuneStep, PruneStep, finetune_at, prune_stage, step_resume
 from utils.pipeline.lifecycle import task_log
 from utils.pipeline.settings import BackboneSettings, TargetSettings
 from utils.runtime import setup_logging
@@ -59,8 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--load_checkpoint", default=None, help="checkpoint file to start from (overrides --load_folder;"
                    " e.g. a k/v-transferred backbone)")
     p.add_argument("--mode", default="finetune", choices=["finetune", "prune", "inference"], help="what to do")
-    p.add_argument("--initial_sparsity", type=float, default=0.0, help="prune: sparsity at the stage's start")
-    p.add_argument("--target_sparsity", type=float, default=0.1, help="prune: sparsity at the stage's end")
+    p.add_argument("--initial_sparsity", type=SPARSITY, default=0.0, help="prune: sparsity at the stage's start")
+    p.add_argument("--target_sparsity", type=SPARSITY, default=0.1,
+                   help="prune: sparsity at the stage's end (above --initial_sparsity)")
     p.add_argument("--jsonfile", "--baseline_acc_file", dest="jsonfile", default=None,
                    help="baseline accuracy JSON (logs_perceiver_io/baseline_<cfg>_acc.txt)")
     p.add_argument("--pruning_ratio_to_acc_record_file", default=None, help="record.txt {sparsity: accuracy}")
@@ -99,6 +100,10 @@ def main(argv=None):
 
 def run_step(args):
     """The step the flags name; returns its Outcome (inference: DONE)."""
+    s = mode_settings(args, args.load_checkpoint or args.load_folder)    # every flag checked before anything is read
+    if args.mode == "prune" and args.target_sparsity <= args.initial_sparsity:
+        raise UserError(f"--target_sparsity {args.target_sparsity} must be above --initial_sparsity "
+                        f"{args.initial_sparsity}: a pruning stage raises the sparsity.")
     baseline = None
     if args.mode != "inference":
         baseline = baseline_accuracy(args.jsonfile, args.dataset, exit_code=EXIT_NO_BASELINE)
@@ -111,8 +116,6 @@ def run_step(args):
     record = read_record(record_file) if args.mode == "prune" else None
     run = entry_run(args)
     start = starting_checkpoint(args)
-    s = mode_settings(args, start)
-    check_widths(s.network_width_multiplier, s.max_network_width_multiplier, s.width_step)
     if start is None and args.mode != "finetune":
         raise UserError(f"--mode {args.mode} needs --load_folder or --load_checkpoint.")
     data = load_task(run.cfg, args.dataset, batch_size=s.batch_size, seed=s.seed, device=s.device,

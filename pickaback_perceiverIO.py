@@ -19,7 +19,7 @@ from pathlib import Path
 
 from utils.errors import report_user_errors
 from utils.layout import Layout
-from utils.pipeline.cli import add_run_arguments, add_settings_arguments, entry_run, parser, settings_from
+from utils.pipeline.cli import SIZE, add_run_arguments, add_settings_arguments, entry_run, parser, settings_from
 from utils.pipeline.search import find_backbone
 from utils.pipeline.settings import SearchSettings
 from utils.runtime import setup_logging
@@ -29,7 +29,7 @@ def parse_args(argv=None):
     p = parser(__doc__)
     p.add_argument("--dataset_config", default="oxford", help="section of utils/dataset_config.yaml")
     add_settings_arguments(p, SearchSettings)
-    p.add_argument("--batch_size", type=int, default=32, help="inputs per forward pass")
+    p.add_argument("--batch_size", type=SIZE, default=32, help="inputs per forward pass")
     p.add_argument("--checkpoint_root", default=None,
                    help="root of the stage checkpoints (default: checkpoints_perceiver_io/ of the work folder; "
                         "baselines under baseline_scratch/<arch>/<cfg>/<group>)")

@@ -39,6 +39,18 @@ def demo_root(tmp_path_factory):
     return root
 
 
+def unreachable_copy(demo_root, dest):
+    """A copy of the demo data in which each image task's test set holds one image twice, under two classes: no
+    model reaches an accuracy of 1.0 there, so a baseline of 1.0 is a criterion no training meets."""
+    import shutil
+    root = Path(shutil.copytree(demo_root, dest))
+    for group in sorted((root / "demo" / "image" / "test").iterdir()):
+        first, second = sorted(p for p in group.iterdir() if p.is_dir())[:2]
+        image = sorted(first.iterdir())[0]
+        shutil.copy(image, second / f"also_{image.name}")
+    return root
+
+
 @pytest.fixture
 def baseline_file(tmp_path):
     def write(accs):

@@ -258,7 +258,8 @@ def test_a_record_with_a_non_numeric_accuracy_stops_the_chooser(demo_root, tmp_p
     before = contents(work)
     with pytest.raises(UserError) as e:
         run_stage("select_pruning_ratio_of_backbone", "demo", env_for(demo_root, work, TASK_IDS="1"))
-    assert f"the accuracy of sparsity 0.5 in {lay.record('group1')} is 'n/a', not a number" in str(e.value)
+    assert f"the accuracy of sparsity 0.5 in {lay.record('group1')} is 'n/a', not a finite number in [0, 1]" in \
+        str(e.value)
     assert_unchanged(before)
 
 

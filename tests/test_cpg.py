@@ -8,7 +8,7 @@ import torch
 from CPG_MM_main_normal import main as cpg_main
 from models import cpg
 from models.build import Network
-from tests.conftest import REPO, run_main, run_script
+from tests.conftest import REPO, run_main, run_script, unreachable_copy
 from utils.pipeline.choice import choose_ratio
 from utils.checkpoint import load_checkpoint, read_json
 from utils.layout import Layout, task_checkpoint
@@ -35,18 +35,24 @@ def logits(demo_root, task, tmp_path, *extra, **where):
 
 
 @pytest.fixture(scope="module")
+def demo_root(demo_root, tmp_path_factory):
+    """The demo data, where no image task can reach an accuracy of 1.0 (conftest.unreachable_copy)."""
+    return unreachable_copy(demo_root, tmp_path_factory.mktemp("unreachable") / "data")
+
+
+@pytest.fixture(scope="module")
 def backbone(demo_root, tmp_path_factory):
     """group1 trained from scratch and pruned to 0.5: the backbone checkpoint and the baseline file.
 
     The pruning step is made to end at the sparsity upper bound, so that its exit code is known whatever the
-    training accuracy: at max width (x1.0) with the unpruned accuracy below an unreachable baseline (1.01) and
-    --total_num_tasks 2, one task remains and the task may keep round(1/2, 1) = 0.5: stop at 0.5 (6). Widths are
-    given explicitly: the flags' defaults are not what these tests are about."""
+    training accuracy: at max width (x1.0) with the unpruned accuracy below a baseline of 1.0 (which no model reaches
+    on this data) and --total_num_tasks 2, one task remains and the task may keep round(1/2, 1) = 0.5: stop at 0.5
+    (6). Widths are given explicitly: the flags' defaults are not what these tests are about."""
     tmp = tmp_path_factory.mktemp("backbone")
     base = tmp / "baseline.txt"
     base.write_text(json.dumps({g: "0.5000" for g in [f"group{i}" for i in range(1, 9)]}))
     unreachable = tmp / "unreachable.txt"
-    unreachable.write_text(json.dumps({"group1": "1.0100"}))
+    unreachable.write_text(json.dumps({"group1": "1.0000"}))
     r = tmp / "group1"
     common = ["--dataset", "group1", "--pruning_ratio_to_acc_record_file", r / "gradual_prune" / "record.txt",
               "--log_path", r / "train.log", "--max_allowed_network_width_multiplier", 1.0]
@@ -93,7 +99,7 @@ def test_amp_fast_recipe_target_training_leaves_backbone_logits_bit_identical(de
 def test_forced_growth_adds_parameters_and_keeps_backbone_logits(demo_root, backbone, tmp_path):
     before = logits(demo_root, "group1", tmp_path, load_checkpoint=backbone["ckpt"])
     unreachable = tmp_path / "baseline.txt"
-    unreachable.write_text(json.dumps({"group1": "0.5000", "group2": "1.0100"}))
+    unreachable.write_text(json.dumps({"group1": "0.5000", "group2": "1.0000"}))
     sizes = []
     for width, expected_rc in ((1.0, 2), (1.5, 2), (2.0, 0)):
         out = tmp_path / f"w{width}"
@@ -200,7 +206,7 @@ def test_target_script_widens_on_exit_2_up_to_max_width(demo_root, backbone, tmp
     (gp / backbone["ckpt"].name).write_bytes(backbone["ckpt"].read_bytes())
     lay.result_csv.write_text("target_id,task_id\n2,1\n")
     lay.logs.mkdir()
-    lay.baseline_acc_file.write_text('{"group1": "0.5", "group2": "1.01"}')
+    lay.baseline_acc_file.write_text('{"group1": "0.5", "group2": "1.0"}')
     proc = run_script(["bash", str(REPO / "run_pickaback" / "w_backbone_MM.sh"), "demo"], cwd=tmp_path, check=True,
                       env={"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "EPOCHS": "1",
                            "BATCH_SIZE": "8"})

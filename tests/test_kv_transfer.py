@@ -14,10 +14,11 @@ from models import cpg
 from models.build import Network
 from packnet_models_pickaback import kv_layer_name, reader_keys
 from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.config import load_dataset_config
+from utils.data import model_config
 from utils.layout import Layout
 
-CONFIG = dict(num_freq_bands=2, max_freq=4.0, depth=1, num_latents=4, latent_dim=16, cross_heads=1, cross_dim_head=8,
-              latent_heads=1, latent_dim_head=8, ff_mult=1, text_dim=12, max_text_length=6)
+CONFIG = model_config(load_dataset_config("demo", check_folders=False))     # the network the demo config describes
 MODALITY = {f"group{i}": "image" if i <= 4 else "text" for i in range(1, 9)}      # the demo config's tasks
 
 
@@ -47,7 +48,7 @@ def logits(ckpt, task):
     if net.modalities[task] == "image":
         return net.model(torch.randn(3, 3, 8, 8, generator=g))
     mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3, [True] * 5 + [False]])
-    return net.model(torch.randn(3, 6, 12, generator=g), mask=mask)
+    return net.model(torch.randn(3, 6, CONFIG["text_dim"], generator=g), mask=mask)
 
 
 def run_transfer(root, rows, capsys=None):

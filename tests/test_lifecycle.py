@@ -69,7 +69,7 @@ def test_work_recorded_by_the_previous_version_is_redone_once_with_one_line(work
 
 
 def test_a_value_that_does_not_read_as_its_type_is_one_sentence():
-    with pytest.raises(UserError, match=r"EPOCHS='ten' .* is not a whole number"):
+    with pytest.raises(UserError, match=r"EPOCHS='ten' must be a whole number"):
         stage_settings("wo_backbone", {"EPOCHS": "ten"})
     with pytest.raises(UserError, match="AMP='maybe'"):
         BaselineSettings.from_environment({"AMP": "maybe"})

@@ -13,7 +13,7 @@ import pytest
 
 from models import cpg
 from models.build import Network
-from tests.conftest import env_for
+from tests.conftest import env_for, unreachable_copy
 from utils.checkpoint import read_json
 from utils.config import load_dataset_config
 from utils.data import model_config
@@ -72,9 +72,10 @@ def test_upper_bound_leaves_the_remaining_tasks_their_share_at_max_width_below_t
 
 def test_the_stage_stops_pruning_at_the_upper_bound_and_keeps_that_step(demo_root, tmp_path, caplog):
     """TOTAL_NUM_TASKS=2 with one task in the network: it may keep round(1/2, 1) = 0.5 of its weights, so pruning
-    stops at 0.5 and the 0.5 -> 0.9 step never runs. At max width (x1.0) with an unreachable baseline (1.01) the
-    unpruned accuracy is below the baseline, so the bound applies."""
-    messages = backbone_stage(demo_root, tmp_path, {"group1": 1.01}, caplog, TASK_IDS="1",
+    stops at 0.5 and the 0.5 -> 0.9 step never runs. At max width (x1.0) with a baseline of 1.0 (which no model reaches
+    on this data: conftest.unreachable_copy) the unpruned accuracy is below the baseline, so the bound applies."""
+    demo_root = unreachable_copy(demo_root, tmp_path / "data")
+    messages = backbone_stage(demo_root, tmp_path, {"group1": 1.0}, caplog, TASK_IDS="1",
                               PRUNING_SCHEDULE="0.5 0.9", TOTAL_NUM_TASKS="2", NETWORK_WIDTH_MULTIPLIER="1.0",
                               MAX_NETWORK_WIDTH_MULTIPLIER="1.0")
     lay = Layout(tmp_path, "demo")

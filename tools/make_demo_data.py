@@ -97,7 +97,8 @@ def main(argv=None):
             shutil.rmtree(cfg.split_root(modality, split), ignore_errors=True)
     rng = np.random.default_rng(args.seed)
     pixels = int((cfg.raw.get("resize") or [16])[0])
-    for image_group, text_group in tqdm(list(zip(image_groups, text_groups, strict=False)), desc="demo tasks"):
+    for image_group, text_group in tqdm(list(zip(image_groups, text_groups, strict=False)), desc="demo tasks",
+                                        disable=None):
         attribute, values, palette, background, scale_range = TASKS[image_group]
         for split, n in (("train", args.train_per_class), ("test", args.test_per_class)):
             for value in values:

@@ -96,7 +96,7 @@ def main(argv=None):
     text_groups = [f"group{num_image_groups + k}" for k in range(1, num_image_groups + 1)]
 
     total = sum(len(files[c]) for g in groups for c in g)
-    with tqdm(total=total, desc="cub", unit="img") as bar:
+    with tqdm(total=total, desc="cub", unit="img", disable=None) as bar:
         for image_group, text_group, classes in zip(image_groups, text_groups, groups, strict=True):
             for class_name in classes:
                 for split, split_files in split_class(files[class_name], args.seed).items():

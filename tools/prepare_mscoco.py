@@ -135,7 +135,8 @@ def main(argv=None):
     jobs = [(src, roots[("image", split)] / group / name / file_name)
             for src, (split, group, name, file_name) in copies]
     with ThreadPoolExecutor(COPY_THREADS) as pool:
-        for _ in tqdm(pool.map(lambda job: copy_file(*job), jobs), total=len(jobs), desc="mscoco", unit="img"):
+        for _ in tqdm(pool.map(lambda job: copy_file(*job), jobs), total=len(jobs), desc="mscoco", unit="img",
+                      disable=None):
             pass
     rebalance(roots, args.seed)
     log.info("wrote %d images in %d groups under %s", len(jobs), len(GROUPS), roots[("image", "train")].parent.parent)

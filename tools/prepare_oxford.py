@@ -109,7 +109,7 @@ def main(argv=None):
     text_groups = [f"group{k + TEXT_GROUP_OFFSET}" for k in range(1, len(GROUPS) + 1)]
 
     total = sum(len(r) for s in splits.values() for r in s.values())
-    with tqdm(total=total, desc="oxford", unit="img") as bar:
+    with tqdm(total=total, desc="oxford", unit="img", disable=None) as bar:
         for image_group, text_group, classes in zip(image_groups, text_groups, GROUPS, strict=True):
             for class_id in classes:
                 class_name = class_folder_name(class_id)

@@ -23,6 +23,7 @@ run is listed as missing and everything else is still written; the report's path
 import argparse
 
 from utils.errors import report_user_errors
+from utils.pipeline.cli import SIZE
 from utils.report import write_report  # does the work; importable from here too (tools/run_stage.py)
 
 __all__ = ["main", "parse_args", "write_report"]
@@ -35,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--data_root", help="the data (default: $MMPAB_DATA_ROOT, else data/ in the repository)")
     p.add_argument("--arch", default="perceiver_io")
     p.add_argument("--device", default="cpu", help="where to evaluate the chains: cpu (default), auto, cuda, cuda:N")
-    p.add_argument("--batch_size", type=int, default=100, help="test batch size of the evaluations")
+    p.add_argument("--batch_size", type=SIZE, default=100, help="test batch size of the evaluations")
     p.add_argument("--no_eval", action="store_true", help="do not evaluate the chains (forgetting, BWT and the "
                    "accuracy matrix are then listed as not measured)")
     return p.parse_args(argv)

@@ -8,21 +8,23 @@ The run_pickaback/<stage>.sh scripts call this. Each stage's settings are the va
 (the original's names), overridden by the environment. Also read from the environment: TASK_IDS (default: every
 task of the config), FORCE=1 (redo tasks that are already finished with the same settings), MMPAB_WORK_DIR (where
 checkpoints_perceiver_io/, logs_perceiver_io/ and the pickaback CSVs go; default: the repository),
-MMPAB_DATA_ROOT, NPROC=N (each task on N processes under torchrun) and GPUS: with two or more entries ("0 1 2 3",
-or "cpu cpu" without CUDA) the independent tasks of baseline, wo_backbone and w_backbone_MM run in parallel, one
-worker process per entry taking the next task when it is free, and find_backbone splits its targets over the
-workers; each worker's lines are prefixed [gpu <entry>] (one entry only picks the device). `all` and
+MMPAB_DATA_ROOT, NPROC=N (each task on N processes under torchrun; BATCH_SIZE a multiple of N) and GPUS: with two
+or more entries ("0 1 2 3", or "cpu cpu" without CUDA) the independent tasks of baseline, wo_backbone and
+w_backbone_MM run in parallel, one worker process per entry taking the next task when it is free, and find_backbone
+splits its targets over the workers; each worker's lines are prefixed [gpu <entry>] (one entry only picks the
+device). `all` and
 `compare_selection` end by writing the report (tools/report.py) and printing its path. Exits 0 when every task is
-done, else with one sentence naming the stage and the task (exit 3: a baseline accuracy is missing).
+done, else with one sentence naming the stage and the task (exit 3: a baseline accuracy is missing); Ctrl-C prints
+one line and exits 130.
 """
 import argparse
 import os
 import sys
 
 from tools.report import write_report
-from utils.distributed import init_from_environment, is_main_process, shutdown
+from utils.distributed import init_from_environment, is_main_process, launch, shutdown
 from utils.errors import UserError, report_user_errors
-from utils.pipeline import PARALLEL_STAGES, SETTINGS, run_stage
+from utils.pipeline import PARALLEL_STAGES, SETTINGS, STAGES, run_stage, stage_settings
 from utils.pipeline.executor import serve_units
 from utils.pipeline.graph import run_unit
 from utils.runtime import setup_logging
@@ -42,14 +44,34 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def processes(env):
+    """NPROC: the number of processes each task runs on (1: no torchrun)."""
+    value = str(env.get("NPROC") or "1").strip()
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise UserError(f"NPROC={env.get('NPROC')!r} is not a whole number of at least 1: set NPROC in the "
+                        f"environment to 1 (one process) or N (each task on N processes under torchrun).")
+    return int(value)
+
+
+def check_batch_sizes(stage, nproc, env):
+    """Before starting torchrun: BATCH_SIZE (the global batch) of every stage to be run splits evenly over the
+    `nproc` processes."""
+    names = STAGES if stage in ("all", "run_all", "compare_selection") else (stage,)
+    for name in names:
+        batch_size = getattr(stage_settings(name, env), "batch_size", None)
+        if batch_size is not None and batch_size % nproc:
+            raise UserError(f"BATCH_SIZE={batch_size} of stage {name} (the global batch, split over the processes) is "
+                            f"not a multiple of NPROC={nproc}: set BATCH_SIZE to a multiple of {nproc} or change "
+                            f"NPROC.")
+
+
 @report_user_errors
 def main(argv=None):
     args = parse_args(argv)
-    nproc = int(os.environ.get("NPROC") or 1)
+    nproc = processes(os.environ)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:         # NPROC=N: this stage again, under torchrun
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                   __file__, *(argv if argv is not None else sys.argv[1:])]
-        os.execv(sys.executable, command)
+        check_batch_sizes(args.stage, nproc, os.environ)
+        sys.exit(launch(nproc, [__file__, *(argv if argv is not None else sys.argv[1:])]))
     init_from_environment()
     setup_logging()
     stage = "all" if args.stage == "run_all" else args.stage

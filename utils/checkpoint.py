@@ -3,18 +3,19 @@ checks of the baseline accuracy file and record.txt that every stage makes befor
 import errno
 import json
 import logging
+import math
 import os
 import pickle
 import re
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import fcntl
 import torch
 
 from utils.distributed import barrier, is_main_process
-from utils.errors import UserError
+from utils.errors import UserError, advice, os_error_in, reason_of
 
 log = logging.getLogger(__name__)
 
@@ -42,33 +43,38 @@ def atomic_write(path, write):
 
 
 def _write_atomically(path, write):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~current_umask())
+    """Any OSError while writing `path` (creating its folder, the temporary file, writing, renaming) is a UserError
+    naming `path` and the reason; `path` is left as it was."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UserError(cannot_write(path, e)) from None
+    try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if out_of_space(e):
-            raise UserError(f"no space left on {path.parent} while writing {path.name}: free space and rerun; "
-                            f"{path} was not changed.") from None
+        with suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
+        error = os_error_in(e) if isinstance(e, Exception) else None
+        if error is not None:
+            raise UserError(cannot_write(path, error)) from None
         raise
 
 
-def out_of_space(error):
-    """True when `error` or an error it was raised from is a full disk or quota. torch.save turns the OSError of a
-    failed write into a RuntimeError; the OSError stays in its context."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, OSError) and error.errno in NO_SPACE:
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
+def cannot_write(path, error):
+    """The sentence of an OSError while writing `path` (a full disk keeps its own wording)."""
+    if error.errno in NO_SPACE:
+        return (f"no space left on {path.parent} while writing {path.name}: free space and rerun; {path} was not "
+                f"changed.")
+    reason = reason_of(error)
+    if isinstance(error.filename, str) and Path(error.filename) in path.parents:
+        reason = f"{error.filename}: {reason}"                    # a folder of it could not be created
+    return f"cannot write {path} ({reason}): {advice(error)}; {path} was not changed."
 
 
 def save_checkpoint(state, path):
@@ -159,11 +165,33 @@ def read_json(path, default=None):
         raise UserError(f"{path} is not valid JSON: fix or delete the file.") from None
 
 
-def number(value, what):
+def number(value, what, low=-math.inf, high=math.inf):
+    """`value` (read from a file the user may edit) as a finite number in [low, high]; else a UserError naming
+    `what` (the key and the file) and the value."""
     try:
-        return float(value)
+        result = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{what} is {value!r}, not a number: fix or regenerate the file.") from None
+        result = None
+    if result is None or not math.isfinite(result) or not low <= result <= high:
+        bounds = f" in [{low:g}, {high:g}]" if math.isfinite(low) and math.isfinite(high) else \
+            f" >= {low:g}" if math.isfinite(low) else ""
+        raise UserError(f"{what} is {value!r}, not a finite number{bounds}: fix or regenerate the file.")
+    return result
+
+
+def accuracy(value, what):
+    """An accuracy read from a file: a finite number in [0, 1]."""
+    return number(value, what, 0.0, 1.0)
+
+
+def checked_columns(frame, path, ranges):
+    """`frame` (a CSV read from `path`) with every value of the columns in `ranges` ({column: (low, high)}) a
+    finite number in its range; else a UserError naming the file, the row, the column and the value."""
+    for column, (low, high) in ranges.items():
+        if column in frame.columns:
+            for row, value in enumerate(frame[column].tolist(), start=2):      # line 1 is the header
+                number(value, f"{column} on line {row} of {path}", low, high)
+    return frame
 
 
 def baseline_accuracy(path, task, exit_code=3):
@@ -179,12 +207,12 @@ def baseline_accuracy(path, task, exit_code=3):
     if task not in accs:
         raise UserError(f"{path} has no accuracy for {task}: run the baseline of that task first.",
                         exit_code=exit_code)
-    return number(accs[task], f"the accuracy of {task} in {path}")
+    return accuracy(accs[task], f"the accuracy of {task} in {path}")
 
 
 def read_record(path):
     """record.txt ({sparsity: accuracy}, with the unpruned "0.0"), checked: a UserError naming the file when it is
-    missing, empty, not JSON, or holds anything but numbers."""
+    missing, empty, not JSON, or holds anything but sparsities in [0, 1) and accuracies in [0, 1]."""
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         raise UserError(f"record file {path} is {'empty' if path.is_file() else 'missing'}: run "
@@ -193,7 +221,9 @@ def read_record(path):
     if not isinstance(record, dict) or "0.0" not in record:
         raise UserError(f"record file {path} has no unpruned accuracy \"0.0\": rerun run_pickaback/wo_backbone.sh "
                         f"for this task.")
-    return {str(k): number(v, f"the accuracy of sparsity {k} in {path}") for k, v in record.items()}
+    for k in record:
+        number(k, f"the sparsity key {k!r} in {path}", 0.0, 1.0 - 1e-12)
+    return {str(k): accuracy(v, f"the accuracy of sparsity {k} in {path}") for k, v in record.items()}
 
 
 def update_json(path, updates):

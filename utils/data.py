@@ -127,7 +127,7 @@ def embed_texts(texts, encoder_name, kind, max_length, device, batch_size=64):
     tokenizer, encoder = load_text_encoder(encoder_name)
     encoder = encoder.to(device)
     feats, masks = [], []
-    for i in tqdm(range(0, len(texts), batch_size), desc="embedding texts", leave=False):
+    for i in tqdm(range(0, len(texts), batch_size), desc="embedding texts", leave=False, disable=None):
         tok = tokenizer(texts[i:i + batch_size], padding="max_length", truncation=True, max_length=max_length,
                         return_tensors="pt").to(device)
         if kind == "hidden_states":

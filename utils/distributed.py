@@ -7,12 +7,17 @@ DistributedDataParallel averages the gradients, so N processes compute what one 
 batch, up to float rounding. Only rank 0 writes files; every write is followed by a barrier, so no rank reads a file
 before it is complete. With one process nothing here does anything.
 """
+import logging
 import os
+import shutil
+import signal
+import sys
+import uuid
 
 import torch
 import torch.distributed as dist
 
-from utils.errors import UserError
+from utils.errors import INTERRUPTED_EXIT, PARENT_REPORTS, UserError
 
 
 def world_size():
@@ -79,3 +84,53 @@ def per_rank_batch(batch_size):
         raise UserError(f"BATCH_SIZE={batch_size} (the global batch) is not divisible by the {n} processes: use a "
                         f"multiple of {n}.")
     return batch_size // n
+
+
+def launch(nproc, command):
+    """Run the Python script `command` ([script, arguments...]) on `nproc` processes of this machine, as
+    `torchrun --standalone --nproc_per_node=<nproc>` does, and return 0 when every rank succeeded. A user error in
+    the ranks (each records it in its torchelastic error file, utils.errors.fail) is raised here as one UserError
+    with the rank's exit code: rank 0's, else the first recorded one's. A rank that failed otherwise printed its own
+    traceback: its exit code is returned. Ctrl-C raises KeyboardInterrupt (the ranks exit quietly). torchrun's
+    launcher summary (its @record ChildFailedError report) and its agent's log lines are left out."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    agent_log = logging.getLogger("torch.distributed.elastic")   # every line of the agent's loggers ends here
+    agent_log.addHandler(logging.NullHandler())
+    agent_log.propagate = False
+    os.environ.setdefault("OMP_NUM_THREADS", "1")                 # as torchrun: one thread a process unless set
+    reports = os.environ.get(PARENT_REPORTS)
+    os.environ[PARENT_REPORTS] = "all"          # what the ranks inherit: their errors are printed here, once
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+    try:
+        elastic_launch(config, sys.executable)("-u", *command)
+        return 0
+    except ChildFailedError as e:
+        return failed_ranks(e.failures)
+    except SignalException as e:                                  # Ctrl-C or a kill reached the launcher
+        if e.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        return 128 + int(e.sigval)
+    finally:
+        shutil.rmtree(config.logs_specs.root_log_dir, ignore_errors=True)   # the error files, read
+        if reports is None:
+            os.environ.pop(PARENT_REPORTS)
+        else:
+            os.environ[PARENT_REPORTS] = reports
+
+
+def failed_ranks(failures):
+    """The exit code of failed ranks ({rank: torchelastic ProcessFailure}), or the UserError one of them
+    recorded."""
+    recorded = {rank: f for rank, f in failures.items() if isinstance(f.error_file_data.get("message"), str)
+                and "exit_code" in f.error_file_data}
+    if recorded:
+        first = recorded.get(0) or min(recorded.values(), key=lambda f: (f.timestamp, f.local_rank))
+        raise UserError(first.message, exit_code=int(first.error_file_data["exit_code"]))
+    codes = [f.exitcode for f in failures.values()]
+    if INTERRUPTED_EXIT in codes or -signal.SIGINT in codes:
+        raise KeyboardInterrupt
+    first = min(failures.values(), key=lambda f: (f.exitcode <= 0, f.timestamp, f.local_rank))   # not the killed
+    return first.exitcode if first.exitcode > 0 else 128 - first.exitcode

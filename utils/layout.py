@@ -2,8 +2,9 @@
 
 `Layout` is the one definition of the stage folders and files (the original's names, relative to the working
 folder). `Manifest` is the small JSON file a stage writes beside a task's outputs once they are complete: the
-settings (and input fingerprints) that produced them and the exact files it wrote. A later run skips a task whose
-manifest matches its settings and whose files all exist; the next stage reads exactly the files a manifest names.
+settings (and input fingerprints) that produced them, the exact files it wrote and their sizes and sha256 digests.
+A later run skips a task whose manifest matches its settings and whose files are all there, unchanged; the next
+stage reads exactly the files a manifest names.
 """
 import hashlib
 import json
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from utils.checkpoint import CHECKPOINT_RE, atomic_write, locked, read_json
+from utils.checkpoint import CHECKPOINT_RE, atomic_write, load_checkpoint, locked, read_json
 from utils.distributed import barrier, is_main_process
 from utils.errors import UserError
 
@@ -187,7 +188,23 @@ class Manifest:
         absent = [p.name for p in self.missing_outputs()]
         if absent:
             return f"files missing ({', '.join(absent)})"
+        damaged = self.damaged_outputs()
+        if damaged:
+            return f"{', '.join(str(p) for p in damaged)} changed or damaged since it was written (size or sha256)"
         return None
+
+    def damaged_outputs(self):
+        """The files the record names whose size or sha256 is no longer what it recorded (truncated, overwritten,
+        edited). Records written before digests were kept: their checkpoints must still load."""
+        data, outputs = self.read() or {}, self.outputs()
+        if "files" not in data:
+            return [p for p in outputs.values() if p.name.endswith(".pth.tar") and not readable_checkpoint(p)]
+        damaged = []
+        for name, meta in data["files"].items():
+            path = outputs.get(name)
+            if path is None or path.stat().st_size != meta.get("size") or file_digest(path) != meta.get("sha256"):
+                damaged.append(path or name)
+        return damaged
 
     def output(self, name):
         return self.outputs().get(name)
@@ -206,16 +223,19 @@ class Manifest:
             self.path.unlink(missing_ok=True)
         barrier()
 
-    def entry(self, record, outputs, results=None):
+    def entry(self, record, outputs, results=None, shared=()):
         """The record of a finished task: `record` ({stage, settings, inputs}, utils.pipeline.lifecycle), the files
-        it wrote (paths relative to the manifest's folder) and its results."""
+        it wrote (paths relative to the manifest's folder), the size and sha256 of each (except the `shared` ones,
+        which other tasks rewrite: their stage checks its part of them) and its results."""
         folder = self.path.parent.resolve()
+        files = {k: {"size": Path(v).stat().st_size, "sha256": file_digest(v)} for k, v in outputs.items()
+                 if k not in shared}
         return {"format": FORMAT, **record,
                 "outputs": {k: os.path.relpath(Path(v).resolve(), folder) for k, v in outputs.items()},
-                "results": results or {}}
+                "files": files, "results": results or {}}
 
-    def write(self, record, outputs, results=None):
-        data = self.entry(record, outputs, results)
+    def write(self, record, outputs, results=None, shared=()):
+        data = self.entry(record, outputs, results, shared)
         atomic_write(self.path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
 
 
@@ -227,13 +247,29 @@ class SearchManifest(Manifest):
         self.target = str(target)
 
     def read(self):
-        return (read_json(self.path) or {}).get(self.target)
+        data = read_json(self.path) or {}
+        if not isinstance(data, dict):
+            raise UserError(f"{self.path} is not the search's record (a JSON object of targets): delete it and rerun "
+                            f"the backbone search.")
+        entry = data.get(self.target)
+        if entry is not None and not (isinstance(entry, dict) and {"settings", "outputs"} <= set(entry)):
+            raise UserError(f"{self.path} holds no stage record for target {self.target} (it lacks settings/outputs): "
+                            f"delete it and rerun the backbone search.")
+        return entry
 
-    def write(self, record, outputs, results=None):
+    def write(self, record, outputs, results=None, shared=()):
         with locked(self.path):
             data = read_json(self.path) or {}
-            data[self.target] = self.entry(record, outputs, results)
+            data[self.target] = self.entry(record, outputs, results, shared)
             atomic_write(self.path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
+
+
+def readable_checkpoint(path):
+    try:
+        load_checkpoint(path)
+    except UserError:
+        return False
+    return True
 
 
 def task_checkpoint(folder, what, manifest=None, key="checkpoint"):

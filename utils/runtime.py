@@ -3,13 +3,14 @@ import logging
 import os
 import random
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from utils.distributed import is_main_process, local_device_index, world_size
-from utils.errors import UserError
+from utils.errors import UserError, advice, os_error_in, reason_of
 
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
@@ -53,6 +54,42 @@ def seed_everything(seed):
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+class LogFile(logging.FileHandler):
+    """A log file (appended to) whose failed write (a full disk, an I/O error) ends the run with one sentence naming
+    the file and the reason, instead of logging's "--- Logging error ---" report and a run that goes on without its
+    log; a log file that cannot be opened (a read-only folder) is one sentence too. After the first failure the
+    handler writes nothing more (the error is on its way to the user)."""
+
+    def __init__(self, path, mode="a"):
+        self.failed = False
+        try:
+            super().__init__(path, mode=mode)
+        except OSError as e:
+            raise UserError(log_file_error(path, e, "open")) from None
+
+    def emit(self, record):
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record):                               # noqa: N802 (logging's name)
+        error = os_error_in(sys.exc_info()[1])
+        if error is None:                                        # e.g. a bad log call: logging's own report
+            return super().handleError(record)
+        self.failed = True
+        raise UserError(log_file_error(self.baseFilename, error, "write")) from None
+
+    def close(self):
+        # every record is flushed as it is written, so all that closing can fail to write is the rest of a failed
+        # write, which was reported
+        with suppress(OSError):
+            super().close()
+
+
+def log_file_error(path, error, doing):
+    """The sentence of an OSError while opening or writing the log file `path`."""
+    return f"cannot {doing} the log file {path} ({reason_of(error)}): {advice(error)}."
+
+
 def setup_logging(log_path=None):
     """Root logger to stdout and (appended) to `log_path`, in the original's format."""
     root = logging.getLogger()
@@ -63,7 +100,7 @@ def setup_logging(log_path=None):
     handlers = [logging.StreamHandler(sys.stdout)]
     if log_path and is_main_process():                  # under torchrun only rank 0 writes log files
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, mode="a"))
+        handlers.append(LogFile(log_path, mode="a"))
     for h in handlers:
         h.setFormatter(formatter)
         root.addHandler(h)

@@ -16,18 +16,18 @@ log = logging.getLogger("root")
 CANDIDATE_CHOICES = ("all", "same", "cross")
 
 
-def target_ids(cfg, spec):
-    """Task ids of `spec`: 'all', one id, or a list like 1,3."""
-    if str(spec).lower() == "all":
+def target_ids(cfg, spec, name="the target id"):
+    """Task ids of `spec`: 'all', one id, or a list like 1,3; a UserError naming `name` (the variable or flag it came
+    from) when an entry is not a task of the config."""
+    if str(spec).strip().lower() == "all":
         return list(range(1, len(cfg.groups) + 1))
-    try:
-        ids = sorted({int(t) for t in str(spec).replace(" ", ",").split(",") if t})
-    except ValueError:
-        raise UserError(f"target id '{spec}' is not a task id: give 1..{len(cfg.groups)}, a list like 1,3 or "
-                        f"'all'.") from None
-    for t in ids:
-        cfg.task_name(t)                                                     # range check with a clear error
-    return ids
+    entries = [t for t in str(spec).replace(" ", ",").split(",") if t]
+    bad = [t for t in entries if not t.isdigit() or not 1 <= int(t) <= len(cfg.groups)]
+    if bad or not entries:
+        raise UserError(f"{name} {str(spec)!r} is not a list of task ids of config '{cfg.name}' "
+                        f"({repr(bad[0]) + ' is not one' if bad else 'it is empty'}): give ids in "
+                        f"1..{len(cfg.groups)}, a list like 1,3 or 'all'.")
+    return sorted({int(t) for t in entries})
 
 
 def candidate_ids(cfg, target, which):

@@ -166,13 +166,13 @@ def search(candidates_of, load, test_data, settings):
     each candidate loaded once (one model in memory at a time). Returns rows
     {target_id, task_id, ddv_cos, ddv_euc, sim_cos, sim_euc} ordered by target, then candidate."""
     profiles = {t: profile(load(t), t, test_data(t), settings)
-                for t in tqdm(sorted(candidates_of), desc="profiling targets")}
+                for t in tqdm(sorted(candidates_of), desc="profiling targets", disable=None)}
     targets_of = {}
     for t, ks in candidates_of.items():
         for k in ks:
             targets_of.setdefault(k, []).append(t)
     rows = []
-    for k in tqdm(sorted(targets_of), desc="scoring candidates"):
+    for k in tqdm(sorted(targets_of), desc="scoring candidates", disable=None):
         candidate = load(k)
         for t in sorted(targets_of[k]):
             row = {"target_id": t, "task_id": k, **score_candidate(profiles[t], candidate)}

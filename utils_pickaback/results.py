@@ -10,16 +10,18 @@ Files, as the original's (note the spelling "pickback" of the table):
 A run replaces every row of the targets it searched (no duplicates), keeps the other targets' rows, and writes
 under a lock and atomically, so concurrent runs for different targets do not lose each other's rows.
 """
+import math
 from pathlib import Path
 
 import pandas as pd
 
-from utils.checkpoint import atomic_write, locked
+from utils.checkpoint import atomic_write, checked_columns, locked
 from utils.errors import UserError
 
 SELECTION_RULES = {"similar": "sim_euc", "original": "ddv_euc"}   # rule -> column whose maximum is picked
 RESULT_COLUMNS = ["target_id", "task_id"]
 TABLE_COLUMNS = ["target_id", "task_id", "ddv_cos", "ddv_euc", "sim_cos", "sim_euc"]
+SCORES = {c: (-math.inf, math.inf) for c in TABLE_COLUMNS[2:]}      # finite: a NaN would decide no pick
 
 
 def select_backbones(table, rule="similar"):
@@ -34,7 +36,7 @@ def select_backbones(table, rule="similar"):
 def read_rows(path, columns, num_tasks=None):
     """The rows of an existing result or table CSV, checked: a UserError naming the file when it cannot be merged
     into (so that nothing is written when either file is broken), or, given the config's `num_tasks`, when a row
-    names a task id outside 1..num_tasks (a file of another config)."""
+    names a task id outside 1..num_tasks (a file of another config), or a score that is not a finite number."""
     path = Path(path)
     if not path.is_file():
         return pd.DataFrame(columns=columns)
@@ -51,7 +53,7 @@ def read_rows(path, columns, num_tasks=None):
         if outside:
             raise UserError(f"{path} names task id {outside[0]}, but the config has tasks 1..{num_tasks}: delete "
                             f"those rows or the file, then rerun the backbone search.")
-    return old
+    return checked_columns(old, path, SCORES)
 
 
 def merge_rows(old, rows, columns):

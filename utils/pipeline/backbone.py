@@ -62,9 +62,10 @@ def backbone_task(run, s, task_id, group, criterion, position=""):
     if task.skip():
         return
     log.info(f"== wo_backbone: {run.cfg.name} task {task_id} ({position}{group}, {run.cfg.modality(group)})")
-    with task.working(layout.train_log(group), folder):
+    with task.working(layout.train_log(group)):
         data = load_task(run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
                          num_classes=s.num_classes, amp=s.amp, epochs=s.epochs, **run.loader)
+        task.replacing(folder)
         progress = task.track(Progress(folder / "progress.json", task.identity))
         outputs, record, width = train_backbone(run, layout, s, data, data_settings, criterion, progress)
         remove_stale_stages(layout.gradual_prune_dir(group), outputs)

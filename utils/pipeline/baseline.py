@@ -30,11 +30,12 @@ def baseline_task(run, s, task_id, folder=None, acc_file=None, log_path=None, po
     if task.skip(also=recorded is not None and (read_json(acc_file) or {}).get(group) == recorded):
         return float(recorded)
     log.info(f"== baseline: {run.cfg.name} task {task_id} ({position}{group}, {run.cfg.modality(group)})")
-    with task.working(log_path or folder / "train.log", folder):
+    with task.working(log_path or folder / "train.log"):
         data = load_task(run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
                          num_classes=s.num_classes, amp=s.amp, epochs=s.finetune_epochs, **run.loader)
         begin(data, s.seed)                                       # the initial weights depend on the seed only
         net = baseline_network(run.cfg, data)
+        task.replacing(folder)
         acc = train_baseline(net, data, epochs=s.finetune_epochs, lr=s.init_lr, weight_decay=s.weight_decay,
                              seed=s.seed, recipe=s.recipe, resume=task.resume(folder / "resume.pt"))
         finish_task(net, group)

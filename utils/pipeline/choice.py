@@ -4,7 +4,7 @@ original's tools/choose_appropriate_pruning_ratio_for_next_task_notrmfiles.py, w
 import logging
 from pathlib import Path
 
-from utils.checkpoint import CHECKPOINT_RE, atomic_write, baseline_accuracy, load_checkpoint, read_record
+from utils.checkpoint import CHECKPOINT_RE, atomic_write, baseline_accuracy, read_record
 from utils.distributed import is_main_process
 from utils.errors import UserError
 from utils.layout import Manifest, file_digest, task_checkpoint
@@ -51,8 +51,8 @@ def choose(group, record, criterion, allow_acc_loss, at_max_width, checkpoint_of
     return key or "0.0", placed
 
 
-def backbone_width(checkpoint, group):
-    info = load_checkpoint(checkpoint).get("shared_layer_info", {}).get(group, {})
+def backbone_width(ckpt, group):
+    info = ckpt.get("shared_layer_info", {}).get(group, {})
     return float(info.get("network_width_multiplier", 1.0))
 
 
@@ -66,10 +66,10 @@ def choice_task(run, s, task_id, group):
                             f"run_pickaback/wo_backbone.sh {run.cfg.name} first.")
         record = read_record(layout.record(group))
         criterion = baseline_accuracy(layout.baseline_acc_file, group)
-        width = backbone_width(backbone.output("0.0"), group)
+        width = backbone_width(run.check_checkpoint(backbone.output("0.0")), group)
         max_width = float(backbone.read()["settings"]["max_network_width_multiplier"])
     inputs = {"record": record, "baseline": criterion, "width": width, "max_width": max_width,
-              "backbone": file_digest(backbone.path)}
+              "backbone": file_digest(backbone.path), "model": run.cfg.model}
     task = Task(run, s, f"task {task_id} ({group})", layout.choice_manifest(group),
                 inputs=inputs)
     return task, backbone, inputs
@@ -84,6 +84,7 @@ def select_pruning_ratio_of_backbone(run, s):
         if task.skip():
             continue
         with task.working(layout.train_log(group)):
+            task.replacing()
             ratio, placed = choose(group, inputs["record"], inputs["baseline"], s.allow_acc_loss,
                                    inputs["width"] >= inputs["max_width"] - 1e-9, backbone.output,
                                    layout.gradual_prune_dir(group))

@@ -9,7 +9,7 @@ import argparse
 from utils.config import load_dataset_config
 from utils.errors import UserError
 from utils.pipeline.context import Run, work_dir
-from utils.pipeline.settings import switch
+from utils.pipeline.settings import EXPECTED, Valid, at_least, switch
 
 
 def add_settings_arguments(parser, cls, skip=()):
@@ -34,12 +34,33 @@ def add_settings_arguments(parser, cls, skip=()):
 def settings_from(args, cls, **renamed):
     """The settings of `cls` from parsed flags, the script's defaults for the unset ones. `renamed` maps a field to
     the flag destination that sets it in this mode (CPG_MM_main_normal.py --mode prune: --lr is PRUNING_LR)."""
-    texts = cls.defaults()
+    texts, flags = cls.defaults(), {}
+    main_flag = {f.name: f.metadata["flags"][0] for f, _ in cls.variables() if f.metadata["flags"]}
     for f, name in cls.variables():
-        value = getattr(args, renamed.get(f.name, f.name), None)
-        if value is not None:
-            texts[name] = str(value)
-    return cls.parse(texts, where="its flag")
+        dest = renamed.get(f.name, f.name)
+        value = getattr(args, dest, None)
+        if value is not None:                                     # errors name the flag's main spelling
+            texts[name], flags[name] = str(value), main_flag.get(dest, f"--{dest}")
+    return cls.parse(texts, flags)
+
+
+def typed(parse, valid):
+    """An argparse type for a flag that is no stage variable: its text read with `parse` and within `valid`
+    (argparse then names the flag and the value in one sentence)."""
+    def read(text):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {EXPECTED[parse]}") from None
+        if not valid.holds(value):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {valid.says}")
+        return value
+    return read
+
+
+COUNT = typed(int, at_least(0))             # e.g. worker processes
+SIZE = typed(int, at_least(1))              # e.g. a batch size
+SPARSITY = typed(float, Valid(lambda v: 0 <= v < 1, "a number in [0, 1)"))
 
 
 def add_task_arguments(parser, expname, dataset_required=True):
@@ -56,8 +77,8 @@ def add_task_arguments(parser, expname, dataset_required=True):
 def add_run_arguments(parser):
     parser.add_argument("--data_root", default=None,
                         help="folder the config's relative paths resolve against (default: $MMPAB_DATA_ROOT or data/)")
-    parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
-    parser.add_argument("--val_batch_size", type=int, default=100, help="evaluation batch size")
+    parser.add_argument("--workers", type=COUNT, default=0, help="data-loader worker processes")
+    parser.add_argument("--val_batch_size", type=SIZE, default=100, help="evaluation batch size")
     parser.add_argument("--force", action="store_true",
                         help="redo the work even when it is finished with the same settings (FORCE=1)")
     return parser

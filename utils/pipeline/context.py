@@ -4,8 +4,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.build import check_model_config
+from utils.checkpoint import load_checkpoint
 from utils.config import REPO_ROOT, load_dataset_config
+from utils.data import model_config
+from utils.errors import UserError
 from utils.layout import Layout
+from utils.pipeline.settings import switch
 from utils_pickaback.backbone_search import target_ids
 
 
@@ -30,14 +35,32 @@ class Run:
         FORCE=1 (redo finished tasks)."""
         env = os.environ if env is None else env
         cfg = load_dataset_config(config, data_root or env.get("MMPAB_DATA_ROOT"), check_folders=False)
-        ids = target_ids(cfg, env.get("TASK_IDS") or "all")
-        return cls(cfg, work_dir(env), ids, env.get("FORCE", "0") not in ("", "0"))
+        ids = target_ids(cfg, env.get("TASK_IDS") or "all", "TASK_IDS")
+        try:
+            force = switch(env.get("FORCE") or "0")
+        except ValueError:
+            raise UserError(f"FORCE={env.get('FORCE')!r} must be 1 (redo finished tasks) or 0: change it in the "
+                            f"environment.") from None
+        return cls(cfg, work_dir(env), ids, force)
 
     def layout(self, arch="perceiver_io"):
         return Layout(self.work_dir, self.cfg.name, arch)
 
     def tasks(self):
         return [(t, self.cfg.task_name(t)) for t in self.task_ids]
+
+    def model_config(self):
+        """The network's hyperparameters the config asks for (utils.data.model_config), computed once."""
+        if not hasattr(self, "_model_config"):
+            self._model_config = model_config(self.cfg)
+        return self._model_config
+
+    def check_checkpoint(self, path):
+        """The checkpoint at `path`, loaded (weights only) and checked to be of the network the config asks for; a
+        UserError naming the file otherwise. Every stage that reads a checkpoint checks it before any work."""
+        ckpt = load_checkpoint(path)
+        check_model_config(ckpt, self.model_config(), path)
+        return ckpt
 
     def data_settings(self, group):
         """What a task's data depends on: the config (without its task list) and the files' names and sizes."""

@@ -10,7 +10,6 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from utils.errors import UserError
 from utils.layout import file_digest
 from utils.resume import Resume
 from utils.trainer import Outcome, begin, cpg_finetune, cpg_prune, start_cpg_task
@@ -87,19 +86,10 @@ def finetune_at(net, data, step, width, baseline, csv_path=None, resume=None):
     return outcome, acc, width
 
 
-def check_widths(width, max_width, width_step):
-    if width > max_width + 1e-9:
-        raise UserError(f"NETWORK_WIDTH_MULTIPLIER={width} exceeds MAX_NETWORK_WIDTH_MULTIPLIER={max_width}: lower "
-                        f"it or raise the maximum.")
-    if width_step <= 0 and width < max_width - 1e-9:
-        raise UserError(f"WIDTH_STEP={width_step} must be above 0 to grow from width {width} to {max_width}.")
-
-
 def finetune_with_growth(make_net, data, step, width, width_step, baseline, csv_path, resume):
     """Finetune at `width`; while the task stays below its baseline, start again `width_step` wider, up to the
     step's max width. Returns (net, outcome, accuracy, width). A resume state saved at some width continues there
     (the narrower attempts had ended in widening)."""
-    check_widths(width, step.max_width, width_step)
     saved = resume.load()
     if saved and saved["phase"]["kind"] == "finetune":
         width = saved["phase"]["width"]

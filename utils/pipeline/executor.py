@@ -15,7 +15,7 @@ import traceback
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import PARENT_REPORTS, UserError, os_error_message
 
 log = logging.getLogger("root")
 
@@ -52,14 +52,15 @@ def entry_device(entry):
 def worker_environment(env, device, workers, own=()):
     """The process environment of a worker: the stage environment (which wins over the process's own values of the
     variables `own`, the settings), no GPUS, its device, and a fair share of the cores unless OMP_NUM_THREADS is
-    set."""
+    set. A Ctrl-C reaches the worker too; the parent alone says so."""
     base = dict(os.environ)
     if env is not os.environ:              # an explicit stage environment: what is read only from it (the
         base = {k: v for k, v in base.items() if k not in own}            # settings) comes only from it
         base.update(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     base.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
-    return {**base, "GPUS": "", "DEVICE": device, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
+    return {**base, "GPUS": "", "DEVICE": device, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8",
+            PARENT_REPORTS: "interrupts"}
 
 
 def run_parallel(name, units, command, env, entries, own=()):
@@ -67,7 +68,8 @@ def run_parallel(name, units, command, env, entries, own=()):
     started with `command` and taking the next unit when it is free. Each worker's output lines are printed whole,
     prefixed [gpu <entry>]. The first failing unit stops the stage: the other workers are terminated (their
     unfinished tasks are redone by a rerun) and a UserError names the stage, the unit and the worker's error, with
-    the worker's exit code."""
+    the worker's exit code. On Ctrl-C (which reaches the workers too: they exit quietly) nothing more of the
+    workers' output is printed, and the KeyboardInterrupt goes on to the entry point, which prints one line."""
     if not units:
         log.info(f"{name}: nothing to run")
         return
@@ -76,7 +78,7 @@ def run_parallel(name, units, command, env, entries, own=()):
     devices = [entry_device(e) for e in entries]
     workers = ", ".join(f"gpu {label} = {device}" for label, device in zip(labels, devices, strict=True))
     log.info(f"{name}: {len(units)} unit(s) on {len(entries)} workers ({workers})")
-    events, printing = queue.Queue(), threading.Lock()
+    events, printing, interrupted = queue.Queue(), threading.Lock(), threading.Event()
     tails = [[] for _ in entries]                                 # each worker's last lines, for its error
 
     def read(slot, proc):
@@ -88,6 +90,8 @@ def run_parallel(name, units, command, env, entries, own=()):
                 line = line.rstrip("\n")
                 tails[slot] = (tails[slot] + [line])[-20:]
                 with printing:
+                    if interrupted.is_set():                      # what a worker says while it stops
+                        continue
                     sys.stdout.write(f"[gpu {labels[slot]}] {line}\n")
                     sys.stdout.flush()
         finally:
@@ -138,6 +142,9 @@ def run_parallel(name, units, command, env, entries, own=()):
             detail = detail[len(prefix):] if detail.startswith(prefix) else detail.removeprefix(f"stage {name}, ")
             raise UserError(f"stage {name}, {what} on gpu {labels[slot]}: {detail.removeprefix('error: ')}",
                             exit_code=code)
+    except KeyboardInterrupt:
+        interrupted.set()
+        raise
     finally:
         for proc in procs:                                        # on failure or interruption: stop the others
             if proc.poll() is None:
@@ -169,6 +176,9 @@ def serve_units(run_unit, stdin=None, stdout=None):
         except UserError as e:
             report(ok=False, error=str(e), exit_code=e.exit_code)
             return e.exit_code
+        except OSError as e:                                      # a full disk, a read-only folder: one sentence
+            report(ok=False, error=os_error_message(e), exit_code=1)
+            return 1
         except Exception as e:                                    # noqa: BLE001 (reported to the parent, then exit)
             traceback.print_exc(file=stdout)
             report(ok=False, error=f"{type(e).__name__}: {e}", exit_code=1)

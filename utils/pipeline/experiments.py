@@ -26,9 +26,6 @@ from utils_pickaback.results import SELECTION_RULES, TABLE_COLUMNS, read_rows
 log = logging.getLogger("root")
 
 
-SELECTIONS = ("similar", "original", "random", "scratch", "oracle")
-
-
 def rule_picks(table, rule, target, seed):
     """The backbone ids `rule` trains `target` on: one, none (scratch) or every candidate (oracle)."""
     rows = table[table.target_id == target].sort_values("task_id")
@@ -47,10 +44,6 @@ def compare_selection(run, s, env=None):
     logs_perceiver_io/compare_selection_<cfg>.csv. The stages before the target stage are the default run's
     (reused when finished); every (seed, backbone, target) training is done once and shared by the rules that pick
     it, in its own folder apart from the default run's."""
-    unknown = [r for r in s.selections if r not in SELECTIONS]
-    if unknown or not s.selections or not s.seeds:
-        raise UserError(f"SELECTIONS={' '.join(s.selections)} SEEDS={' '.join(map(str, s.seeds))}: give rules from "
-                        f"{', '.join(SELECTIONS)} and at least one seed.")
     for name, stage in (("baseline", baseline), ("wo_backbone", wo_backbone),
                         ("select_pruning_ratio_of_backbone", select_pruning_ratio_of_backbone),
                         ("find_backbone", find_backbone)):

@@ -88,11 +88,12 @@ def run_stage(stage, config, env=None):
     entries = gpu_entries(env)
     if len(entries) == 1:
         env = {**env, "GPUS": "", "DEVICE": entry_device(entries[0])}
+    names = STAGES if stage in ("all", "compare_selection") else (stage,)
+    settings = {name: stage_settings(name, env) for name in names}     # every value checked before any work
     if stage == "compare_selection":
         compare_selection(run, stage_settings(stage, env), env)
         return run
-    for name in (STAGES if stage == "all" else (stage,)):
-        s = stage_settings(name, env)
+    for name, s in settings.items():
         log.info(f"==== stage {name} of '{run.cfg.name}' (tasks {run.task_ids})")
         if len(entries) > 1 and GRAPH[name].units:
             run_parallel(name, GRAPH[name].units(run, s, len(entries)), worker_command(name, config), env, entries,

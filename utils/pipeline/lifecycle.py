@@ -4,9 +4,10 @@
     task = Task(run, settings, "baseline task 3 (group3)", folder / "stage.json", inputs={...})
     if task.skip():                 # before: finished with these settings and inputs, files intact -> one line
         continue
-    with task.working(log_path):    # the task's log file; a UserError names the stage and the task; the task is
-        ...                         # marked unfinished (manifest removed) and an interrupted attempt's temporary
-        resume = task.resume(path)  # files removed; resume states are keyed on the task's identity
+    with task.working(log_path):    # the task's log file; a UserError names the stage and the task
+        ...                         # its inputs loaded and checked
+        task.replacing(folder)      # the task marked unfinished (manifest removed), an interrupted attempt's
+        resume = task.resume(path)  # temporary files removed; resume states are keyed on the task's identity
         task.finish(outputs, results)   # after: the manifest written last, the resume states removed
 
 A task's identity is its stage, the identity fields of its settings and its inputs (fingerprints of the files and
@@ -21,7 +22,7 @@ from utils.checkpoint import atomic_write
 from utils.distributed import is_main_process
 from utils.errors import UserError
 from utils.layout import Manifest
-from utils.runtime import LOG_FORMAT
+from utils.runtime import LOG_FORMAT, LogFile
 from utils.resume import Resume
 
 log = logging.getLogger("root")
@@ -35,7 +36,7 @@ def task_log(path):
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="a")
+    handler = LogFile(path, mode="a")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
     try:
@@ -86,16 +87,20 @@ class Task:
         return False
 
     @contextmanager
-    def working(self, log_path=None, folder=None):
-        """The work of the task: logged to `log_path` too, user errors naming the stage and the task. The task is
-        marked unfinished before any output is replaced, and temporary files an interrupted attempt left in
-        `folder` (atomic writes rename a temporary file into place) are removed; resume states stay."""
+    def working(self, log_path=None):
+        """The work of the task: logged to `log_path` too, user errors naming the stage and the task. Its inputs are
+        loaded and checked first; `replacing` then marks it unfinished, before any output is replaced."""
         with failing_task(self.settings.STAGE, self.what), task_log(log_path):
-            self.manifest.clear()
-            if folder is not None and is_main_process() and Path(folder).is_dir():
-                for tmp in Path(folder).rglob(".*.tmp"):
-                    tmp.unlink()
             yield self
+
+    def replacing(self, folder=None):
+        """Every input has passed its checks and the outputs are about to be replaced: the task is marked unfinished
+        (its manifest removed), and temporary files an interrupted attempt left in `folder` (atomic writes rename a
+        temporary file into place) are removed; resume states stay."""
+        self.manifest.clear()
+        if folder is not None and is_main_process() and Path(folder).is_dir():
+            for tmp in Path(folder).rglob(".*.tmp"):
+                tmp.unlink()
 
     def resume(self, path):
         """A resume state at `path`, continued only by a rerun with the same task identity."""
@@ -107,9 +112,9 @@ class Task:
         self.resumes.append(state)
         return state
 
-    def finish(self, outputs, results=None):
-        """After the work: the manifest (naming exactly the files the next stage reads) is written last, then the
-        resume states are removed."""
-        self.manifest.write(self.record, outputs, results)
+    def finish(self, outputs, results=None, shared=()):
+        """After the work: the manifest (naming exactly the files the next stage reads, with their digests except
+        for the `shared` ones other tasks rewrite too) is written last, then the resume states are removed."""
+        self.manifest.write(self.record, outputs, results, shared)
         for resume in self.resumes:
             resume.clear()

@@ -4,28 +4,35 @@ rows of the targets searched, and one manifest entry per target in pickaback_<cf
 pickaback_perceiverIO.py searches through the same function."""
 import logging
 
-from utils.errors import UserError
 from utils.layout import SearchManifest, file_digest
 from utils.pipeline.lifecycle import Task, failing_task, task_log
 from utils.runtime import select_device
 from utils_pickaback.backbone_search import plan, run_search, target_ids
 from utils_pickaback.modeldiff import ProfileSettings
-from utils_pickaback.results import RESULT_COLUMNS, SELECTION_RULES, TABLE_COLUMNS, read_rows, write_results
+from utils_pickaback.results import RESULT_COLUMNS, TABLE_COLUMNS, read_rows, write_results
 
 log = logging.getLogger("root")
 
 
 def search_plan(run, layout, s):
     """(targets, {target: candidates}, {task id: baseline checkpoint}) of the search, every input checked: the
-    selection rule, the baselines, and both result CSVs (they must take the new rows before the search runs)."""
-    if s.selection not in SELECTION_RULES:
-        raise UserError(f"SELECTION={s.selection} is not one of {', '.join(SELECTION_RULES)}.")
-    targets = target_ids(run.cfg, s.target_id) if s.target_id != "all" else run.task_ids
+    baselines, and both result CSVs (they must take the new rows before the search runs)."""
+    targets = target_ids(run.cfg, s.target_id, "TARGET_ID (--target_id)") if s.target_id != "all" else run.task_ids
     with failing_task(s.STAGE, f"targets {targets}"):
-        for path, columns in ((layout.result_csv, RESULT_COLUMNS), (layout.table_csv, TABLE_COLUMNS)):
-            read_rows(path, columns, len(run.cfg.groups))
+        frames = [read_rows(path, columns, len(run.cfg.groups))
+                  for path, columns in ((layout.result_csv, RESULT_COLUMNS), (layout.table_csv, TABLE_COLUMNS))]
         candidates_of, checkpoints = plan(run.cfg, layout, targets, s.candidates)
-    return targets, candidates_of, checkpoints
+        for path in checkpoints.values():                         # made with the model the config asks for
+            run.check_checkpoint(path)
+    return targets, candidates_of, checkpoints, frames
+
+
+def in_results(frames, target, candidates, picked):
+    """Whether the result CSVs still hold what the search of `target` wrote: its pick and a row per candidate."""
+    result, table = frames
+    rows = table[table.target_id == target]
+    return result[result.target_id == target].task_id.tolist() == [picked] and \
+        sorted(rows.task_id.tolist()) == sorted(candidates)
 
 
 def find_backbone(run, s, layout=None, batch_size=32):
@@ -33,12 +40,14 @@ def find_backbone(run, s, layout=None, batch_size=32):
     {target: picked task id} of the targets searched. `layout` may put the CSVs and the baselines elsewhere (the
     entry point's --out_dir and --checkpoint_root)."""
     layout = layout or run.layout(s.arch)
-    targets, candidates_of, checkpoints = search_plan(run, layout, s)
+    targets, candidates_of, checkpoints, frames = search_plan(run, layout, s)
     tasks = {t: Task(run, s, f"target {t}", SearchManifest(layout.search_manifest, t),
-                     inputs={"candidates": candidates_of[t],
+                     inputs={"candidates": candidates_of[t], "data": run.data_settings(run.cfg.task_name(t)),
                              "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}})
              for t in targets}
-    todo = [t for t in targets if not tasks[t].skip()]
+    todo = [t for t in targets
+            if not tasks[t].skip(also=in_results(frames, t, candidates_of[t], tasks[t].manifest.results().get(
+                "backbone")))]
     if not todo:
         return {}
     # the targets left are searched together (each candidate is loaded once for all of them), so their lifecycle is
@@ -53,13 +62,13 @@ def find_backbone(run, s, layout=None, batch_size=32):
                                  device, batch_size, amp=s.amp)
         result, table = write_results(layout.result_csv, layout.table_csv, rows, picks, len(run.cfg.groups))
         for t in todo:
-            tasks[t].finish({"result": result, "table": table}, {"backbone": picks[t]})
+            tasks[t].finish({"result": result, "table": table}, {"backbone": picks[t]}, shared=("result", "table"))
         log.info(f"backbones: {picks}")
     return picks
 
 
 def units(run, s, workers):
     """The targets split over the workers (round robin): each worker loads every candidate once for its part."""
-    targets, _, _ = search_plan(run, run.layout(s.arch), s)
+    targets = search_plan(run, run.layout(s.arch), s)[0]
     parts = [targets[i::workers] for i in range(workers)]
     return [(f"targets {part}", {"TARGET_ID": ",".join(map(str, part))}) for part in parts if part]

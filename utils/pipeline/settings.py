@@ -11,14 +11,17 @@ point's flags override those. A task's manifest records the settings object whol
 config in every checkpoint; a rerun compares the identity fields (`identity()`).
 """
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from utils.config import REPO_ROOT
 from utils.errors import UserError
 from utils.trainer import RECIPES
+from utils_pickaback.backbone_search import CANDIDATE_CHOICES
+from utils_pickaback.results import SELECTION_RULES
 
 SCRIPTS = REPO_ROOT / "run_pickaback"
 ASSIGNMENT = re.compile(r'^([A-Z_]+)="\$\{\1:-([^}]*)\}"\s*(#.*)?$')     # NAME="${NAME:-default}"
@@ -55,11 +58,58 @@ EXPECTED = {floats: "a list of numbers", ints: "a list of whole numbers", switch
             recipe: " or ".join(RECIPES), int: "a whole number", float: "a number"}
 
 
-def setting(parse, *flags, identity=True, help=""):
-    """A stage variable read with `parse`; `flags` are the entry-point flags that set it (the first is the main
-    one); `identity=False` for what is recorded but never makes finished work stale (the device, which rows to
-    work on)."""
-    return field(metadata={"parse": parse, "flags": flags, "identity": identity, "help": help})
+# ---- the range of a variable's value ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Valid:
+    """What values a setting may take: `holds(value)`, and the words that say it ("a whole number >= 1")."""
+    holds: Callable
+    says: str
+
+
+def _finite(value):
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def at_least(low, what="a whole number"):
+    """A count (or number) >= `low`."""
+    return Valid(lambda v: _finite(v) and v >= low, f"{what} >= {low}")
+
+
+def above(low, what="a finite number"):
+    return Valid(lambda v: _finite(v) and v > low, f"{what} > {low}")
+
+
+def fraction(low=0.0, high=1.0):
+    """A finite number in [low, high]."""
+    return Valid(lambda v: _finite(v) and low <= v <= high, f"a number in [{low}, {high}]")
+
+
+def one_of(*choices):
+    return Valid(lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def sparsities():
+    """The pruning schedule: target sparsities strictly increasing inside (0, 1)."""
+    return Valid(lambda v: len(v) > 0 and all(_finite(x) and 0 < x < 1 for x in v) and
+                 all(a < b for a, b in zip(v, v[1:], strict=False)),
+                 "one or more sparsities, strictly increasing, each inside (0, 1) (e.g. '0.1 0.2 0.5')")
+
+
+def each(valid, what):
+    return Valid(lambda v: len(v) > 0 and all(valid.holds(x) for x in v), f"{what}, each {valid.says}")
+
+
+SEED = Valid(lambda v: 0 <= v < 2 ** 32, "a whole number in [0, 2**32)")           # numpy's seed range
+DEVICE = Valid(lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None, "auto, cpu, cuda or cuda:N")
+NUM_CLASSES = Valid(lambda v: v == -1 or v >= 2, "-1 (the config's) or a whole number >= 2")
+ANYTHING = Valid(lambda v: True, "")
+
+
+def setting(parse, *flags, identity=True, valid=ANYTHING, help=""):
+    """A stage variable read with `parse` and within `valid`; `flags` are the entry-point flags that set it (the
+    first is the main one); `identity=False` for what is recorded but never makes finished work stale (the device,
+    which rows to work on)."""
+    return field(metadata={"parse": parse, "flags": flags, "identity": identity, "valid": valid, "help": help})
 
 
 def script_defaults(stage):
@@ -93,21 +143,33 @@ class Settings:
         return found
 
     @classmethod
-    def parse(cls, texts, where=None):
-        """The settings from {VARIABLE: text} (every variable present); a UserError naming a value that does not
-        read as its type. `where` says where the text came from."""
-        where = where or f"run_pickaback/{cls.STAGE}.sh or the environment"
-        values = {}
+    def parse(cls, texts, flags=None):
+        """The settings from {VARIABLE: text} (every variable present), each value read as its type and checked
+        against its range before anything uses it; a UserError names the variable, the value, the range and where to
+        change it. `flags` ({VARIABLE: flag}) are the variables an entry point's flags set (the sentence then names
+        the flag)."""
+        flags, values = flags or {}, {}
         for f, name in cls.variables():
-            parse = f.metadata["parse"]
+            parse, valid = f.metadata["parse"], f.metadata["valid"]
             try:
                 values[f.name] = parse(texts[name])
             except ValueError:
                 expected = EXPECTED.get(parse, f"a {getattr(parse, '__name__', 'value')}")
-                raise UserError(f"{name}={texts[name]!r} ({where}) is not {expected}: fix the value.") from None
+                raise UserError(cls.wrong(name, texts[name], expected, flags.get(name))) from None
+            if not valid.holds(values[f.name]):
+                raise UserError(cls.wrong(name, texts[name], valid.says, flags.get(name)))
         settings = cls(**values)
         settings.check()
         return settings
+
+    @classmethod
+    def wrong(cls, name, text, expected, flag=None):
+        """The sentence for a value outside its type or range: the variable (or the flag that set it), the value,
+        what it must be and where to change it."""
+        if flag:
+            return f"{flag} {text!r} must be {expected}: change the flag."
+        return (f"{name}={text!r} must be {expected}: change it in the environment or at the top of "
+                f"run_pickaback/{cls.STAGE}.sh.")
 
     @classmethod
     def from_environment(cls, env):
@@ -116,8 +178,7 @@ class Settings:
         return cls.parse({name: env.get(name) or defaults[name] for _, name in cls.variables()})
 
     def check(self):
-        if getattr(self, "arch", "perceiver_io") != "perceiver_io":
-            raise UserError(f"ARCH={self.arch} is not an architecture of this repository: use perceiver_io.")
+        """What ties several settings together (each setting's own range is checked by `parse`)."""
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -135,18 +196,22 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+SELECTIONS = (*SELECTION_RULES, "random", "scratch", "oracle")     # the rules compare_selection puts side by side
+
+
 # ---- the stages' settings ----------------------------------------------------------------------------------------
 # Field order is the order of the variables in the scripts. The flags are the entry points' (the original's names).
 def arch():
-    return setting(str, "--arch", help="network architecture (perceiver_io)")
+    return setting(str, "--arch", valid=one_of("perceiver_io"), help="network architecture (perceiver_io)")
 
 
 def seed():
-    return setting(int, "--seed", help="random seed")
+    return setting(int, "--seed", valid=SEED, help="random seed")
 
 
 def device():
-    return setting(str, "--device", identity=False, help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    return setting(str, "--device", identity=False, valid=DEVICE,
+                   help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
 
 
 def amp():
@@ -159,24 +224,30 @@ def recipe_setting():
 
 
 def num_classes():
-    return setting(int, "--num_classes", help="classes of the task; -1 = the config's")
+    return setting(int, "--num_classes", valid=NUM_CLASSES, help="classes of the task; -1 = the config's")
 
 
 def weight_decay():
-    return setting(float, "--weight_decay", help="L2 on the task's own linear weights")
+    return setting(float, "--weight_decay", valid=at_least(0, "a finite number"),
+                   help="L2 on the task's own linear weights")
+
+
+def total_num_tasks():
+    return setting(int, "--total_num_tasks", valid=at_least(1), help="tasks the network must leave room for")
 
 
 def batch_size():
-    return setting(int, "--batch_size", help="training batch size (the global batch under torchrun)")
+    return setting(int, "--batch_size", valid=at_least(1),
+                   help="training batch size (the global batch under torchrun)")
 
 
 @dataclass(frozen=True)
 class BaselineSettings(Settings):
     STAGE: ClassVar[str] = "baseline"
     arch: str = arch()
-    finetune_epochs: int = setting(int, "--epochs", "--finetune_epochs", help="training epochs")
+    finetune_epochs: int = setting(int, "--epochs", "--finetune_epochs", valid=at_least(1), help="training epochs")
     num_classes: int = num_classes()
-    init_lr: float = setting(float, "--lr", "--init_lr", help="SGD learning rate of the weights")
+    init_lr: float = setting(float, "--lr", "--init_lr", valid=above(0), help="SGD learning rate of the weights")
     weight_decay: float = weight_decay()
     batch_size: int = batch_size()
     seed: int = seed()
@@ -189,29 +260,40 @@ class BaselineSettings(Settings):
 class GrowthSettings(Settings):
     """What CPG training with growth needs (the backbone and the target stage)."""
     arch: str = arch()
-    epochs: int = setting(int, "--epochs", help="finetuning epochs at each width")
+    epochs: int = setting(int, "--epochs", valid=at_least(1), help="finetuning epochs at each width")
     num_classes: int = num_classes()
-    init_lr: float = setting(float, "--lr", "--init_lr", help="learning rate of the weights")
-    lr_mask: float = setting(float, "--lr_mask", help="Adam learning rate of the piggymask")
+    init_lr: float = setting(float, "--lr", "--init_lr", valid=above(0), help="learning rate of the weights")
+    lr_mask: float = setting(float, "--lr_mask", valid=above(0), help="Adam learning rate of the piggymask")
     weight_decay: float = weight_decay()
     batch_size: int = batch_size()
-    network_width_multiplier: float = setting(float, "--network_width_multiplier",
+    network_width_multiplier: float = setting(float, "--network_width_multiplier", valid=above(0),
                                               help="widen every latent feed-forward to this multiple first")
     max_network_width_multiplier: float = setting(float, "--max_allowed_network_width_multiplier",
-                                                  "--max_network_width_multiplier",
+                                                  "--max_network_width_multiplier", valid=above(0),
                                                   help="the widest the network may grow")
-    width_step: float = setting(float, "--width_step", help="how much wider each new attempt is")
+    width_step: float = setting(float, "--width_step", valid=above(0), help="how much wider each new attempt is")
+
+    def check(self):
+        if self.max_network_width_multiplier < self.network_width_multiplier - 1e-9:
+            raise UserError(f"MAX_NETWORK_WIDTH_MULTIPLIER={self.max_network_width_multiplier} must be >= "
+                            f"NETWORK_WIDTH_MULTIPLIER={self.network_width_multiplier} (the width the task starts "
+                            f"at): raise the maximum or lower the start, in the environment or at the top of "
+                            f"run_pickaback/{self.STAGE}.sh.")
 
 
 @dataclass(frozen=True)
 class BackboneSettings(GrowthSettings):
     STAGE: ClassVar[str] = "wo_backbone"
-    pruning_lr: float = setting(float, "--pruning_lr", help="SGD learning rate while pruning")
-    nr_epoch_for_each_prune: int = setting(int, "--nr_epoch_for_each_prune", help="epochs of each pruning stage")
-    pruning_frequency: int = setting(int, "--pruning_frequency", help="steps between mask updates")
-    pruning_interval: int = setting(int, "--pruning_interval", help="epochs over which the sparsity rises")
-    pruning_schedule: tuple = setting(floats, "--pruning_schedule", help="target sparsity of each pruning stage")
-    total_num_tasks: int = setting(int, "--total_num_tasks", help="tasks the network must leave room for")
+    pruning_lr: float = setting(float, "--pruning_lr", valid=above(0), help="SGD learning rate while pruning")
+    nr_epoch_for_each_prune: int = setting(int, "--nr_epoch_for_each_prune", valid=at_least(1),
+                                           help="epochs of each pruning stage")
+    pruning_frequency: int = setting(int, "--pruning_frequency", valid=at_least(1),
+                                     help="steps between mask updates")
+    pruning_interval: int = setting(int, "--pruning_interval", valid=at_least(1),
+                                    help="epochs over which the sparsity rises")
+    pruning_schedule: tuple = setting(floats, "--pruning_schedule", valid=sparsities(),
+                                      help="target sparsity of each pruning stage")
+    total_num_tasks: int = total_num_tasks()
     seed: int = seed()
     device: str = device()
     amp: bool = amp()
@@ -222,7 +304,8 @@ class BackboneSettings(GrowthSettings):
 class ChoiceSettings(Settings):
     STAGE: ClassVar[str] = "select_pruning_ratio_of_backbone"
     arch: str = arch()
-    allow_acc_loss: float = setting(float, "--allow_acc_loss", help="accuracy a ratio may lose")
+    allow_acc_loss: float = setting(float, "--allow_acc_loss", valid=fraction(),
+                                    help="accuracy a ratio may lose")
 
 
 @dataclass(frozen=True)
@@ -231,12 +314,16 @@ class SearchSettings(Settings):
     arch: str = arch()
     target_id: str = setting(str, "--target_id", identity=False,
                              help="target task id (1-based), several as 1,3,5, or 'all'")
-    candidates: str = setting(str, "--candidates", help="all, same or cross (the candidates' modality)")
-    selection: str = setting(str, "--selection", help="similar (the most similar candidate) or original (the "
-                                                      "largest Euclidean-DDV distance, the original code's rule)")
-    profile_size: int = setting(int, "--profile_size", help="profiling inputs per target (class-balanced)")
-    epsilon: float = setting(float, "--epsilon", help="mutation step of the profiling-input search")
-    iterations: int = setting(int, "--iterations", help="mutation attempts of the profiling-input search")
+    candidates: str = setting(str, "--candidates", valid=one_of(*CANDIDATE_CHOICES),
+                              help="all, same or cross (the candidates' modality)")
+    selection: str = setting(str, "--selection", valid=one_of(*SELECTION_RULES),
+                             help="similar (the most similar candidate) or original (the largest Euclidean-DDV "
+                                  "distance, the original code's rule)")
+    profile_size: int = setting(int, "--profile_size", valid=at_least(1),
+                                help="profiling inputs per target (class-balanced)")
+    epsilon: float = setting(float, "--epsilon", valid=above(0), help="mutation step of the profiling-input search")
+    iterations: int = setting(int, "--iterations", valid=at_least(0),
+                              help="mutation attempts of the profiling-input search")
     seed: int = seed()
     device: str = device()
     amp: bool = amp()
@@ -253,7 +340,7 @@ class TransferSettings(Settings):
 @dataclass(frozen=True)
 class TargetSettings(GrowthSettings):
     STAGE: ClassVar[str] = "w_backbone_MM"
-    total_num_tasks: int = setting(int, "--total_num_tasks", help="tasks the network must leave room for")
+    total_num_tasks: int = total_num_tasks()
     seed: int = seed()
     device: str = device()
     amp: bool = amp()
@@ -267,9 +354,9 @@ class CompareSettings(Settings):
     """Not a stage of run_all: the experiment that compares selection rules (run_pickaback/compare_selection.sh)."""
     STAGE: ClassVar[str] = "compare_selection"
     arch: str = arch()
-    selections: tuple = setting(words)
-    seeds: tuple = setting(ints)
-    target_train_per_class: int = setting(int)
+    selections: tuple = setting(words, valid=each(one_of(*SELECTIONS), "one or more selection rules"))
+    seeds: tuple = setting(ints, valid=each(SEED, "one or more seeds"))
+    target_train_per_class: int = setting(int, valid=at_least(0))
 
 
 SETTINGS = {cls.STAGE: cls for cls in (BaselineSettings, BackboneSettings, ChoiceSettings, SearchSettings,

@@ -23,15 +23,18 @@ log = logging.getLogger("root")
 
 
 def target_start(run, layout, t, backbone):
-    """The k/v-transferred backbone made for target t, else the chosen backbone checkpoint."""
+    """The k/v-transferred backbone made for target t, else the chosen backbone checkpoint; checked to load and to
+    be of the network the config asks for (before the target's record is touched)."""
     manifest = Manifest(layout.kv_manifest(backbone, t))
     if manifest.path.is_file():
         path = manifest.output("checkpoint")
         if path is None or not path.is_file():
             raise UserError(f"{manifest.path} names a k/v transfer file that does not exist: rerun "
                             f"run_pickaback/transfer_kv.sh {run.cfg.name}.")
-        return path
-    return chosen_backbone(run, layout, backbone)
+    else:
+        path = chosen_backbone(run, layout, backbone)
+    run.check_checkpoint(path)
+    return path
 
 
 def record_target(out, row):
@@ -56,10 +59,11 @@ def train_target(run, s, target, start, criterion, out, what, train_per_class=0)
     if task.skip():
         return task.manifest.results()
     log.info(f"== {what}, from {start or 'scratch'}")
-    with task.working(out / "train.log", out):
+    with task.working(out / "train.log"):
         data = load_task(run.cfg, target, batch_size=s.batch_size, seed=s.seed, device=s.device,
                          num_classes=s.num_classes, train_per_class=train_per_class, amp=s.amp, epochs=s.epochs,
                          **run.loader)
+        task.replacing(out)
         step = FinetuneStep.of(s, train_per_class)
         resume = task.track(step_resume(out / "scratch", step, criterion, start, data_settings))
         make_net = (lambda: Network.load(start, model_config(run.cfg))) if start else \

@@ -31,6 +31,9 @@ def selected_pairs(run, csv_path):
     if missing and len(run.task_ids) < len(run.cfg.groups):        # TASK_IDS named targets the CSV lacks
         raise UserError(f"{csv_path} has no row for target(s) {', '.join(map(str, missing))}: run "
                         f"run_pickaback/find_backbone.sh {run.cfg.name} for them, or drop them from TASK_IDS.")
+    if missing:
+        log.info(f"{csv_path} has no row for target(s) {', '.join(map(str, missing))}: nothing to do for them "
+                 f"(run run_pickaback/find_backbone.sh {run.cfg.name} for them first)")
     return [(t, k) for t, k in pairs if t in run.task_ids]
 
 
@@ -43,7 +46,11 @@ def kv_jobs(run, layout, pairs):
         with failing_task("transfer_kv", f"target {t} ({target}) on backbone {k} ({backbone})"):
             k_path = chosen_backbone(run, layout, backbone)
             cross = run.cfg.modality(target) != run.cfg.modality(backbone)
-            jobs.append((t, k, k_path, target_source(run, layout, target) if cross else (None, None)))
+            source = target_source(run, layout, target) if cross else (None, None)
+            for path in (k_path, source[0]):                      # of the network the config asks for
+                if path is not None:
+                    run.check_checkpoint(path)
+            jobs.append((t, k, k_path, source))
     return jobs
 
 
@@ -59,11 +66,13 @@ def transfer_kv(run, s, pairs=None, layout=None):
     for t, k, k_path, source in kv_jobs(run, layout, pairs):      # every pair is checked before anything is written
         task = Task(run, s, f"target {t} on backbone {k}", layout.kv_manifest(run.cfg.task_name(k), t),
                     inputs={"target": t, "backbone": k, "backbone_checkpoint": file_digest(k_path),
+                            "model": run.cfg.model,
                             "source": file_digest(source[0]) if source[0] else None})
         outs.append(layout.kv_transfer_file(k_path, t))
         if task.skip():
             continue
         with task.working(layout.stage_log("transfer_kv")):
+            task.replacing()
             copied = transfer(run.cfg, t, k, k_path, source, outs[-1])
             task.finish({"checkpoint": outs[-1]}, {"copied": copied})
     return outs

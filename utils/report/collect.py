@@ -5,6 +5,7 @@ the k/v transfer's records, `SearchManifest` for the search's), never by guessin
 files are absent is listed as missing (`Collected.miss`) and the report goes on; so is a file the user can break (an
 unreadable record or checkpoint: `UserError`; a torn or empty CSV). Any other exception is a bug and propagates.
 """
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,7 +13,7 @@ import pandas as pd
 
 from models import cpg
 from models.build import Network
-from utils.checkpoint import load_checkpoint, number, read_json
+from utils.checkpoint import accuracy, checked_columns, load_checkpoint, number, read_json
 from utils.errors import UserError
 from utils.layout import MANIFEST, Layout, Manifest, SearchManifest
 from utils.report import metrics
@@ -76,13 +77,18 @@ def result(manifest, key):
     return number(results[key], f"{key} in {manifest.path}")
 
 
+NUMBERS = {"target_acc": (0.0, 1.0), "baseline_acc": (0.0, 1.0), "width": (1e-12, math.inf),
+           "sim_euc": (-math.inf, math.inf)}                            # what the report reads from the stages' CSVs
+
+
 def read_csv(path, columns, stage, **kwargs):
-    """A stage's CSV holding at least `columns`; UserError naming the absent ones (an edited or foreign file)."""
+    """A stage's CSV holding at least `columns`, its numbers finite and in range (accuracies in [0, 1]); UserError
+    naming the absent columns or the bad value (an edited or foreign file)."""
     frame = pd.read_csv(path, **kwargs)
     absent = [c for c in columns if c not in frame.columns]
     if absent:
         raise UserError(f"{path} lacks the column(s) {', '.join(absent)}: rerun {stage} to regenerate it.")
-    return frame
+    return checked_columns(frame, path, {c: r for c, r in NUMBERS.items() if c in columns})
 
 
 def baseline_accuracies(path):
@@ -110,7 +116,7 @@ def collect_baselines(c):
             manifest = None
             if acc is not None:            # one reason per task: a missing accuracy is listed first
                 c.miss("baseline", group, e)
-        entry = {"acc": number(acc, f"the accuracy of {group} in {c.layout.baseline_acc_file}")
+        entry = {"acc": accuracy(acc, f"the accuracy of {group} in {c.layout.baseline_acc_file}")
                  if acc is not None else None,
                  "checkpoint": manifest.output("checkpoint") if manifest else None}
         c.baselines[group] = entry
@@ -130,7 +136,7 @@ def collect_backbones(c):
             c.miss("select_pruning_ratio_of_backbone", group, "no CPG backbone to choose a ratio of")
             continue
         results = manifest.results()
-        record = {number(k, f"a ratio in {manifest.path}"): number(v, f"the accuracy at {k} in {manifest.path}")
+        record = {number(k, f"a ratio in {manifest.path}"): accuracy(v, f"the accuracy at {k} in {manifest.path}")
                   for k, v in results.get("record", {}).items()}
         entry = {"record": record, "width": results.get("width"), "ratio": None, "checkpoint": None}
         try:
@@ -201,7 +207,7 @@ def read_target(row, manifest):
     results = manifest.results()
     baseline = results.get("baseline_acc", row["baseline_acc"])
     row.update(target_acc=result(manifest, "target_acc"), width=result(manifest, "width"),
-               baseline_acc=number(baseline, f"baseline_acc in {manifest.path}") if baseline is not None else None)
+               baseline_acc=accuracy(baseline, f"baseline_acc in {manifest.path}") if baseline is not None else None)
     if baseline is not None:
         row["gain"] = metrics.forward_transfer(row["target_acc"], row["baseline_acc"])
     checkpoint = manifest.output("checkpoint")
