@@ -30,6 +30,16 @@ def run_script(args, cwd, env=None, check=False):
     return proc
 
 
+def assert_one_sentence(err, rc, *words):
+    """The one `error:` line of `err` (no traceback, a failing exit code), containing every one of `words`."""
+    assert rc != 0 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    for w in words:
+        assert str(w) in lines[0], (w, lines[0])
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """Demo data with fewer samples per class (fast), under its own data root."""

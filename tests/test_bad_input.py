@@ -19,7 +19,7 @@ from CPG_MM_main_normal import main as cpg_main
 from models.build import Network
 from packnet_main_normal import main as baseline_main
 from pickaback_perceiverIO import main as search_main
-from tests.conftest import demo_config_file, env_for, run_main
+from tests.conftest import assert_one_sentence, demo_config_file, env_for, run_main
 from utils import checkpoint
 from utils import data as data_mod
 from utils.checkpoint import load_checkpoint, save_checkpoint
@@ -53,15 +53,6 @@ def contents(root):
 def assert_unchanged(before):
     """Every file that existed before is still there with the same bytes (new log files may appear)."""
     assert {p: p.read_bytes() for p in before if p.is_file()} == before
-
-
-def assert_one_sentence(err, rc, *words):
-    assert rc != 0 and "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    for w in words:
-        assert str(w) in lines[0], (w, lines[0])
-    return lines[0]
 
 
 def existing_work(tmp_path):

@@ -13,23 +13,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import REPO, env_for, run_main
+from tests.conftest import REPO, assert_one_sentence, env_for, run_main
 from utils import distributed, errors
 from utils.checkpoint import atomic_write
 from utils.errors import INTERRUPTED, PARENT_REPORTS, UserError, report_user_errors
 from utils.layout import Layout
 from utils.pipeline import lifecycle, run_stage
 from utils.runtime import LogFile, setup_logging
-
-
-def error_line(err, rc, *words):
-    """The one `error:` line of `err` (no traceback, a failing exit code), containing every one of `words`."""
-    assert rc != 0 and "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    for w in words:
-        assert str(w) in lines[0], (w, lines[0])
-    return lines[0]
 
 
 def raising(error):
@@ -97,7 +87,7 @@ def read_only(monkeypatch):
 def test_an_os_error_in_an_entry_point_is_one_sentence_naming_its_paths(capsys, error, words):
     rc = run_main(raising(error), [])
     captured = capsys.readouterr()
-    line = error_line(captured.err, rc, *words)
+    line = assert_one_sentence(captured.err, rc, *words)
     assert rc == 1 and line.endswith("and rerun.") and captured.out == ""
 
 
@@ -208,7 +198,7 @@ def test_a_stage_whose_log_file_fills_the_disk_stops_with_one_sentence(demo_root
         monkeypatch.setenv(name, value)
     rc = run_main(main, ["baseline", "demo"])
     log = Layout(tmp_path, "demo").baseline_dir("group1") / "train.log"
-    error_line(capsys.readouterr().err, rc, "stage baseline, task 1 (group1): cannot write the log file", log,
+    assert_one_sentence(capsys.readouterr().err, rc, "stage baseline, task 1 (group1): cannot write the log file", log,
                "(No space left on device)", "free space")
     assert rc == 1
 
@@ -217,9 +207,10 @@ def test_a_log_file_in_a_read_only_folder_is_one_sentence(data_root_ro_args, cap
     from pickaback_perceiverIO import main
     folder, args = data_root_ro_args
     rc = run_main(main, [*args, "--log_path", str(folder / "search.log")])
-    error_line(capsys.readouterr().err, rc, f"cannot open the log file {folder / 'search.log'} (Permission denied)")
+    assert_one_sentence(capsys.readouterr().err, rc,
+                        f"cannot open the log file {folder / 'search.log'} (Permission denied)")
     rc = run_main(main, [*args, "--log_path", str(folder / "sub" / "search.log")])  # its folder cannot be made
-    error_line(capsys.readouterr().err, rc, f"cannot use {folder / 'sub'} (Permission denied)")
+    assert_one_sentence(capsys.readouterr().err, rc, f"cannot use {folder / 'sub'} (Permission denied)")
 
 
 @pytest.fixture
@@ -312,7 +303,7 @@ def test_nproc_must_be_a_whole_number_of_at_least_1(monkeypatch, capsys, no_laun
     from tools.run_stage import main
     monkeypatch.setenv("NPROC", value)
     rc = run_main(main, ["baseline", "demo"])
-    error_line(capsys.readouterr().err, rc, f"NPROC='{value}'", "whole number of at least 1", "environment")
+    assert_one_sentence(capsys.readouterr().err, rc, f"NPROC='{value}'", "whole number of at least 1", "environment")
     assert rc == 1 and no_launch == []
 
 
@@ -322,7 +313,7 @@ def test_batch_size_must_split_over_nproc_before_torchrun_starts(monkeypatch, ca
     monkeypatch.setenv("NPROC", "2")
     monkeypatch.setenv("BATCH_SIZE", "33")
     rc = run_main(main, [stage, "demo"])
-    error_line(capsys.readouterr().err, rc, "BATCH_SIZE=33 of stage baseline", "not a multiple of NPROC=2")
+    assert_one_sentence(capsys.readouterr().err, rc, "BATCH_SIZE=33 of stage baseline", "not a multiple of NPROC=2")
     assert rc == 1 and no_launch == []
     assert run_main(main, ["find_backbone", "demo"]) == 0 and no_launch == [2]    # it has no batch size
 
@@ -334,7 +325,7 @@ def test_a_user_error_under_torchrun_is_printed_once_without_the_launcher_summar
     both = proc.stdout + proc.stderr
     sentence = "task group1 has 3 class"
     assert both.count(sentence) == 1, both
-    error_line(proc.stderr, proc.returncode, "stage baseline, task 1 (group1)", sentence)
+    assert_one_sentence(proc.stderr, proc.returncode, "stage baseline, task 1 (group1)", sentence)
     assert proc.returncode == 1 and "ChildFailedError" not in both and "Traceback" not in both
 
 
