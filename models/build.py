@@ -91,8 +91,7 @@ class Network:
         cpg.attach(model)
         for t in tasks:
             model.add_task(t.name, t.num_classes)
-        for task_id in sorted({int(k.rsplit(".", 1)[1]) for k in ckpt["model_state_dict"] if ".piggymasks." in k}):
-            cpg.add_piggymasks(model, task_id)
+        cpg.restore_piggymasks(model, ckpt["model_state_dict"])
         differing = shape_differences(model.state_dict(), ckpt["model_state_dict"])
         if differing:
             raise UserError(f"{source} was made with another model configuration than its model_config builds "
@@ -152,9 +151,10 @@ class Network:
         finally:
             self.model.activate(previous)
 
-    def start_task(self, task, modality, num_classes, width_multiplier=1.0):
+    def start_task(self, task, modality, num_classes, width_multiplier=1.0, reinit_free=False):
         """Add `task` (or continue it), widen the network to `width_multiplier` if needed, give the task every
-        free weight of the layers it uses, and a piggymask over earlier tasks' weights. Returns its task id."""
+        free weight of the layers it uses (with `reinit_free`, freshly initialised rather than at the zero pruning
+        left them at), and a piggymask over earlier tasks' weights. Returns its task id."""
         if task not in self.history:
             self.tasks.append(TaskRecord(task, modality, int(num_classes)))
         elif self.record(task).modality != modality:
@@ -165,6 +165,8 @@ class Network:
         if task_id > 1:
             cpg.add_piggymasks(self.model, task_id)
         cpg.make_finetuning_mask(self.model, modality, task_id)
+        if reinit_free and task_id > 1:
+            cpg.reinit_free_weights(self.model, modality, task_id)
         self.activate(task)
         self.record(task).layer_info = {"network_width_multiplier": float(width_multiplier), "modality": modality}
         return task_id

@@ -163,12 +163,34 @@ def make_finetuning_mask(model, modality, task_id):
         mask[mask == 0] = task_id
 
 
+def reinit_free_weights(model, modality, task_id):
+    """Give the weights task `task_id` was just handed (the ones earlier tasks' pruning freed, which pruning left at
+    zero) fresh Xavier-uniform values, as a new layer's; its other weights are left alone."""
+    for layer in used_layers(model, modality).values():
+        mask, weight = ownership(layer).mask, raw_weight(layer)
+        fresh = torch.empty_like(weight)
+        nn.init.xavier_uniform_(fresh)
+        with torch.no_grad():
+            weight[mask == task_id] = fresh[mask == task_id]
+
+
 def add_piggymasks(model, task_id, init=PIGGYMASK_INIT):
     """A piggymask for task `task_id` over every prunable weight (only its entries over earlier tasks matter)."""
     for layer in prunable_layers(model).values():
         om = ownership(layer)
         if str(task_id) not in om.piggymasks:
             om.piggymasks[str(task_id)] = nn.Parameter(torch.full_like(raw_weight(layer), init))
+
+
+def restore_piggymasks(model, state_dict):
+    """The piggymasks a saved state holds, each on the layer it was saved on (a layer grown after a task started has
+    none of that task's)."""
+    for name, layer in prunable_layers(model).items():
+        prefix = f"{name}.parametrizations.weight.0.piggymasks."
+        om = ownership(layer)
+        for key in state_dict:
+            if key.startswith(prefix) and key[len(prefix):] not in om.piggymasks:
+                om.piggymasks[key[len(prefix):]] = nn.Parameter(torch.full_like(raw_weight(layer), PIGGYMASK_INIT))
 
 
 def piggymask_parameters(model, task_id):
@@ -266,6 +288,17 @@ def layer_sparsity(model, modality, task_id):
         own, free = int((mask == task_id).sum()), int((mask == 0).sum())
         out[name] = free / max(own + free, 1)
     return out
+
+
+def ownership_shares(model):
+    """{task id: share of all prunable weights it owns}, with 0 for the share still free."""
+    counts, total = {}, 0
+    for layer in prunable_layers(model).values():
+        ids, n = torch.unique(ownership(layer).mask, return_counts=True)
+        for i, c in zip(ids.tolist(), n.tolist(), strict=True):
+            counts[int(i)] = counts.get(int(i), 0) + c
+        total += ownership(layer).mask.numel()
+    return {i: c / max(total, 1) for i, c in sorted(counts.items())}
 
 
 def mask_statistics(model, modality, task_id):

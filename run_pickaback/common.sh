@@ -11,4 +11,4 @@ if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
     awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
     exit $([ $# -lt 1 ] && echo 2 || echo 0)
 fi
-exec "$PYTHON" "$REPO_ROOT/tools/run_stage.py" "$(basename "$0" .sh)" "$1"
+exec "$PYTHON" "$REPO_ROOT/tools/run_stage.py" "$(basename "$0" .sh)" "$@"

@@ -5,18 +5,16 @@
     TASK_IDS="1 3" FORCE=1 EPOCHS=10 python tools/run_stage.py wo_backbone demo
 
 The run_pickaback/<stage>.sh scripts call this. Each stage's settings are the variables at the top of its script
-(the original's names), overridden by the environment. Also read from the environment: TASK_IDS (default: every
-task of the config), FORCE=1 (redo tasks that are already finished with the same settings), MMPAB_WORK_DIR (where
-checkpoints_perceiver_io/, logs_perceiver_io/ and the pickaback CSVs go; default: the repository),
-MMPAB_DATA_ROOT, NPROC=N (each task on N processes under torchrun; BATCH_SIZE a multiple of N) and GPUS: with two
-or more entries ("0 1 2 3", or "cpu cpu" without CUDA) the independent tasks of baseline, wo_backbone and
-w_backbone_MM run in parallel, one worker process per entry taking the next task when it is free, and find_backbone
-splits its targets over the workers; each worker's lines are prefixed [gpu <entry>] (one entry only picks the
-device). `all` and
-`compare_selection` end by writing the report (tools/report.py) and printing its path. Exits 0 when every task is
-done, else with one sentence naming the stage and the task (exit 3: a baseline accuracy is missing); Ctrl-C prints
-one line and exits 130.
-"""
+(the original's names), overridden by the environment. Also read from the environment: TASK_IDS (default: every task
+of the config), FORCE=1 (redo tasks that are already finished with the same settings), MMPAB_WORK_DIR (where
+checkpoints_perceiver_io/, logs_perceiver_io/ and the pickaback CSVs go; default: the repository), MMPAB_DATA_ROOT,
+NPROC=N (each task on N processes under torchrun; BATCH_SIZE a multiple of N) and GPUS: with two or more entries ("0
+1 2 3", or "cpu cpu" without CUDA) the independent tasks of baseline, wo_backbone and w_backbone_MM run in parallel,
+one worker process per entry taking the next task when it is free, and find_backbone splits its targets over the
+workers; each worker's lines are prefixed [gpu <entry>] (one entry only picks the device). `all`,
+`compare_selection` and `sequence` end by writing the report (tools/report.py) and printing its path. Exits 0 when
+every task is done, else with one sentence naming the stage and the task (exit 3: a baseline accuracy is missing);
+Ctrl-C prints one line and exits 130."""
 import argparse
 import os
 import sys
@@ -37,9 +35,11 @@ def parse_args(argv=None):
                                 epilog="stages and their variables (defaults as set in the scripts):\n" +
                                 "\n".join(lines))
     p.add_argument("stage", choices=[*SETTINGS, "all", "run_all"],
-                   help="a stage, all (run_all) of them in order, or compare_selection (the selection rules side by "
-                        "side)")
+                   help="a stage, all (run_all) of them in order, compare_selection (the selection rules side by "
+                        "side) or sequence (one network over a sequence of tasks)")
     p.add_argument("dataset_config", help="section of utils/dataset_config.yaml (cub, oxford, mscoco, demo, ...)")
+    p.add_argument("what", nargs="?", choices=["compare"],
+                   help="sequence only: compare the orders similar, config and random for each of SEEDS")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)   # one of GPUS's workers (run_parallel)
     return p.parse_args(argv)
 
@@ -75,6 +75,10 @@ def main(argv=None):
     init_from_environment()
     setup_logging()
     stage = "all" if args.stage == "run_all" else args.stage
+    if args.what:
+        if stage != "sequence":
+            raise UserError(f"'{args.what}' follows only the sequence stage (sequence.sh <cfg> compare), not {stage}.")
+        stage = "sequence_compare"
     if args.worker:                                           # runs the units its parent hands it on stdin
         if stage not in PARALLEL_STAGES:
             raise UserError(f"--worker runs one of {', '.join(PARALLEL_STAGES)}, not {stage}.")
@@ -82,7 +86,7 @@ def main(argv=None):
     run = run_stage(stage, args.dataset_config)
     main_process = is_main_process()
     shutdown()
-    if stage in ("all", "compare_selection") and main_process:    # last: the report of what the stages wrote
+    if stage in ("all", "compare_selection", "sequence", "sequence_compare") and main_process:   # last: the report
         path, _ = write_report(run.cfg.name, run.work_dir, run.cfg.data_root)
         print(f"report: {path}")
 

@@ -22,6 +22,7 @@ BASELINE_STAGE = "baseline_scratch"
 BACKBONE_STAGE = "CPG_single_scratch_woexp"
 TARGET_STAGE = "CPG_fromsingle_scratch_woexp_target"
 COMPARISON_STAGE = "CPG_compare_selection"
+SEQUENCE_STAGE = "CPG_sequence"
 MANIFEST = "stage.json"
 FORMAT = 2                  # of a manifest: 2 records the settings object whole, with the inputs apart
 MISSING = object()
@@ -116,6 +117,15 @@ class Layout:
     @property
     def comparison_csv(self):
         return self.logs / f"compare_selection_{self.config}.csv"
+
+    # ---- the sequence run: one network over the tasks of an order -------------------------------------------
+    def sequence_dir(self, run, step):
+        """The folder of the `step`-th task (1-based) of the sequence run `run` ("default", or "<rule>_seed<S>")."""
+        return self.checkpoints / SEQUENCE_STAGE / self.arch / self.config / run / f"task{int(step):02d}"
+
+    @property
+    def sequence_csv(self):
+        return self.logs / f"sequence_{self.config}.csv"
 
     # ---- the report (tools/report.py) ---------------------------------------------------------------------------
     def report(self, suffix=".md"):

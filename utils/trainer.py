@@ -248,9 +248,10 @@ def train_baseline(net, data, *, epochs, lr, weight_decay, seed, recipe="origina
     return val_acc
 
 
-def start_cpg_task(net, data, width):
-    """Add the task to a network (widened to `width`), give it the free weights, make only its own trainable."""
-    net.start_task(data.task, data.modality, data.num_classes, width)
+def start_cpg_task(net, data, width, reinit_free=False):
+    """Add the task to a network (widened to `width`), give it the free weights (re-initialised with
+    `reinit_free`), make only its own trainable."""
+    net.start_task(data.task, data.modality, data.num_classes, width, reinit_free)
     net.set_trainable(data.task)
     net.model.to(data.device)
     return max(width, net.model.width_multiplier)

@@ -9,6 +9,7 @@ and the step that was running continues from its own resume state.
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from models.build import Network
@@ -52,6 +53,36 @@ def backbone_jobs(run, layout):
     return jobs
 
 
+@dataclass(frozen=True)
+class Folders:
+    """Where one task's CPG training and compacting writes: the finetuned checkpoint (scratch/), each pruning stage
+    (gradual_prune/<s>/), the record, the per-epoch CSV and the progress of an interrupted run."""
+    root: Path
+
+    @property
+    def scratch(self):
+        return self.root / "scratch"
+
+    @property
+    def gradual_prune(self):
+        return self.root / "gradual_prune"
+
+    def prune_stage(self, sparsity):
+        return self.gradual_prune / sparsity_key(sparsity)
+
+    @property
+    def record(self):
+        return self.gradual_prune / "record.txt"
+
+    @property
+    def csv(self):
+        return self.root / "train.csv"
+
+    @property
+    def progress(self):
+        return self.root / "progress.json"
+
+
 def backbone_task(run, s, task_id, group, criterion, position=""):
     """Finetune (with growth) and prune task `task_id`, unless it is finished with these settings and inputs."""
     layout = run.layout(s.arch)
@@ -66,18 +97,20 @@ def backbone_task(run, s, task_id, group, criterion, position=""):
         data = load_task(run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
                          num_classes=s.num_classes, amp=s.amp, epochs=s.epochs, **run.loader)
         task.replacing(folder)
-        progress = task.track(Progress(folder / "progress.json", task.identity))
-        outputs, record, width = train_backbone(run, layout, s, data, data_settings, criterion, progress)
+        progress = task.track(Progress(Folders(folder).progress, task.identity))
+        outputs, record, width = train_and_compact(run, Folders(folder), s, data, data_settings, criterion, progress)
         remove_stale_stages(layout.gradual_prune_dir(group), outputs)
         task.finish(outputs, {"record": record, "width": width})
         log.info(f"record of {group}: {json.dumps(record)}")
 
 
-def train_backbone(run, layout, s, data, data_settings, criterion, progress):
-    """Finetune (with growth), then the pruning schedule; each step's checkpoint and the record are written as the
-    step ends. Returns (files written, record, width)."""
+def train_and_compact(run, folders, s, data, data_settings, criterion, progress, start=None, total_num_tasks=None):
+    """Add the task to a new network, or to the one of checkpoint `start`, finetune it (with growth), then compact
+    it along the pruning schedule; each step's checkpoint and the record are written in `folders` as the step ends.
+    `total_num_tasks` (default TOTAL_NUM_TASKS) is how many tasks the pruning must leave room for. Returns (files
+    written, record, width)."""
     group = data.task
-    csv_path = layout.train_log(group).with_name("train.csv")
+    csv_path = folders.csv
     done = progress.load()
     if done:                                                      # finetuning and `index` pruning stages are done
         outputs = {k: Path(v) for k, v in done["outputs"].items()}
@@ -86,15 +119,15 @@ def train_backbone(run, layout, s, data, data_settings, criterion, progress):
         outcome = Outcome(done["outcome"])
     else:
         step = FinetuneStep.of(s)
-        resume = step_resume(layout.scratch_dir(group), step, criterion, None, data_settings)
-        net, outcome, acc, width = finetune_with_growth(lambda: Network.new(model_config(run.cfg)), data, step,
-                                                        s.network_width_multiplier, s.width_step, criterion,
-                                                        csv_path, resume)
+        resume = step_resume(folders.scratch, step, criterion, start, data_settings)
+        make_net = (lambda: Network.load(start, model_config(run.cfg))) if start else \
+            (lambda: Network.new(model_config(run.cfg)))
+        net, outcome, acc, width = finetune_with_growth(make_net, data, step, s.network_width_multiplier,
+                                                        s.width_step, criterion, csv_path, resume)
         record = {"0.0": round(acc, 4)}
         finish_task(net, group)
-        outputs = {"0.0": save_task_checkpoint(net, run.cfg, layout.scratch_dir(group), s.epochs),
-                   "record": layout.record(group)}
-        write_json(layout.record(group), record)
+        outputs = {"0.0": save_task_checkpoint(net, run.cfg, folders.scratch, s.epochs), "record": folders.record}
+        write_json(folders.record, record)
         save_progress(progress, outputs, record, width, 0, "0.0", outcome)
         resume.clear()
         first = 0
@@ -105,19 +138,20 @@ def train_backbone(run, layout, s, data, data_settings, criterion, progress):
         return outputs, record, width
     schedule = s.pruning_schedule
     for index in range(first, len(schedule)):
-        start, end = (schedule[index - 1] if index else 0.0), schedule[index]
-        step = PruneStep.of(s, start, end)
-        folder = layout.prune_stage_dir(group, end)
-        resume = step_resume(folder, step, criterion, outputs[sparsity_key(start)], data_settings)
+        initial, end = (schedule[index - 1] if index else 0.0), schedule[index]
+        step = PruneStep.of(s if total_num_tasks is None else s.replace(total_num_tasks=total_num_tasks), initial,
+                            end)
+        folder = folders.prune_stage(end)
+        resume = step_resume(folder, step, criterion, outputs[sparsity_key(initial)], data_settings)
         outcome, acc = prune_stage(net, data, step, criterion, record["0.0"], csv_path, resume)
         if acc is None:
-            log.info(f"stop pruning {group} at sparsity {start}")
+            log.info(f"stop pruning {group} at sparsity {initial}")
             break
         key = sparsity_key(end)
         record[key] = round(acc, 4)
         finish_task(net, group)
         outputs[key] = save_task_checkpoint(net, run.cfg, folder, s.nr_epoch_for_each_prune)
-        write_json(layout.record(group), record)
+        write_json(folders.record, record)
         save_progress(progress, outputs, record, width, index + 1, key, outcome)
         resume.clear()
         if outcome is Outcome.STOP_PRUNING:

@@ -32,12 +32,13 @@ class FinetuneStep:
     amp: bool
     max_width: float
     train_per_class: int = 0          # > 0: that many training samples per class (the few-shot comparison)
+    reinit_free: bool = False         # the freed weights a task takes start freshly initialised, not at zero
 
     @classmethod
     def of(cls, s, train_per_class=0):
-        """The step of a stage's settings (BackboneSettings or TargetSettings)."""
+        """The step of a stage's settings (BackboneSettings, TargetSettings or SequenceSettings)."""
         return cls(s.epochs, s.init_lr, s.lr_mask, s.weight_decay, s.batch_size, s.num_classes, s.seed, s.recipe,
-                   s.amp, s.max_network_width_multiplier, train_per_class)
+                   s.amp, s.max_network_width_multiplier, train_per_class, getattr(s, "reinit_free", False))
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def step_resume(folder, step, baseline, start, data_settings):
 def finetune_at(net, data, step, width, baseline, csv_path=None, resume=None):
     """Add the task to `net` at `width` (picking and growing to that width) and finetune it; returns
     (Outcome, test accuracy, width)."""
-    width = start_cpg_task(net, data, width)
+    width = start_cpg_task(net, data, width, step.reinit_free)
     log.info(f"task {data.task} ({data.modality}) as task {net.task_id(data.task)} of {net.history} on "
              f"{data.device}; width x{width}, {net.num_parameters()} parameters")
     outcome, acc = cpg_finetune(net, data, epochs=step.epochs, lr=step.lr, lr_mask=step.lr_mask, recipe=step.recipe,

@@ -30,6 +30,7 @@ from utils.pipeline.choice import select_pruning_ratio_of_backbone
 from utils.pipeline.context import Run
 from utils.pipeline.executor import entry_device, gpu_entries, run_parallel
 from utils.pipeline.experiments import compare_selection
+from utils.pipeline.sequence import sequence, sequence_compare
 from utils.pipeline.settings import RUN_VARIABLES, all_variables, stage_settings
 from utils.pipeline.transfer import transfer_kv
 
@@ -88,10 +89,14 @@ def run_stage(stage, config, env=None):
     entries = gpu_entries(env)
     if len(entries) == 1:
         env = {**env, "GPUS": "", "DEVICE": entry_device(entries[0])}
-    names = STAGES if stage in ("all", "compare_selection") else (stage,)
+    names = STAGES if stage in ("all", "compare_selection") else ("sequence",) if stage.startswith("sequence") \
+        else (stage,)
     settings = {name: stage_settings(name, env) for name in names}     # every value checked before any work
     if stage == "compare_selection":
         compare_selection(run, stage_settings(stage, env), env)
+        return run
+    if stage in ("sequence", "sequence_compare"):                  # one network over a sequence (not in run_all)
+        (sequence if stage == "sequence" else sequence_compare)(run, settings["sequence"])
         return run
     for name, s in settings.items():
         log.info(f"==== stage {name} of '{run.cfg.name}' (tasks {run.task_ids})")

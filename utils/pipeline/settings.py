@@ -282,8 +282,8 @@ class GrowthSettings(Settings):
 
 
 @dataclass(frozen=True)
-class BackboneSettings(GrowthSettings):
-    STAGE: ClassVar[str] = "wo_backbone"
+class CompactingSettings(GrowthSettings):
+    """CPG training with growth, then compacting along a pruning schedule (the backbone stage, the sequence)."""
     pruning_lr: float = setting(float, "--pruning_lr", valid=above(0), help="SGD learning rate while pruning")
     nr_epoch_for_each_prune: int = setting(int, "--nr_epoch_for_each_prune", valid=at_least(1),
                                            help="epochs of each pruning stage")
@@ -294,6 +294,11 @@ class BackboneSettings(GrowthSettings):
     pruning_schedule: tuple = setting(floats, "--pruning_schedule", valid=sparsities(),
                                       help="target sparsity of each pruning stage")
     total_num_tasks: int = total_num_tasks()
+
+
+@dataclass(frozen=True)
+class BackboneSettings(CompactingSettings):
+    STAGE: ClassVar[str] = "wo_backbone"
     seed: int = seed()
     device: str = device()
     amp: bool = amp()
@@ -349,6 +354,39 @@ class TargetSettings(GrowthSettings):
                               help="backbone search result; empty: pickaback_<cfg>_result.csv")
 
 
+def order_spec(text):
+    """ORDER: empty (the config's order), similar, random, or task ids separated by spaces or commas."""
+    text = " ".join(str(text).replace(",", " ").split())
+    if text in ("", "config", "similar", "random") or all(t.isdigit() for t in text.split()):
+        return text or "config"
+    raise ValueError(text)
+
+
+EXPECTED[order_spec] = "config, similar, random or a list of task ids"
+
+
+@dataclass(frozen=True)
+class SequenceSettings(CompactingSettings):
+    """One network learns the tasks of ORDER in turn, compacting each (run_pickaback/sequence.sh)."""
+    STAGE: ClassVar[str] = "sequence"
+    order: str = setting(order_spec, "--order", help="config (the config's order), similar (next: the unlearned task "
+                                                     "most similar to those learned), random, or task ids")
+    first: int = setting(int, "--first", valid=at_least(1), help="the first task of ORDER=similar")
+    start: str = setting(str, "--start", valid=one_of("scratch", "similar"),
+                         help="scratch, or similar: the first task on the backbone the search picked for it")
+    allow_acc_loss: float = setting(float, "--allow_acc_loss", valid=fraction(),
+                                    help="accuracy a chosen pruning ratio may lose")
+    reinit_free: bool = setting(switch, "--reinit_free",
+                                help="1: the weights earlier tasks' pruning freed start freshly initialised for the "
+                                     "next task; 0: at zero, where pruning left them (the original)")
+    seed: int = seed()
+    device: str = device()
+    amp: bool = amp()
+    recipe: str = recipe_setting()
+    seeds: tuple = setting(ints, valid=each(SEED, "one or more seeds"), identity=False,
+                           help="the seeds of the order comparison (sequence.sh <cfg> compare)")
+
+
 @dataclass(frozen=True)
 class CompareSettings(Settings):
     """Not a stage of run_all: the experiment that compares selection rules (run_pickaback/compare_selection.sh)."""
@@ -360,7 +398,7 @@ class CompareSettings(Settings):
 
 
 SETTINGS = {cls.STAGE: cls for cls in (BaselineSettings, BackboneSettings, ChoiceSettings, SearchSettings,
-                                       TransferSettings, TargetSettings, CompareSettings)}
+                                       TransferSettings, TargetSettings, CompareSettings, SequenceSettings)}
 RUN_VARIABLES = ("TASK_IDS", "FORCE", "MMPAB_WORK_DIR")        # read by the run, not by a stage
 
 

@@ -5,6 +5,7 @@ one Markdown file with figures and a CSV of every number.
     evaluate.py  each backbone -> target chain's accuracy matrix, measured from its checkpoints
     metrics.py   continual-learning metrics on an accuracy matrix (pure functions, Avalanche's conventions)
     verdicts.py  the selection-rule comparison: mean ± std over seeds, agreement with the oracle, does picking pay
+    sequence.py  the sequence run: its accuracy matrix, metrics and compactness, the order rules over seeds
     figures.py   the PNG figures (matplotlib)
     markdown.py  the Markdown sections, each putting the numbers it shows into the CSV
     write.py     write_report: all of the above, into logs_perceiver_io/report_<cfg>.{md,csv} and its PNGs

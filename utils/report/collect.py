@@ -78,7 +78,11 @@ def result(manifest, key):
 
 
 NUMBERS = {"target_acc": (0.0, 1.0), "baseline_acc": (0.0, 1.0), "width": (1e-12, math.inf),
-           "sim_euc": (-math.inf, math.inf)}                            # what the report reads from the stages' CSVs
+           "sim_euc": (-math.inf, math.inf),                            # what the report reads from the stages' CSVs
+           # the sequence's (utils/report/sequence.py)
+           "accuracy": (0.0, 1.0), "owned": (0.0, 1.0), "free": (0.0, 1.0), "step": (1, math.inf),
+           "position": (1, math.inf), "params": (0, math.inf), "separate_params": (0, math.inf),
+           "seconds": (0.0, math.inf)}
 
 
 def read_csv(path, columns, stage, **kwargs):

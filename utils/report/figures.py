@@ -1,7 +1,8 @@
 """The report's figures, as PNG files beside report_<cfg>.md: the backbone search's similarity matrix, each CPG
-backbone's accuracy against sparsity, the targets' accuracy against their baselines, and the selection rules side
-by side. Each function draws from what utils/report/collect.py gathered and returns the file's path; only the
-writer (utils/report/write.py) imports this module, so nothing else pays for matplotlib.
+backbone's accuracy against sparsity, the targets' accuracy against their baselines, the selection rules side
+by side, and the sequence run's accuracy matrix and compactness. Each function draws from what
+utils/report/collect.py (or sequence.py) gathered and returns the file's path; only the writer
+(utils/report/write.py) imports this module, so nothing else pays for matplotlib.
 """
 import io
 import math
@@ -156,4 +157,72 @@ def plot_selection(c, summary, rules, path):
     ax.set_title(f"Selection rules side by side ({c.cfg.name})")
     ax.legend(title="rule", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_sequence_matrix(c, run, path):
+    """The accuracy matrix A[j, i] of a sequence run (utils/report/sequence.Run) as a heat map."""
+    t = len(run.order)
+    fig, ax = plt.subplots(figsize=(1.1 * t + 3.5, 0.8 * t + 2.2))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
+    im = ax.imshow(np.ma.masked_invalid(run.A), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    if t <= 20:
+        for j in range(t):
+            for i in range(t):
+                v = run.A[j, i]
+                ax.text(i, j, "—" if math.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=8,
+                        color="#666666" if math.isnan(v) else "black" if v > 0.6 else "white")
+    ax.set_xticks(range(t), [f"{i + 1}: {g} ({c.cfg.modality(g)})" for i, g in enumerate(run.order)],
+                  rotation=35, ha="right")
+    ax.set_yticks(range(t), [f"step {j + 1}: {g}" for j, g in enumerate(run.order)])
+    for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+        for tick, g in zip(ticks, run.order, strict=False):
+            tick.set_color(MODALITY_COLOURS.get(c.cfg.modality(g), "black"))
+    ax.set_xlabel("task i evaluated (position in the order)")
+    ax.set_ylabel("after learning step j's task")
+    ax.set_title(f"Sequence ({c.cfg.name}, run {run.name}, order {run.rule}): accuracy A[j, i]\n"
+                 "grey = not learned yet", fontsize=10)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("test accuracy")
+    return save_figure(fig, path)
+
+
+def plot_sequence(c, run, path):
+    """A sequence run in three panels: (a) each task's accuracy in the sequence (right after learning it, after the
+    last task) against its baseline, (b) parameters of the one network against separate models over the number of
+    tasks, (c) the network's width over the sequence."""
+    t = len(run.order)
+    steps = np.arange(1, t + 1)
+    fig, (a, b, w) = plt.subplots(1, 3, figsize=(max(12, 1.2 * t + 9), 4.2),
+                                  gridspec_kw={"width_ratios": [max(t, 2), 2, 2]})
+    a.bar(steps - 0.27, run.baseline, 0.27, color="#bbbbbb", label="baseline (own model)")
+    a.bar(steps, run.m["just_learned"], 0.27, color="#8da0cb", label="right after learning it A[i, i]")
+    a.bar(steps + 0.27, run.m["final"], 0.27, color="#3b528b", label="after the last task A[t, i]")
+    a.set_xticks(steps, [f"{i}: {g}" for i, g in zip(steps, run.order, strict=True)], fontsize=8, rotation=20)
+    for tick, g in zip(a.get_xticklabels(), run.order, strict=False):
+        tick.set_color(MODALITY_COLOURS.get(c.cfg.modality(g), "black"))
+    a.set_ylim(0, 1.15)
+    a.set_ylabel("test accuracy")
+    a.set_xlabel("task (position in the order; label colour: modality)")
+    a.set_title("(a) accuracy in the sequence vs baseline", fontsize=10)
+    a.legend(fontsize=7, loc="upper left")
+    a.grid(axis="y", alpha=0.3)
+    b.plot(steps, run.steps.params, "o-", label="one network (CPG)")
+    b.plot(steps, run.steps.separate_params, "s--", color="grey", label="separate models")
+    b.set_xticks(steps)
+    b.set_ylim(bottom=0)
+    b.set_xlabel("number of tasks learned")
+    b.set_ylabel("parameters")
+    b.set_title("(b) parameters", fontsize=10)
+    b.legend(fontsize=7)
+    b.grid(alpha=0.3)
+    w.plot(steps, run.steps.width, "o-", color="#1b9e77")
+    w.set_xticks(steps)
+    w.set_ylim(bottom=0)
+    w.set_xlabel("step (task learned)")
+    w.set_ylabel("width multiplier")
+    w.set_title("(c) network width", fontsize=10)
+    w.grid(alpha=0.3)
+    fig.suptitle(f"Sequence ({c.cfg.name}, run {run.name}, order {run.rule})")
+    fig.tight_layout()
     return save_figure(fig, path)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from utils.report import sequence
 from utils.report.collect import MISSING
 from utils.report.verdicts import oracle_agreement, summary, verdict
 
@@ -206,6 +207,115 @@ def agreement_lines(c, cmp):
     return ["### How often `similar` picked the oracle's backbone", "",
             md_table(["target", "similar = oracle (seeds)"], rows),
             "", "(When several candidates tie for the oracle's best accuracy, picking any of them counts.)", ""]
+
+
+SEQUENCE_FORMULAS = """A[j, i] is the test accuracy of the task at position i of the order after step j learned the task
+at position j (both 1-based; — above the diagonal: not learned yet). With t the last step, as in the chains above
+(Avalanche's conventions):
+
+- average accuracy after the last task: ACC = mean_i A[t, i]
+- forgetting of task i < t: f_i = A[i, i] − A[t, i]; F = mean_{i<t} f_i; BWT = mean_{i<t} (A[t, i] − A[i, i]) = −F
+- forward transfer of task i: FWT_i = A[i, i] − (task i's separate baseline accuracy); FWT = mean_i FWT_i
+"""
+
+
+def sequence_section(c, seq, matrix_figure, figure):
+    """The sequence run from a sequence.Sequence: run `default` in full (figures: the file names of its matrix and
+    of its three panels), then the order comparison's runs by rule."""
+    lines = ["## Sequence: one network learns the tasks in turn", "",
+             f"From `{seq.path.name}`: one CPG network learns the tasks of an order one after the other; after each "
+             f"step every task learned so far is evaluated on its test set.", ""]
+    for run in seq.runs.values():
+        run_numbers(c, run)
+    if seq.default is not None:
+        lines += sequence_run_lines(c, seq.default, matrix_figure, figure)
+    else:
+        lines += [f"Run `{sequence.DEFAULT}`: {MISSING} (run run_pickaback/sequence.sh {c.cfg.name}).", ""]
+    return lines + (sequence_order_lines(c, seq) if seq.compared else [])
+
+
+def run_numbers(c, run):
+    """A run's final numbers into the CSV (section sequence_runs, item the run's name)."""
+    c.number("sequence_runs", run.name, "rule", run.rule)
+    c.number("sequence_runs", run.name, "seed", run.seed)
+    c.number("sequence_runs", run.name, "order", " ".join(run.order))
+    for key in ("acc", "forgetting", "bwt", "fwt", "params", "separate_params", "ratio", "width", "free",
+                "seconds"):
+        c.number("sequence_runs", run.name, key, run.m[key])
+
+
+def sequence_run_lines(c, run, matrix_figure, figure):
+    m, t = run.m, len(run.order)
+    lines = [f"### Run `{run.name}`: order `{run.rule}` (seed {run.seed}): {' → '.join(run.order)}", "",
+             SEQUENCE_FORMULAS, f"![sequence accuracy matrix]({matrix_figure})", ""]
+    rows = []
+    for j in range(t):
+        for i in range(j + 1):
+            c.number("sequence_matrix", run.name, f"A[{j + 1},{i + 1}]", float(run.A[j, i]))
+        rows.append((f"{j + 1} {run.order[j]}", *(fmt(float(run.A[j, i])) if i <= j else "—" for i in range(t))))
+    lines += [md_table(["after step j (learned)", *(f"{i + 1} {g}" for i, g in enumerate(run.order))], rows), ""]
+    lines += [f"- average accuracy after the last task: ACC = {fmt(m['acc'])}",
+              f"- forgetting F = {fmt(m['forgetting'])}, backward transfer BWT = {fmt(m['bwt'], sign=True)}",
+              f"- forward transfer against the baselines: FWT = {fmt(m['fwt'], sign=True)}", ""]
+    rows = []
+    for i, task in enumerate(run.order):
+        last = i == t - 1                 # no forgetting for the last task (Avalanche: left out of the means)
+        values = {"position": i + 1, "baseline_acc": run.baseline[i], "just_learned": m["just_learned"][i],
+                  "fwt": m["fwt_per_task"][i], "final_acc": m["final"][i],
+                  "final_vs_baseline": m["final_vs_baseline"][i], "owned": m["owned"][i],
+                  "forgetting": None if last else m["forgetting_per_task"][i],
+                  "bwt": None if last else m["bwt_per_task"][i]}
+        for key, v in values.items():
+            if v is not None:
+                c.number("sequence_tasks", f"{run.name}|{task}", key, v)
+        rows.append((i + 1, task, fmt(values["baseline_acc"]), fmt(values["just_learned"]),
+                     fmt(values["fwt"], sign=True), fmt(values["final_acc"]),
+                     fmt(values["final_vs_baseline"], sign=True), "—" if last else fmt(values["forgetting"]),
+                     "—" if last else fmt(values["bwt"], sign=True), fmt(values["owned"], 3)))
+    lines += [md_table(["position", "task", "baseline acc", "right after learning A[i,i]", "FWT_i", "final A[t,i]",
+                        "final − baseline", "forgetting f_i", "BWT_i", "owns (after the last step)"], rows), ""]
+    return lines + sequence_steps_lines(c, run, figure)
+
+
+def sequence_steps_lines(c, run, figure):
+    rows = []
+    for j, s in run.steps.iterrows():
+        ratio = s.params / s.separate_params if s.separate_params else math.nan
+        for key, v in (("learned", s.learned), ("params", int(s.params)), ("separate_params", int(s.separate_params)),
+                       ("ratio", ratio), ("width", float(s.width)), ("free", float(s.free)),
+                       ("seconds", float(s.seconds))):
+            c.number("sequence_steps", f"{run.name}|{j}", key, v)
+        rows.append((j, s.learned, fmt(int(s.params)), fmt(int(s.separate_params)), fmt(ratio, 3),
+                     fmt(float(s.width), 2), fmt(float(s.free), 3), fmt(float(s.seconds), 1)))
+    m = run.m
+    return ["#### Compactness and time", "", f"![sequence accuracy, parameters and width]({figure})", "",
+            md_table(["step", "learned", "params (one network)", "separate models (tasks 1..j)", "ratio", "width",
+                      "free share", "seconds"], rows), "",
+            f"After the last step the network holds {fmt(m['params'])} parameters against {fmt(m['separate_params'])} "
+            f"for one separate model per task (ratio {fmt(m['ratio'], 3)}), at width {fmt(m['width'], 2)}, with a "
+            f"share {fmt(m['free'], 3)} of its prunable weights still free; training took {fmt(m['seconds'], 1)} s "
+            f"in all. Each task's owned share is in the table above.", ""]
+
+
+def sequence_order_lines(c, seq):
+    """The comparison's runs by rule: mean ± std over seeds of their final numbers, and the verdict."""
+    stats = sequence.summary(seq)
+    rows = []
+    for rule, by in stats.items():
+        for key, (mean, std, _) in by.items():
+            c.number("sequence_order", rule, f"{key}_mean", mean)
+            c.number("sequence_order", rule, f"{key}_std", std)
+        c.number("sequence_order", rule, "n", by["acc"][2])
+        rows.append((f"`{rule}`", by["acc"][2], sequence.mean_std(by["acc"]), sequence.mean_std(by["params"], 0),
+                     sequence.mean_std(by["ratio"], 3), sequence.mean_std(by["width"], 2)))
+    runs = [(f"`{r.name}`", f"`{r.rule}`", r.seed, " → ".join(r.order), fmt(r.m["acc"]), fmt(r.m["bwt"], sign=True),
+             fmt(r.m["params"]), fmt(r.m["ratio"], 3), fmt(r.m["width"], 2)) for r in seq.compared]
+    return ["### Order rules side by side", "",
+            "Each rule's runs (one per seed) after their last task, mean ± std over seeds: how the order the tasks "
+            "are learned in changes the final average accuracy and the network's size.", "",
+            md_table(["order rule", "seeds", "average accuracy ACC", "params", "params / separate", "width"], rows),
+            "", md_table(["run", "rule", "seed", "order", "ACC", "BWT", "params", "params / separate", "width"], runs),
+            "", "#### Does the order matter?", "", *sequence.verdict(c, seq, stats)]
 
 
 # ---- what is missing ---------------------------------------------------------------------------------------------

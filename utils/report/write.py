@@ -15,11 +15,11 @@ import pandas as pd
 from utils.checkpoint import atomic_write
 from utils.config import REPO_ROOT, load_dataset_config
 from utils.layout import Layout
-from utils.report import collect, figures, markdown, verdicts
+from utils.report import collect, figures, markdown, sequence, verdicts
 from utils.report.collect import EXPECTED, Collected
 from utils.report.evaluate import Evaluator, measure_chains
 
-FIGURES = ("similarity", "sparsity", "accuracy", "selection")
+FIGURES = ("similarity", "sparsity", "accuracy", "selection", "sequence_matrix", "sequence")
 
 
 def collect_all(c):
@@ -57,6 +57,18 @@ def selection_part(c, out):
     return markdown.selection_section(c, cmp, figure.name)
 
 
+def sequence_part(c, out):
+    """The sequence run, when the sequence stage has written its CSV; its figures for the default run."""
+    path = c.layout.sequence_csv
+    if not path.is_file():
+        return []
+    seq = sequence.read_sequence(path, c.cfg.groups)
+    run = seq.default
+    matrix = figures.plot_sequence_matrix(c, run, out["sequence_matrix"]).name if run is not None else None
+    figure = figures.plot_sequence(c, run, out["sequence"]).name if run is not None else None
+    return markdown.sequence_section(c, seq, matrix, figure)
+
+
 def build(c, evaluate):
     """The report's Markdown text; c gathers its numbers and what is missing."""
     out = {name: c.layout.report(f"_{name}.png") for name in FIGURES}
@@ -66,10 +78,10 @@ def build(c, evaluate):
     if any(r.get("target_acc") is not None for r in c.targets.values()):
         lines += markdown.accuracy_figure(figures.plot_accuracy(c, out["accuracy"]).name)
     for stage, part in (("find_backbone", search_part), ("wo_backbone", sparsity_part), ("metrics", metrics_part),
-                        ("compare_selection", selection_part)):
+                        ("compare_selection", selection_part), ("sequence", sequence_part)):
         try:
             lines += part(c, out)
-        except EXPECTED as e:              # e.g. a torn comparison CSV: listed, and the other sections written
+        except EXPECTED as e:              # e.g. a torn comparison or sequence CSV: listed, the others written
             c.miss(stage, "all", f"section not written ({type(e).__name__}: {e})")
     return "\n".join(lines + markdown.missing_section(c))
 

@@ -1,0 +1,230 @@
+"""The sequence run: one network learns the tasks of ORDER in turn, as CPG is meant to be used (compacting, picking,
+growing over a whole sequence of image and text tasks in one Perceiver IO).
+
+Step j adds task order[j] to the network the previous step kept: the task picks over every earlier task's kept
+weights (piggymask), trains the free ones, widens while below its baseline, is compacted along the pruning schedule,
+and is kept at the largest ratio within ALLOW_ACC_LOSS of its baseline (the chooser's rule), which frees capacity for
+the next task. Each task has its own head; tasks of one modality share its input adapter and k/v projection, and all
+share the latents and the latent transformer, every weight under CPG's ownership masks, so nothing an earlier task
+owns changes. After each step every task learned so far is evaluated from the kept checkpoint: row j of the
+accuracy matrix. Each step is a task of the lifecycle (utils/pipeline/lifecycle.py) whose inputs are the order up to
+it and the checkpoint it starts from, so a rerun skips what is finished and a changed ORDER is redone from the first
+step that differs. Every number goes to logs_perceiver_io/sequence_<cfg>.csv (one row per step and evaluated task).
+"""
+import logging
+import random
+import time
+
+import pandas as pd
+
+from models import cpg
+from models.build import Network
+from packnet_models_pickaback.kv_transfer import read_pairs
+from utils.checkpoint import atomic_write, baseline_accuracy, locked
+from utils.data import load_task
+from utils.errors import UserError
+from utils.layout import file_digest, task_checkpoint
+from utils.pipeline.backbone import Folders, Progress, remove_stale_stages, train_and_compact
+from utils.pipeline.choice import choose_ratio
+from utils.pipeline.lifecycle import Task, failing_task
+from utils.pipeline.target import target_start
+from utils.trainer import Trainer
+from utils_pickaback.results import TABLE_COLUMNS, read_rows
+
+log = logging.getLogger("root")
+
+COLUMNS = ["run", "rule", "seed", "step", "learned", "task", "position", "accuracy", "baseline_acc", "params",
+           "separate_params", "width", "owned", "free", "seconds"]
+RULES = ("similar", "config", "random")            # the orders the comparison puts side by side
+
+
+def sequence_order(run, s, table=None):
+    """The task ids in the order the network learns them: ORDER=config (the run's tasks in id order), random
+    (shuffled by SEED), similar (from FIRST, next the unlearned task whose baseline is on average most similar to the
+    learned ones in the search's table) or a list of ids. A UserError for an unknown or repeated id."""
+    ids, where = list(run.task_ids), "in the environment or at the top of run_pickaback/sequence.sh"
+    if s.order == "config":
+        return ids
+    if s.order == "random":
+        random.Random(s.seed).shuffle(ids)
+        return ids
+    if s.order == "similar":
+        if s.first not in ids:
+            raise UserError(f"FIRST={s.first} is not one of the tasks {ids} of the run: change FIRST {where}.")
+        return similar_order(run, s.first, ids, table)
+    order = [int(t) for t in s.order.split()]
+    unknown = [t for t in order if not 1 <= t <= len(run.cfg.groups)]
+    if unknown:
+        raise UserError(f"ORDER={s.order!r} names task {unknown[0]}, but config '{run.cfg.name}' has tasks "
+                        f"1..{len(run.cfg.groups)}: change ORDER {where}.")
+    repeated = sorted({t for t in order if order.count(t) > 1})
+    if repeated:
+        raise UserError(f"ORDER={s.order!r} names task {repeated[0]} more than once: a task is learned once; "
+                        f"change ORDER {where}.")
+    return order
+
+
+def similar_order(run, first, ids, table):
+    """From `first`, next the unlearned task whose mean similarity (sim_euc of the search's table, the row of the
+    unlearned task as target and a learned one as candidate) to the learned tasks is the largest; ties: lowest id."""
+    sim = {(int(r.target_id), int(r.task_id)): float(r.sim_euc) for r in table.itertuples()}
+    missing = sorted({t for t in ids for k in ids if t != k and (t, k) not in sim})
+    if missing:
+        raise UserError(f"the backbone search's table has no row of target(s) {', '.join(map(str, missing))} against "
+                        f"every other task: run run_pickaback/find_backbone.sh {run.cfg.name} (CANDIDATES=all) "
+                        f"first, or give ORDER as task ids.")
+    order, rest = [first], [t for t in ids if t != first]
+    while rest:
+        best = max(rest, key=lambda t: (sum(sim[t, k] for k in order) / len(order), -t))
+        order.append(best)
+        rest.remove(best)
+    return order
+
+
+def search_table(run, layout, s):
+    """The search's table when ORDER=similar or START=similar needs it; None otherwise."""
+    if "similar" not in (s.order, s.start):
+        return None
+    if not layout.table_csv.is_file():
+        raise UserError(f"ORDER={s.order} START={s.start} need the backbone search's table {layout.table_csv}: run "
+                        f"run_pickaback/find_backbone.sh {run.cfg.name} first.")
+    return read_rows(layout.table_csv, TABLE_COLUMNS, len(run.cfg.groups))
+
+
+def first_start(run, layout, first):
+    """START=similar: the checkpoint the first task starts from, the backbone the search picked for it (its k/v
+    transfer file when there is one)."""
+    picks = dict(read_pairs(layout.result_csv, run.cfg)) if layout.result_csv.is_file() else {}
+    if first not in picks:
+        raise UserError(f"START=similar needs the backbone the search picked for task {first}, which "
+                        f"{layout.result_csv} does not hold: run run_pickaback/find_backbone.sh {run.cfg.name} (and "
+                        f"the stages before transfer_kv) first, or use START=scratch.")
+    return target_start(run, layout, first, run.cfg.task_name(picks[first]))
+
+
+def separate_parameters(run, layout, group):
+    """The parameters of the task's separate baseline model."""
+    path = task_checkpoint(layout.baseline_dir(group), f"run run_pickaback/baseline.sh {run.cfg.name} first")
+    return Network.from_checkpoint(run.check_checkpoint(path), path).num_parameters()
+
+
+class Evaluation:
+    """Test accuracy of tasks from a network; each task's test data is loaded once."""
+
+    def __init__(self, run, s):
+        self.run, self.s, self.data = run, s, {}
+
+    def loaded(self, group):
+        if group not in self.data:
+            s = self.s
+            self.data[group] = load_task(self.run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
+                                         num_classes=s.num_classes, amp=s.amp, epochs=s.epochs, **self.run.loader)
+        return self.data[group]
+
+    def __call__(self, net, group):
+        data = self.loaded(group)
+        net.model.to(data.device)
+        return Trainer(net, group, data.device, None, data.test_loader, amp=data.amp).evaluate()[1]
+
+
+def sequence_plan(run, s):
+    """(order, baselines, separate parameters, start checkpoint) of a sequence run, every input checked."""
+    layout = run.layout(s.arch)
+    with failing_task(s.STAGE, f"ORDER={s.order}"):
+        order = sequence_order(run, s, search_table(run, layout, s))
+        criteria, separate = {}, {}
+        for t in order:
+            group = run.cfg.task_name(t)
+            criteria[t] = baseline_accuracy(layout.baseline_acc_file, group)
+            separate[t] = separate_parameters(run, layout, group)
+        start = first_start(run, layout, order[0]) if s.start == "similar" else None
+    return order, criteria, separate, start
+
+
+def sequence(run, s, name="default", rule=None):
+    """Learn the tasks of ORDER in one network, one step each, and write the run's rows of sequence_<cfg>.csv;
+    returns them (a DataFrame)."""
+    layout = run.layout(s.arch)
+    order, criteria, separate, start = sequence_plan(run, s)
+    total = max(s.total_num_tasks, len(order) + (start is not None))
+    log.info(f"==== sequence '{name}' of '{run.cfg.name}': tasks {order} in one network"
+             f"{' on ' + str(start) if start else ''}")
+    evaluate, previous, rows = Evaluation(run, s), start, []
+    for j, t in enumerate(order, 1):
+        group = run.cfg.task_name(t)
+        folder = layout.sequence_dir(name, j)
+        data_settings = run.data_settings(group)
+        task = Task(run, s, f"step {j}/{len(order)}: task {t} ({group}, {run.cfg.modality(group)})",
+                    folder / "stage.json",
+                    inputs={"order": order[:j], "start": file_digest(previous) if previous else None,
+                            "baseline": criteria[t], "data": data_settings, "total_num_tasks": total})
+        if not task.skip():
+            with task.working(folder / "train.log"):
+                data = evaluate.loaded(group)
+                task.replacing(folder)
+                began = time.time()
+                progress = task.track(Progress(Folders(folder).progress, task.identity))
+                outputs, record, width = train_and_compact(run, Folders(folder), s, data, data_settings,
+                                                           criteria[t], progress, start=previous,
+                                                           total_num_tasks=total)
+                remove_stale_stages(Folders(folder).gradual_prune, outputs)
+                at_max = width >= s.max_network_width_multiplier - 1e-9
+                key = choose_ratio(record, criteria[t], s.allow_acc_loss, at_max) or "0.0"
+                net = Network.load(outputs[key])
+                shares = cpg.ownership_shares(net.model)
+                if at_max and not shares.get(net.task_id(group)) and record[key] + s.allow_acc_loss < criteria[t]:
+                    raise UserError(f"task {t} ({group}) found no free weight in the network at its maximum width "
+                                    f"x{s.max_network_width_multiplier} and stays below its baseline ({record[key]} "
+                                    f"< {criteria[t]}): raise MAX_NETWORK_WIDTH_MULTIPLIER in the environment or at "
+                                    f"the top of run_pickaback/sequence.sh; the {j - 1} task(s) learned before it "
+                                    f"are kept.")
+                accuracies = {run.cfg.task_name(i): round(evaluate(net, run.cfg.task_name(i)), 4)
+                              for i in order[:j]}
+                task.finish({**outputs, "kept": outputs[key]},
+                            {"ratio": key, "accuracies": accuracies, "params": net.num_parameters(),
+                             "width": net.model.width_multiplier, "seconds": round(time.time() - began, 1),
+                             "owned": {run.cfg.task_name(i): shares.get(net.task_id(run.cfg.task_name(i)), 0.0)
+                                       for i in order[:j]},
+                             "free": shares.get(0, 0.0)})
+                log.info(f"sequence step {j}: {group} kept at ratio {key}; accuracies {accuracies}; "
+                         f"{net.num_parameters()} parameters, width x{net.model.width_multiplier}")
+        previous = task.manifest.output("kept")
+        rows += step_rows(run, task.manifest.results(), order, j, criteria, separate,
+                          {"run": name, "rule": rule or ("config" if s.order not in RULES else s.order),
+                           "seed": s.seed})
+    return record_rows(layout.sequence_csv, name, rows)
+
+
+def step_rows(run, results, order, j, criteria, separate, keys):
+    """The CSV rows of step j: one per task learned so far."""
+    learned = run.cfg.task_name(order[j - 1])
+    return [{**keys, "step": j, "learned": learned, "task": run.cfg.task_name(t), "position": i,
+             "accuracy": results["accuracies"][run.cfg.task_name(t)], "baseline_acc": criteria[t],
+             "params": results["params"], "separate_params": sum(separate[k] for k in order[:j]),
+             "width": results["width"], "owned": round(results["owned"][run.cfg.task_name(t)], 6),
+             "free": round(results["free"], 6), "seconds": results["seconds"]}
+            for i, t in enumerate(order[:j], 1)]
+
+
+def record_rows(path, name, rows):
+    """Replace the rows of run `name` in the sequence CSV (under a lock, atomically); returns the run's rows."""
+    new = pd.DataFrame(rows, columns=COLUMNS)
+    with locked(path):
+        old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COLUMNS)
+        kept = old[old["run"] != name] if "run" in old.columns else pd.DataFrame(columns=COLUMNS)
+        table = new if kept.empty else pd.concat([kept, new], ignore_index=True)
+        text = table.to_csv(index=False, lineterminator="\n")
+        atomic_write(path, lambda f: f.write(text.encode()))
+    final = new[new.step == new.step.max()][["task", "accuracy", "baseline_acc", "params", "separate_params", "width"]]
+    log.info(f"{path.name}, run '{name}' after its last task:\n{final.to_string(index=False)}")
+    return new
+
+
+def sequence_compare(run, s):
+    """The orders similar, config and random side by side, one sequence run each per seed of SEEDS."""
+    runs = [(rule, seed) for rule in RULES for seed in s.seeds]
+    for rule, seed in runs:                                       # every input checked before the first run trains
+        sequence_plan(run, s.replace(order=rule, seed=seed))
+    for n, (rule, seed) in enumerate(runs, 1):
+        log.info(f"==== order comparison {n}/{len(runs)}: ORDER={rule}, SEED={seed}")
+        sequence(run, s.replace(order=rule, seed=seed), name=f"{rule}_seed{seed}", rule=rule)
