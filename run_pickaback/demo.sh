@@ -5,6 +5,7 @@
 #
 #   bash run_pickaback/demo.sh             # every stage, then the report
 #   bash run_pickaback/demo.sh compare     # then also the selection rules side by side (compare_selection.sh)
+#   bash run_pickaback/demo.sh sequence    # then also all 8 tasks in one network, in turn (sequence.sh)
 #
 # SKIP_INSTALL=1 skips the pip step. Any stage variable can be set in the environment as usual (FORCE=1 redoes
 # finished tasks); a rerun skips everything already finished.
@@ -32,4 +33,7 @@ fi
 time bash run_pickaback/run_all.sh demo
 if [ "${1:-}" = compare ]; then
     time bash run_pickaback/compare_selection.sh demo
+fi
+if [ "${1:-}" = sequence ]; then
+    time bash run_pickaback/sequence.sh demo
 fi

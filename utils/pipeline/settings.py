@@ -367,12 +367,15 @@ EXPECTED[order_spec] = "config, similar, random or a list of task ids"
 
 @dataclass(frozen=True)
 class SequenceSettings(CompactingSettings):
-    """One network learns the tasks of ORDER in turn, compacting each (run_pickaback/sequence.sh)."""
+    """One network learns the tasks of ORDER in turn, compacting each (run_pickaback/sequence.sh). ORDER, FIRST and
+    START make no step stale by themselves: a step's inputs are the order up to it and the checkpoint it starts
+    from."""
     STAGE: ClassVar[str] = "sequence"
-    order: str = setting(order_spec, "--order", help="config (the config's order), similar (next: the unlearned task "
-                                                     "most similar to those learned), random, or task ids")
-    first: int = setting(int, "--first", valid=at_least(1), help="the first task of ORDER=similar")
-    start: str = setting(str, "--start", valid=one_of("scratch", "similar"),
+    order: str = setting(order_spec, "--order", identity=False,
+                         help="config (the config's order), similar (next: the unlearned task most similar to those "
+                              "learned), random, or task ids")
+    first: int = setting(int, "--first", identity=False, valid=at_least(1), help="the first task of ORDER=similar")
+    start: str = setting(str, "--start", identity=False, valid=one_of("scratch", "similar"),
                          help="scratch, or similar: the first task on the backbone the search picked for it")
     allow_acc_loss: float = setting(float, "--allow_acc_loss", valid=fraction(),
                                     help="accuracy a chosen pruning ratio may lose")
