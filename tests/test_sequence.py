@@ -173,3 +173,4 @@ def test_no_free_weight_at_the_maximum_width_is_one_sentence_keeping_the_earlier
         run_stage("sequence", "demo", env_for(data, work, ORDER="1 2", MAX_NETWORK_WIDTH_MULTIPLIER="1.0"))
     assert Manifest(lay.sequence_dir("default", 1) / "stage.json").read() is not None
     assert Manifest(lay.sequence_dir("default", 2) / "stage.json").read() is None
+    assert pd.read_csv(lay.sequence_csv).step.tolist() == [1]               # the rows of the task learned are kept

@@ -192,7 +192,11 @@ def sequence(run, s, name="default", rule=None):
         rows += step_rows(run, task.manifest.results(), order, j, criteria, separate,
                           {"run": name, "rule": rule or ("config" if s.order not in RULES else s.order),
                            "seed": s.seed})
-    return record_rows(layout.sequence_csv, name, rows)
+        record_rows(layout.sequence_csv, name, rows)              # after every step: a stopped run keeps its rows
+    final = pd.DataFrame(rows).query(f"step == {len(order)}")[["task", "accuracy", "baseline_acc", "params",
+                                                                "separate_params", "width"]]
+    log.info(f"{layout.sequence_csv.name}, run '{name}' after its last task:\n{final.to_string(index=False)}")
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def step_rows(run, results, order, j, criteria, separate, keys):
@@ -207,7 +211,7 @@ def step_rows(run, results, order, j, criteria, separate, keys):
 
 
 def record_rows(path, name, rows):
-    """Replace the rows of run `name` in the sequence CSV (under a lock, atomically); returns the run's rows."""
+    """Replace the rows of run `name` in the sequence CSV (under a lock, atomically)."""
     new = pd.DataFrame(rows, columns=COLUMNS)
     with locked(path):
         old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COLUMNS)
@@ -215,9 +219,6 @@ def record_rows(path, name, rows):
         table = new if kept.empty else pd.concat([kept, new], ignore_index=True)
         text = table.to_csv(index=False, lineterminator="\n")
         atomic_write(path, lambda f: f.write(text.encode()))
-    final = new[new.step == new.step.max()][["task", "accuracy", "baseline_acc", "params", "separate_params", "width"]]
-    log.info(f"{path.name}, run '{name}' after its last task:\n{final.to_string(index=False)}")
-    return new
 
 
 def sequence_compare(run, s):
