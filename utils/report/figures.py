@@ -20,6 +20,12 @@ from utils.report.collect import MISSING  # noqa: E402
 MODALITY_COLOURS = {"image": "#1f77b4", "text": "#d95f02"}
 
 
+def colour_by_modality(cfg, ticks, groups):
+    """Colour each tick label by the modality of its task."""
+    for tick, g in zip(ticks, groups, strict=False):
+        tick.set_color(MODALITY_COLOURS.get(cfg.modality(g), "black"))
+
+
 def save_figure(fig, path):
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
@@ -61,10 +67,8 @@ def plot_similarity(c, sim, path):
         ax.axhline(b - 0.5, color="black", linewidth=2)
     ax.set_xticks(range(n_c), [label(c.cfg, g) for g in sim.columns], rotation=35, ha="right")
     ax.set_yticks(range(n_r), [label(c.cfg, g) for g in sim.index])
-    for tick, g in zip(ax.get_xticklabels(), sim.columns, strict=False):
-        tick.set_color(MODALITY_COLOURS.get(c.cfg.modality(g), "black"))
-    for tick, g in zip(ax.get_yticklabels(), sim.index, strict=False):
-        tick.set_color(MODALITY_COLOURS.get(c.cfg.modality(g), "black"))
+    colour_by_modality(c.cfg, ax.get_xticklabels(), sim.columns)
+    colour_by_modality(c.cfg, ax.get_yticklabels(), sim.index)
     ax.set_xlabel("candidate backbone K (its baseline model)")
     ax.set_ylabel("target task T")
     ax.set_title(f"Backbone search ({c.cfg.name}): ModelDiff similarity sim_euc of T and K\n"
@@ -176,8 +180,7 @@ def plot_sequence_matrix(c, run, path):
                   rotation=35, ha="right")
     ax.set_yticks(range(t), [f"step {j + 1}: {g}" for j, g in enumerate(run.order)])
     for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
-        for tick, g in zip(ticks, run.order, strict=False):
-            tick.set_color(MODALITY_COLOURS.get(c.cfg.modality(g), "black"))
+        colour_by_modality(c.cfg, ticks, run.order)
     ax.set_xlabel("task i evaluated (position in the order)")
     ax.set_ylabel("after learning step j's task")
     ax.set_title(f"Sequence ({c.cfg.name}, run {run.name}, order {run.rule}): accuracy A[j, i]\n"
@@ -199,8 +202,7 @@ def plot_sequence(c, run, path):
     a.bar(steps, run.m["just_learned"], 0.27, color="#8da0cb", label="right after learning it A[i, i]")
     a.bar(steps + 0.27, run.m["final"], 0.27, color="#3b528b", label="after the last task A[t, i]")
     a.set_xticks(steps, [f"{i}: {g}" for i, g in zip(steps, run.order, strict=True)], fontsize=8, rotation=20)
-    for tick, g in zip(a.get_xticklabels(), run.order, strict=False):
-        tick.set_color(MODALITY_COLOURS.get(c.cfg.modality(g), "black"))
+    colour_by_modality(c.cfg, a.get_xticklabels(), run.order)
     a.set_ylim(0, 1.15)
     a.set_ylabel("test accuracy")
     a.set_xlabel("task (position in the order; label colour: modality)")
