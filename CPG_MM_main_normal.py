@@ -39,7 +39,7 @@ from utils.pipeline.cpg_steps import FinetuneStep, PruneStep, finetune_at, prune
 from utils.pipeline.lifecycle import task_log
 from utils.pipeline.settings import BackboneSettings, TargetSettings
 from utils.runtime import setup_logging
-from utils.trainer import Outcome, Trainer, begin, finish_task, save_task_checkpoint
+from utils.trainer import Outcome, begin, evaluate_task, finish_task, save_task_checkpoint
 
 log = logging.getLogger("root")
 EXIT_EXPAND, EXIT_NO_BASELINE, EXIT_NOTHING_TO_PRUNE, EXIT_STOP_PRUNING, EXIT_NO_RECORD = 2, 3, 5, 6, 255
@@ -155,9 +155,7 @@ def run_step(args):
 def inference(args, net, data):
     if args.dataset not in net.history:
         raise UserError(f"the checkpoint has no task {args.dataset} (it has {net.history}).")
-    net.model.to(data.device)
-    trainer = Trainer(net, args.dataset, data.device, None, data.test_loader, amp=data.amp)
-    _, acc, logits = trainer.evaluate(return_logits=True)
+    _, acc, logits = evaluate_task(net, data, return_logits=True)
     if args.logits_out:
         Path(args.logits_out).parent.mkdir(parents=True, exist_ok=True)
         torch.save(logits, args.logits_out)

@@ -22,7 +22,7 @@ import sys
 from tools.report import write_report
 from utils.distributed import init_from_environment, is_main_process, launch, shutdown
 from utils.errors import UserError, report_user_errors
-from utils.pipeline import PARALLEL_STAGES, SETTINGS, STAGES, run_stage, stage_settings
+from utils.pipeline import PARALLEL_STAGES, SETTINGS, run_stage, settings_of
 from utils.pipeline.executor import serve_units
 from utils.pipeline.graph import run_unit
 from utils.runtime import setup_logging
@@ -56,9 +56,8 @@ def processes(env):
 def check_batch_sizes(stage, nproc, env):
     """Before starting torchrun: BATCH_SIZE (the global batch) of every stage to be run splits evenly over the
     `nproc` processes."""
-    names = STAGES if stage in ("all", "run_all", "compare_selection") else (stage,)
-    for name in names:
-        batch_size = getattr(stage_settings(name, env), "batch_size", None)
+    for name, settings in settings_of("all" if stage == "run_all" else stage, env).items():
+        batch_size = getattr(settings, "batch_size", None)
         if batch_size is not None and batch_size % nproc:
             raise UserError(f"BATCH_SIZE={batch_size} of stage {name} (the global batch, split over the processes) is "
                             f"not a multiple of NPROC={nproc}: set BATCH_SIZE to a multiple of {nproc} or change "

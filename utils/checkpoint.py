@@ -12,6 +12,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import fcntl
+import pandas as pd
 import torch
 
 from utils.distributed import barrier, is_main_process
@@ -224,6 +225,21 @@ def read_record(path):
     for k in record:
         number(k, f"the sparsity key {k!r} in {path}", 0.0, 1.0 - 1e-12)
     return {str(k): accuracy(v, f"the accuracy of sparsity {k} in {path}") for k, v in record.items()}
+
+
+def update_csv(path, rows, replaces, columns):
+    """Read-modify-write a CSV several runs update, under a lock and atomically: the rows of the table for which
+    `replaces(table)` (a boolean Series) holds are dropped and `rows` ([{column: value}]) appended. Returns the new
+    table."""
+    path = Path(path)
+    with locked(path):
+        old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
+        kept = old[~replaces(old)] if len(old) else old
+        new = pd.DataFrame(rows, columns=columns)
+        table = new if kept.empty else pd.concat([kept, new], ignore_index=True)
+        text = table.to_csv(index=False, lineterminator="\n")
+        atomic_write(path, lambda f: f.write(text.encode()))
+    return table
 
 
 def update_json(path, updates):

@@ -165,11 +165,14 @@ class Manifest:
         self.path = Path(path)
 
     def read(self):
-        data = read_json(self.path)
-        if data is not None and not (isinstance(data, dict) and {"settings", "outputs"} <= set(data)):
-            raise UserError(f"{self.path} is not a stage record (it lacks settings/outputs): delete it and rerun the "
-                            f"stage.")
-        return data
+        return self.checked(read_json(self.path), f"{self.path} is not a stage record", "the stage")
+
+    def checked(self, entry, what, stage):
+        """`entry` (None: no record) when it is a stage record, else a UserError saying `what` and to rerun
+        `stage`."""
+        if entry is not None and not (isinstance(entry, dict) and {"settings", "outputs"} <= set(entry)):
+            raise UserError(f"{what} (it lacks settings/outputs): delete it and rerun {stage}.")
+        return entry
 
     def outputs(self):
         data = self.read() or {"outputs": {}}
@@ -261,11 +264,8 @@ class SearchManifest(Manifest):
         if not isinstance(data, dict):
             raise UserError(f"{self.path} is not the search's record (a JSON object of targets): delete it and rerun "
                             f"the backbone search.")
-        entry = data.get(self.target)
-        if entry is not None and not (isinstance(entry, dict) and {"settings", "outputs"} <= set(entry)):
-            raise UserError(f"{self.path} holds no stage record for target {self.target} (it lacks settings/outputs): "
-                            f"delete it and rerun the backbone search.")
-        return entry
+        return self.checked(data.get(self.target), f"{self.path} holds no stage record for target {self.target}",
+                            "the backbone search")
 
     def write(self, record, outputs, results=None, shared=()):
         with locked(self.path):

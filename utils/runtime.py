@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from utils.distributed import is_main_process, local_device_index, world_size
-from utils.errors import UserError, advice, os_error_in, reason_of
+from utils.errors import UserError, os_error_in, os_error_message
 
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
@@ -87,7 +87,7 @@ class LogFile(logging.FileHandler):
 
 def log_file_error(path, error, doing):
     """The sentence of an OSError while opening or writing the log file `path`."""
-    return f"cannot {doing} the log file {path} ({reason_of(error)}): {advice(error)}."
+    return os_error_message(error, f"{doing} the log file", path)
 
 
 def setup_logging(log_path=None):

@@ -248,6 +248,13 @@ def train_baseline(net, data, *, epochs, lr, weight_decay, seed, recipe="origina
     return val_acc
 
 
+def evaluate_task(net, data, return_logits=False):
+    """(loss, accuracy[, logits in order]) of `net` on the test set of `data`'s task, on `data`'s device."""
+    net.model.to(data.device)
+    return Trainer(net, data.task, data.device, None, data.test_loader, amp=data.amp).evaluate(
+        return_logits=return_logits)
+
+
 def start_cpg_task(net, data, width, reinit_free=False):
     """Add the task to a network (widened to `width`), give it the free weights (re-initialised with
     `reinit_free`), make only its own trainable."""

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from models.build import Network
 from utils.checkpoint import CHECKPOINT_RE, atomic_write, baseline_accuracy, read_json
-from utils.data import load_task, model_config
+from utils.data import load_task
 from utils.distributed import is_main_process
 from utils.layout import sparsity_key
-from utils.pipeline.cpg_steps import FinetuneStep, PruneStep, finetune_with_growth, prune_stage, step_resume
+from utils.pipeline.cpg_steps import (FinetuneStep, PruneStep, finetune_with_growth, network_from, prune_stage,
+                                      step_resume)
 from utils.pipeline.lifecycle import Task, failing_task, write_json
 from utils.trainer import Outcome, finish_task, save_task_checkpoint
 
@@ -115,15 +116,14 @@ def train_and_compact(run, folders, s, data, data_settings, criterion, progress,
     if done:                                                      # finetuning and `index` pruning stages are done
         outputs = {k: Path(v) for k, v in done["outputs"].items()}
         record, width, first = dict(done["record"]), done["width"], done["index"]
-        net = Network.load(outputs[done["last"]], model_config(run.cfg))
+        net = Network.load(outputs[done["last"]], run.model_config)
         outcome = Outcome(done["outcome"])
     else:
         step = FinetuneStep.of(s)
         resume = step_resume(folders.scratch, step, criterion, start, data_settings)
-        make_net = (lambda: Network.load(start, model_config(run.cfg))) if start else \
-            (lambda: Network.new(model_config(run.cfg)))
-        net, outcome, acc, width = finetune_with_growth(make_net, data, step, s.network_width_multiplier,
-                                                        s.width_step, criterion, csv_path, resume)
+        net, outcome, acc, width = finetune_with_growth(network_from(start, run.model_config), data, step,
+                                                        s.network_width_multiplier, s.width_step, criterion,
+                                                        csv_path, resume)
         record = {"0.0": round(acc, 4)}
         finish_task(net, group)
         outputs = {"0.0": save_task_checkpoint(net, run.cfg, folders.scratch, s.epochs), "record": folders.record}

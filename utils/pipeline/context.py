@@ -2,6 +2,7 @@
 import hashlib
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from models.build import check_model_config
@@ -49,17 +50,16 @@ class Run:
     def tasks(self):
         return [(t, self.cfg.task_name(t)) for t in self.task_ids]
 
+    @cached_property
     def model_config(self):
         """The network's hyperparameters the config asks for (utils.data.model_config), computed once."""
-        if not hasattr(self, "_model_config"):
-            self._model_config = model_config(self.cfg)
-        return self._model_config
+        return model_config(self.cfg)
 
     def check_checkpoint(self, path):
         """The checkpoint at `path`, loaded (weights only) and checked to be of the network the config asks for; a
         UserError naming the file otherwise. Every stage that reads a checkpoint checks it before any work."""
         ckpt = load_checkpoint(path)
-        check_model_config(ckpt, self.model_config(), path)
+        check_model_config(ckpt, self.model_config, path)
         return ckpt
 
     def data_settings(self, group):

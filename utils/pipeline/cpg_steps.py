@@ -10,6 +10,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
+from models.build import Network
 from utils.layout import file_digest
 from utils.resume import Resume
 from utils.trainer import Outcome, begin, cpg_finetune, cpg_prune, start_cpg_task
@@ -73,6 +74,12 @@ def step_resume(folder, step, baseline, start, data_settings):
     identity = {"step": type(step).__name__, **dataclasses.asdict(step), "baseline": baseline,
                 "start": file_digest(start) if start else None, "data": data_settings}
     return Resume(folder / RESUME, identity)
+
+
+def network_from(start, config):
+    """How a step builds its network again for each width it tries: the checkpoint `start` (rebuilt, checked
+    against the model `config`), or a new network."""
+    return (lambda: Network.load(start, config)) if start else (lambda: Network.new(config))
 
 
 def finetune_at(net, data, step, width, baseline, csv_path=None, resume=None):

@@ -79,6 +79,14 @@ def run_unit(stage, config):
     return lambda env: run_stage(stage, config, env)
 
 
+def settings_of(stage, env):
+    """{stage name: its settings} of every stage `stage` runs (`all` and compare_selection: the six of run_all;
+    sequence_compare: the sequence's), each value checked: what is checked before any work starts."""
+    names = STAGES if stage in ("all", "compare_selection") else ("sequence",) if stage.startswith("sequence") \
+        else (stage,)
+    return {name: stage_settings(name, env) for name in names}
+
+
 def run_stage(stage, config, env=None):
     """Run one stage (or `all`, every stage in order, or the `compare_selection` experiment) of a dataset config,
     with the settings of its script(s) and the environment. With two or more GPUS entries, the independent units of
@@ -89,9 +97,7 @@ def run_stage(stage, config, env=None):
     entries = gpu_entries(env)
     if len(entries) == 1:
         env = {**env, "GPUS": "", "DEVICE": entry_device(entries[0])}
-    names = STAGES if stage in ("all", "compare_selection") else ("sequence",) if stage.startswith("sequence") \
-        else (stage,)
-    settings = {name: stage_settings(name, env) for name in names}     # every value checked before any work
+    settings = settings_of(stage, env)                            # every value checked before any work
     if stage == "compare_selection":
         compare_selection(run, stage_settings(stage, env), env)
         return run

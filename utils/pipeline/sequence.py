@@ -20,7 +20,7 @@ import pandas as pd
 from models import cpg
 from models.build import Network
 from packnet_models_pickaback.kv_transfer import read_pairs
-from utils.checkpoint import atomic_write, baseline_accuracy, locked
+from utils.checkpoint import baseline_accuracy, update_csv
 from utils.data import load_task
 from utils.errors import UserError
 from utils.layout import file_digest, task_checkpoint
@@ -28,7 +28,7 @@ from utils.pipeline.backbone import Folders, Progress, remove_stale_stages, trai
 from utils.pipeline.choice import choose_ratio
 from utils.pipeline.lifecycle import Task, failing_task
 from utils.pipeline.target import target_start
-from utils.trainer import Trainer
+from utils.trainer import evaluate_task
 from utils_pickaback.results import TABLE_COLUMNS, read_rows
 
 log = logging.getLogger("root")
@@ -122,9 +122,7 @@ class Evaluation:
         return self.data[group]
 
     def __call__(self, net, group):
-        data = self.loaded(group)
-        net.model.to(data.device)
-        return Trainer(net, group, data.device, None, data.test_loader, amp=data.amp).evaluate()[1]
+        return evaluate_task(net, self.loaded(group))[1]
 
 
 def sequence_plan(run, s):
@@ -141,7 +139,7 @@ def sequence_plan(run, s):
     return order, criteria, separate, start
 
 
-def sequence(run, s, name="default", rule=None):
+def sequence(run, s, name="default"):
     """Learn the tasks of ORDER in one network, one step each, and write the run's rows of sequence_<cfg>.csv;
     returns them (a DataFrame)."""
     layout = run.layout(s.arch)
@@ -190,8 +188,7 @@ def sequence(run, s, name="default", rule=None):
                          f"{net.num_parameters()} parameters, width x{net.model.width_multiplier}")
         previous = task.manifest.output("kept")
         rows += step_rows(run, task.manifest.results(), order, j, criteria, separate,
-                          {"run": name, "rule": rule or ("config" if s.order not in RULES else s.order),
-                           "seed": s.seed})
+                          {"run": name, "rule": s.order if s.order in RULES else "config", "seed": s.seed})
         record_rows(layout.sequence_csv, name, rows)              # after every step: a stopped run keeps its rows
     final = pd.DataFrame(rows).query(f"step == {len(order)}")[["task", "accuracy", "baseline_acc", "params",
                                                                 "separate_params", "width"]]
@@ -211,14 +208,9 @@ def step_rows(run, results, order, j, criteria, separate, keys):
 
 
 def record_rows(path, name, rows):
-    """Replace the rows of run `name` in the sequence CSV (under a lock, atomically)."""
-    new = pd.DataFrame(rows, columns=COLUMNS)
-    with locked(path):
-        old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COLUMNS)
-        kept = old[old["run"] != name] if "run" in old.columns else pd.DataFrame(columns=COLUMNS)
-        table = new if kept.empty else pd.concat([kept, new], ignore_index=True)
-        text = table.to_csv(index=False, lineterminator="\n")
-        atomic_write(path, lambda f: f.write(text.encode()))
+    """Replace the rows of run `name` in the sequence CSV (a file without a run column is replaced whole)."""
+    update_csv(path, rows, lambda t: t["run"] == name if "run" in t.columns else pd.Series(True, index=t.index),
+               COLUMNS)
 
 
 def sequence_compare(run, s):
@@ -228,4 +220,4 @@ def sequence_compare(run, s):
         sequence_plan(run, s.replace(order=rule, seed=seed))
     for n, (rule, seed) in enumerate(runs, 1):
         log.info(f"==== order comparison {n}/{len(runs)}: ORDER={rule}, SEED={seed}")
-        sequence(run, s.replace(order=rule, seed=seed), name=f"{rule}_seed{seed}", rule=rule)
+        sequence(run, s.replace(order=rule, seed=seed), name=f"{rule}_seed{seed}")

@@ -6,15 +6,13 @@ gradual_prune/record.txt, train.log, train.csv, stage.json} and a row of logs_pe
 import logging
 from pathlib import Path
 
-import pandas as pd
 
-from models.build import Network
-from utils.checkpoint import atomic_write, baseline_accuracy, locked
-from utils.data import load_task, model_config
+from utils.checkpoint import baseline_accuracy, update_csv
+from utils.data import load_task
 from utils.errors import UserError
 from utils.layout import Manifest, file_digest
 from utils.pipeline.choice import chosen_backbone
-from utils.pipeline.cpg_steps import FinetuneStep, finetune_with_growth, step_resume
+from utils.pipeline.cpg_steps import FinetuneStep, finetune_with_growth, network_from, step_resume
 from utils.pipeline.lifecycle import Task, failing_task, write_json
 from utils.pipeline.transfer import selected_pairs
 from utils.trainer import finish_task, save_task_checkpoint
@@ -39,13 +37,8 @@ def target_start(run, layout, t, backbone):
 
 def record_target(out, row):
     """Put the row of a (target, backbone) pair in w_backbone_<cfg>_acc.csv, replacing an earlier one."""
-    with locked(out):
-        table = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=list(row))
-        table = table[~((table.target == row["target"]) & (table.backbone == row["backbone"]))]
-        table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
-        text = table.to_csv(index=False, lineterminator="\n")
-        atomic_write(out, lambda f: f.write(text.encode()))
-    return table
+    return update_csv(out, [row], lambda t: (t.target == row["target"]) & (t.backbone == row["backbone"]),
+                      list(row))
 
 
 def train_target(run, s, target, start, criterion, out, what, train_per_class=0):
@@ -66,10 +59,9 @@ def train_target(run, s, target, start, criterion, out, what, train_per_class=0)
         task.replacing(out)
         step = FinetuneStep.of(s, train_per_class)
         resume = task.track(step_resume(out / "scratch", step, criterion, start, data_settings))
-        make_net = (lambda: Network.load(start, model_config(run.cfg))) if start else \
-            (lambda: Network.new(model_config(run.cfg)))
-        net, _, acc, width = finetune_with_growth(make_net, data, step, s.network_width_multiplier, s.width_step,
-                                                  criterion, out / "train.csv", resume)
+        net, _, acc, width = finetune_with_growth(network_from(start, run.model_config), data, step,
+                                                  s.network_width_multiplier, s.width_step, criterion,
+                                                  out / "train.csv", resume)
         finish_task(net, target)
         path = save_task_checkpoint(net, run.cfg, out / "scratch", s.epochs)
         record = out / "gradual_prune" / "record.txt"

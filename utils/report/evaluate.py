@@ -11,7 +11,7 @@ from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.report import metrics
 from utils.data import load_task
-from utils.trainer import Trainer
+from utils.trainer import evaluate_task
 
 
 class Evaluator:
@@ -27,10 +27,8 @@ class Evaluator:
             if task not in self.loaders:
                 self.loaders[task] = load_task(self.cfg, task, batch_size=self.batch_size,
                                                val_batch_size=self.batch_size, device=self.device)
-            data = self.loaders[task]
             net = Network.from_checkpoint(load_checkpoint(checkpoint))
-            net.model.to(data.device)
-            self.done[key] = Trainer(net, task, data.device, None, data.test_loader, amp=data.amp).evaluate()[1]
+            self.done[key] = evaluate_task(net, self.loaders[task])[1]
         return self.done[key]
 
 
