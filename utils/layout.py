@@ -23,6 +23,9 @@ BACKBONE_STAGE = "CPG_single_scratch_woexp"
 TARGET_STAGE = "CPG_fromsingle_scratch_woexp_target"
 COMPARISON_STAGE = "CPG_compare_selection"
 SEQUENCE_STAGE = "CPG_sequence"
+# the stage each stage folder belongs to: the first part of the name of a task's training curves
+STAGE_OF_FOLDER = {BASELINE_STAGE: "baseline", BACKBONE_STAGE: "wo_backbone", TARGET_STAGE: "w_backbone_MM",
+                   COMPARISON_STAGE: "compare_selection", SEQUENCE_STAGE: "sequence"}
 MANIFEST = "stage.json"
 FORMAT = 2                  # of a manifest: 2 records the settings object whole, with the inputs apart
 MISSING = object()
@@ -126,6 +129,19 @@ class Layout:
     @property
     def sequence_csv(self):
         return self.logs / f"sequence_{self.config}.csv"
+
+    # ---- training curves (utils/tracking.py) ------------------------------------------------------------------
+    def curves_name(self, folder, stage):
+        """The name of the training curves of the task whose files are in `folder`: <stage>/<config>/<the task's
+        folder below the stage's> (e.g. w_backbone_MM/oxford/group1/group7); for a folder outside the stage
+        folders (an entry point's --save_folder), <stage>/<config>/<its name>."""
+        try:
+            parts = Path(folder).resolve().relative_to(self.checkpoints.resolve()).parts
+        except ValueError:
+            return "/".join((stage, self.config, Path(folder).name))
+        if len(parts) > 3 and parts[1:3] == (self.arch, self.config):
+            return "/".join((STAGE_OF_FOLDER.get(parts[0], parts[0]), self.config, *parts[3:]))
+        return "/".join((stage, self.config, *parts))
 
     # ---- the report (tools/report.py) ---------------------------------------------------------------------------
     def report(self, suffix=".md"):

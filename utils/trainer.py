@@ -6,6 +6,7 @@ import csv
 import enum
 import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -14,8 +15,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import cpg
-from utils import distributed
+from utils import distributed, tracking
 from utils.checkpoint import checkpoint_path, remove_stale_checkpoints, save_checkpoint
+from utils.layout import sparsity_key
 from utils.runtime import autocast, seed_everything
 
 log = logging.getLogger("root")
@@ -60,6 +62,7 @@ class Trainer:
         self.width_mpl = width_mpl
         self.csv_path = Path(csv_path) if csv_path and distributed.is_main_process() else None
         self.forward = None                     # the model as training runs it (DistributedDataParallel on N ranks)
+        self.curve, self.train_values = tracking.Curve(), {}     # the step's training curve (utils/tracking.py)
 
     @property
     def model(self):
@@ -110,8 +113,11 @@ class Trainer:
         total_loss, correct, seen = distributed.all_sum(total_loss.item(), correct.item(), seen, device=self.device)
         loss, acc = total_loss / max(seen, 1), correct / max(seen, 1)
         lr = optimizer.param_groups[0]["lr"]
+        sparsity = self.stats()["sparsity"]
         log.info(f"In train()-> Train Ep. #{epoch} loss: {loss:.3f}, accuracy: {100 * acc:.2f}, lr: {lr}, "
-                 f"sparsity: {self.stats()['sparsity']:.3f}, network_width_mpl: {math.sqrt(self.width_mpl)}")
+                 f"sparsity: {sparsity:.3f}, network_width_mpl: {math.sqrt(self.width_mpl)}")
+        self.train_values = {"train/loss": loss, "train/accuracy": 100 * acc, "train/lr": lr,
+                             "train/sparsity": sparsity, "train/network_width_mpl": math.sqrt(self.width_mpl)}
         return loss, acc
 
     @torch.no_grad()
@@ -139,9 +145,15 @@ class Trainer:
         line = (f"In validate()-> Val Ep. #{epoch} loss: {loss:.3f}, accuracy: {100 * acc:.2f}, "
                 f"sparsity: {s['sparsity']:.3f}, task{self.task_id} ratio: {s['task_ratio']:.3f}, "
                 f"zero ratio: {s['zero_ratio']:.3f}, mpl: {math.sqrt(self.width_mpl)}")
+        values = {"val/loss": loss, "val/accuracy": 100 * acc, "val/sparsity": s["sparsity"],
+                  "val/task_ratio": s["task_ratio"], "val/zero_ratio": s["zero_ratio"],
+                  "val/mpl": math.sqrt(self.width_mpl)}
         if self.task_id != 1:
             line += f", shared_ratio: {s['shared_ratio']:.3f}"
+            values["val/shared_ratio"] = s["shared_ratio"]          # the share of earlier weights the piggymask keeps
         log.info(line)
+        self.curve.log(epoch, {**self.train_values, **values})        # one point per epoch: training and validation
+        self.train_values = {}
         if self.csv_path and train_acc is not None:
             self.csv_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.csv_path, "a", newline="") as f:
@@ -200,6 +212,26 @@ def milestones(epochs, fractions=(0.5, 0.8)):
     return sorted({max(1, int(round(f * epochs))) for f in fractions})
 
 
+def step_name(phase):
+    """A training step's name in the curves: baseline, finetune_x<width>, prune_<target sparsity>."""
+    if phase["kind"] == "finetune":
+        return f"finetune_x{phase['width']:g}"
+    if phase["kind"] == "prune":
+        return f"prune_{sparsity_key(phase['target'])}"
+    return phase["kind"]
+
+
+@contextmanager
+def tracked(trainer, phase, first):
+    """The step's curve (utils/tracking.py) while it trains, continuing at epoch `first`."""
+    with tracking.curve(step_name(phase), first) as curve:
+        trainer.curve = curve
+        try:
+            yield curve
+        finally:
+            trainer.curve = tracking.Curve()
+
+
 def resumed(resume, phase, net, objects, data):
     """(first epoch to run, train accuracy, test accuracy) of a training step, after restoring a saved state."""
     done, train_acc, val_acc = resume.restore(phase, net, objects, data) if resume else (0, 0.0, 0.0)
@@ -236,13 +268,14 @@ def train_baseline(net, data, *, epochs, lr, weight_decay, seed, recipe="origina
     scheduler, per_step = lr_schedule(optimizer, recipe, epochs, len(data.train_loader))
     phase, objects = {"kind": "baseline"}, {"optimizer": optimizer, "scheduler": scheduler}
     first, train_acc, val_acc = resumed(resume, phase, net, objects, data)
-    for epoch in range(first, epochs + 1):
-        _, train_acc = trainer.train_epoch(epoch, optimizer, weight_decay=weight_decay,
-                                           step_scheduler=scheduler if per_step else None)
-        _, val_acc = trainer.validate(epoch)
-        if not per_step:
-            scheduler.step()
-        end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
+    with tracked(trainer, phase, first):
+        for epoch in range(first, epochs + 1):
+            _, train_acc = trainer.train_epoch(epoch, optimizer, weight_decay=weight_decay,
+                                               step_scheduler=scheduler if per_step else None)
+            _, val_acc = trainer.validate(epoch)
+            if not per_step:
+                scheduler.step()
+            end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
     if train_acc < 0.97:
         log.info("Cannot prune any more!")
     return val_acc
@@ -289,15 +322,16 @@ def cpg_finetune(net, data, *, epochs, lr, lr_mask, weight_decay, seed, baseline
     objects = {"optimizer": optimizer, "mask_optimizer": mask_optimizer, "scheduler": scheduler,
                "mask_scheduler": mask_scheduler}
     first, train_acc, val_acc = resumed(resume, phase, net, objects, data)
-    for epoch in range(first, epochs + 1):
-        _, train_acc = trainer.train_epoch(epoch, optimizer, mask_optimizer, weight_decay,
-                                           step_scheduler=scheduler if per_step else None)
-        _, val_acc = trainer.validate(epoch, train_acc)
-        if not per_step:
-            scheduler.step()
-        if mask_scheduler:
-            mask_scheduler.step()
-        end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
+    with tracked(trainer, phase, first):
+        for epoch in range(first, epochs + 1):
+            _, train_acc = trainer.train_epoch(epoch, optimizer, mask_optimizer, weight_decay,
+                                               step_scheduler=scheduler if per_step else None)
+            _, val_acc = trainer.validate(epoch, train_acc)
+            if not per_step:
+                scheduler.step()
+            if mask_scheduler:
+                mask_scheduler.step()
+            end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
     owns_nothing = trainer.stats()["task_ratio"] == 0
     if train_acc > 0.95 and val_acc >= baseline:
         return (Outcome.NOTHING_TO_PRUNE if owns_nothing else Outcome.DONE), val_acc
@@ -332,8 +366,6 @@ def cpg_prune(net, data, *, epochs, lr, weight_decay, seed, initial, target, fre
     net.set_trainable(data.task)
     net.model.to(data.device)
     trainer = Trainer(net, data.task, data.device, data.train_loader, data.test_loader, width, csv_path, amp=data.amp)
-    log.info("Before pruning: ")
-    trainer.validate(0)
     optimizer, _ = make_optimizers(net, data.task, lr, 0.0)
     steps = epochs * len(data.train_loader)
     pruner = GradualPruner(net, data.task, initial, target, begin=0,
@@ -341,10 +373,16 @@ def cpg_prune(net, data, *, epochs, lr, weight_decay, seed, initial, target, fre
     phase = {"kind": "prune", "initial": float(initial), "target": float(target)}
     objects = {"optimizer": optimizer, "pruner": pruner}
     first, train_acc, val_acc = resumed(resume, phase, net, objects, data)
-    for epoch in range(first, epochs + 1):
-        _, train_acc = trainer.train_epoch(epoch, optimizer, None, weight_decay, pruner)
-        _, val_acc = trainer.validate(epoch, train_acc)
-        end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
+    # epoch 0 of the curve is the network before pruning; a resumed stage logged it in its first attempt (the
+    # restored random streams make the validation's draw of the loader's seed irrelevant to the result)
+    with tracked(trainer, phase, 0 if first == 1 else first):
+        if first == 1:
+            log.info("Before pruning: ")
+            trainer.validate(0)
+        for epoch in range(first, epochs + 1):
+            _, train_acc = trainer.train_epoch(epoch, optimizer, None, weight_decay, pruner)
+            _, val_acc = trainer.validate(epoch, train_acc)
+            end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
     if train_acc <= 0.95:
         log.info(f"train accuracy {100 * train_acc:.2f} <= 95: stop pruning")
         return Outcome.STOP_PRUNING, val_acc

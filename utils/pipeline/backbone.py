@@ -90,7 +90,7 @@ def backbone_task(run, s, task_id, group, criterion, position=""):
     folder = layout.backbone_dir(group)
     data_settings = run.data_settings(group)                      # (lists every data file: once per task)
     task = Task(run, s, f"task {task_id} ({group})", folder / "stage.json",
-                inputs={"baseline": criterion, "data": data_settings})
+                inputs={"baseline": criterion, "data": data_settings}, group=group)
     if task.skip():
         return
     log.info(f"== wo_backbone: {run.cfg.name} task {task_id} ({position}{group}, {run.cfg.modality(group)})")

@@ -25,7 +25,7 @@ def baseline_task(run, s, task_id, folder=None, acc_file=None, log_path=None, po
     folder = folder or layout.baseline_dir(group)
     acc_file = acc_file or layout.baseline_acc_file
     task = Task(run, s, f"task {task_id} ({group})", folder / "stage.json",
-                inputs={"data": run.data_settings(group)})
+                inputs={"data": run.data_settings(group)}, group=group)
     recorded = task.manifest.results().get("accuracy")
     if task.skip(also=recorded is not None and (read_json(acc_file) or {}).get(group) == recorded):
         return float(recorded)

@@ -5,11 +5,13 @@ An entry point parses its flags, builds the same settings object the stage scrip
 per-task function and maps its Outcome to the documented exit codes: nothing else.
 """
 import argparse
+import os
 
 from utils.config import load_dataset_config
 from utils.errors import UserError
 from utils.pipeline.context import Run, work_dir
 from utils.pipeline.settings import EXPECTED, Valid, at_least, switch
+from utils.tracking import TRACKERS, tracker_of
 
 
 def add_settings_arguments(parser, cls, skip=()):
@@ -81,6 +83,9 @@ def add_run_arguments(parser):
     parser.add_argument("--val_batch_size", type=SIZE, default=100, help="evaluation batch size")
     parser.add_argument("--force", action="store_true",
                         help="redo the work even when it is finished with the same settings (FORCE=1)")
+    parser.add_argument("--tracker", choices=TRACKERS, default=None,
+                        help="where the training curves go: tensorboard (logs_perceiver_io/tensorboard/), wandb "
+                             "(offline unless WANDB_MODE says otherwise) or none; default: $TRACKER or tensorboard")
     return parser
 
 
@@ -98,7 +103,9 @@ def entry_run(args, task_ids=None):
                             f"{args.dataset} of '{cfg.name}' is {cfg.modality(args.dataset)}: drop --modality or fix "
                             f"the config.")
     loader = {"workers": getattr(args, "workers", 0), "val_batch_size": getattr(args, "val_batch_size", 100)}
-    return Run(cfg, work_dir(), list(task_ids), bool(getattr(args, "force", False)), loader)
+    tracker = getattr(args, "tracker", None) or tracker_of(os.environ.get("TRACKER"))
+    return Run(cfg, work_dir(), list(task_ids), bool(getattr(args, "force", False)), loader, tracker,
+               getattr(args, "expname", None))
 
 
 def parser(doc):

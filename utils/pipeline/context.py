@@ -12,6 +12,7 @@ from utils.data import model_config
 from utils.errors import UserError
 from utils.layout import Layout
 from utils.pipeline.settings import switch
+from utils.tracking import DEFAULT_TRACKER, tracker_of
 from utils_pickaback.backbone_search import target_ids
 
 
@@ -29,11 +30,13 @@ class Run:
     task_ids: list = field(default_factory=list)
     force: bool = False
     loader: dict = field(default_factory=dict)      # data-loader options that change no result (workers, ...)
+    tracker: str = DEFAULT_TRACKER                  # where training curves go (utils/tracking.py): TRACKER
+    expname: str = None                             # the curves' experiment name (default: by stage; --expname)
 
     @classmethod
     def from_environment(cls, config, env=None, data_root=None):
-        """The run the stage scripts describe: MMPAB_DATA_ROOT, MMPAB_WORK_DIR, TASK_IDS (default: every task) and
-        FORCE=1 (redo finished tasks)."""
+        """The run the stage scripts describe: MMPAB_DATA_ROOT, MMPAB_WORK_DIR, TASK_IDS (default: every task),
+        FORCE=1 (redo finished tasks) and TRACKER (tensorboard, wandb or none)."""
         env = os.environ if env is None else env
         cfg = load_dataset_config(config, data_root or env.get("MMPAB_DATA_ROOT"), check_folders=False)
         ids = target_ids(cfg, env.get("TASK_IDS") or "all", "TASK_IDS")
@@ -42,7 +45,7 @@ class Run:
         except ValueError:
             raise UserError(f"FORCE={env.get('FORCE')!r} must be 1 (redo finished tasks) or 0: change it in the "
                             f"environment.") from None
-        return cls(cfg, work_dir(env), ids, force)
+        return cls(cfg, work_dir(env), ids, force, tracker=tracker_of(env.get("TRACKER")))
 
     def layout(self, arch="perceiver_io"):
         return Layout(self.work_dir, self.cfg.name, arch)

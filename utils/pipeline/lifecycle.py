@@ -18,6 +18,7 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
+from utils import tracking
 from utils.checkpoint import atomic_write
 from utils.distributed import is_main_process
 from utils.errors import UserError
@@ -62,10 +63,10 @@ def write_json(path, data):
 class Task:
     """One unit of a stage's work and its named steps: skip, working, resume, finish."""
 
-    def __init__(self, run, settings, what, manifest, inputs=None):
+    def __init__(self, run, settings, what, manifest, inputs=None, group=None):
         """`what` names the task in errors ("stage <stage>, <what>: ...") and, after the stage's name unless it
-        starts with it, in the log."""
-        self.run, self.settings, self.what = run, settings, what
+        starts with it, in the log; `group` is the task (dataset group) it trains, if it trains one."""
+        self.run, self.settings, self.what, self.group = run, settings, what, group
         self.label = what if what.startswith(settings.STAGE) else f"{settings.STAGE} {what}"
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
         inputs = json.loads(json.dumps(inputs or {}))
@@ -88,10 +89,19 @@ class Task:
 
     @contextmanager
     def working(self, log_path=None):
-        """The work of the task: logged to `log_path` too, user errors naming the stage and the task. Its inputs are
-        loaded and checked first; `replacing` then marks it unfinished, before any output is replaced."""
-        with failing_task(self.settings.STAGE, self.what), task_log(log_path):
+        """The work of the task: logged to `log_path` too, user errors naming the stage and the task, its training
+        steps' curves tracked (utils/tracking.py). Its inputs are loaded and checked first; `replacing` then marks
+        it unfinished, before any output is replaced."""
+        with failing_task(self.settings.STAGE, self.what), task_log(log_path), tracking.task(self.curves()):
             yield self
+
+    def curves(self):
+        """Where the task's training curves go (the run's TRACKER), named after the task's folder."""
+        layout = self.run.layout(getattr(self.settings, "arch", "perceiver_io"))
+        folder = self.manifest.path.parent
+        return tracking.TaskRuns(self.run.tracker, layout.logs, layout.curves_name(folder, self.settings.STAGE),
+                                 self.settings.STAGE, self.run.cfg.name, self.group or folder.name, layout.arch,
+                                 self.settings.record(), self.run.expname)
 
     def replacing(self, folder=None):
         """Every input has passed its checks and the outputs are about to be replaced: the task is marked unfinished

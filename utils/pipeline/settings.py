@@ -402,7 +402,7 @@ class CompareSettings(Settings):
 
 SETTINGS = {cls.STAGE: cls for cls in (BaselineSettings, BackboneSettings, ChoiceSettings, SearchSettings,
                                        TransferSettings, TargetSettings, CompareSettings, SequenceSettings)}
-RUN_VARIABLES = ("TASK_IDS", "FORCE", "MMPAB_WORK_DIR")        # read by the run, not by a stage
+RUN_VARIABLES = ("TASK_IDS", "FORCE", "MMPAB_WORK_DIR", "TRACKER")     # read by the run, not by a stage
 
 
 def stage_settings(stage, env=None):

@@ -48,7 +48,7 @@ def train_target(run, s, target, start, criterion, out, what, train_per_class=0)
     data_settings = run.data_settings(target)
     task = Task(run, s, what, out / "stage.json",
                 inputs={"baseline": criterion, "start": file_digest(start) if start else None, "data": data_settings,
-                        "train_per_class": train_per_class})
+                        "train_per_class": train_per_class}, group=target)
     if task.skip():
         return task.manifest.results()
     log.info(f"== {what}, from {start or 'scratch'}")
