@@ -183,6 +183,12 @@ class Manifest:
     def read(self):
         return self.checked(read_json(self.path), f"{self.path} is not a stage record", "the stage")
 
+    @property
+    def running(self):
+        """The marker a process keeps beside the manifest while it works on the task (utils/pipeline/lifecycle.py):
+        <name>.running.json."""
+        return self.path.with_name(f"{self.path.stem}.running.json")
+
     def checked(self, entry, what, stage):
         """`entry` (None: no record) when it is a stage record, else a UserError saying `what` and to rerun
         `stage`."""

@@ -84,16 +84,16 @@ class Folders:
         return self.root / "progress.json"
 
 
-def backbone_task(run, s, task_id, group, criterion, position=""):
+def backbone_task(run, s, task_id, group, criterion, position=(1, 1)):
     """Finetune (with growth) and prune task `task_id`, unless it is finished with these settings and inputs."""
     layout = run.layout(s.arch)
     folder = layout.backbone_dir(group)
     data_settings = run.data_settings(group)                      # (lists every data file: once per task)
     task = Task(run, s, f"task {task_id} ({group})", folder / "stage.json",
-                inputs={"baseline": criterion, "data": data_settings}, group=group)
+                inputs={"baseline": criterion, "data": data_settings}, group=group, position=position)
     if task.skip():
         return
-    log.info(f"== wo_backbone: {run.cfg.name} task {task_id} ({position}{group}, {run.cfg.modality(group)})")
+    log.info(f"== wo_backbone: {run.cfg.name} task {task_id} ({group}, {run.cfg.modality(group)})")
     with task.working(layout.train_log(group)):
         data = load_task(run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
                          num_classes=s.num_classes, amp=s.amp, epochs=s.epochs, **run.loader)
@@ -181,7 +181,7 @@ def wo_backbone(run, s):
     """CPG-train every task of the run from scratch, then prune it gradually."""
     jobs = backbone_jobs(run, run.layout(s.arch))
     for n, (task_id, group, criterion) in enumerate(jobs, 1):
-        backbone_task(run, s, task_id, group, criterion, position=f"{n}/{len(jobs)}: ")
+        backbone_task(run, s, task_id, group, criterion, position=(n, len(jobs)))
 
 
 def units(run, s, workers):

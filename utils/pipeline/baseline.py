@@ -17,7 +17,7 @@ def check_inputs(acc_file):
     read_json(acc_file)                                           # a broken accuracy file stops us before training
 
 
-def baseline_task(run, s, task_id, folder=None, acc_file=None, log_path=None, position=""):
+def baseline_task(run, s, task_id, folder=None, acc_file=None, log_path=None, position=(1, 1)):
     """Train task `task_id` into `folder` (default: the layout's) and put its accuracy in `acc_file`, unless it is
     finished with these settings and data. Returns its accuracy."""
     layout = run.layout(s.arch)
@@ -25,11 +25,11 @@ def baseline_task(run, s, task_id, folder=None, acc_file=None, log_path=None, po
     folder = folder or layout.baseline_dir(group)
     acc_file = acc_file or layout.baseline_acc_file
     task = Task(run, s, f"task {task_id} ({group})", folder / "stage.json",
-                inputs={"data": run.data_settings(group)}, group=group)
+                inputs={"data": run.data_settings(group)}, group=group, position=position)
     recorded = task.manifest.results().get("accuracy")
     if task.skip(also=recorded is not None and (read_json(acc_file) or {}).get(group) == recorded):
         return float(recorded)
-    log.info(f"== baseline: {run.cfg.name} task {task_id} ({position}{group}, {run.cfg.modality(group)})")
+    log.info(f"== baseline: {run.cfg.name} task {task_id} ({group}, {run.cfg.modality(group)})")
     with task.working(log_path or folder / "train.log"):
         data = load_task(run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
                          num_classes=s.num_classes, amp=s.amp, epochs=s.finetune_epochs, **run.loader)
@@ -50,7 +50,7 @@ def baseline(run, s):
     """Train an independent single-task model per task of the run."""
     check_inputs(run.layout(s.arch).baseline_acc_file)
     for n, (task_id, _) in enumerate(run.tasks(), 1):
-        baseline_task(run, s, task_id, position=f"{n}/{len(run.task_ids)}: ")
+        baseline_task(run, s, task_id, position=(n, len(run.task_ids)))
 
 
 def units(run, s, workers):

@@ -56,7 +56,7 @@ def backbone_width(ckpt, group):
     return float(info.get("network_width_multiplier", 1.0))
 
 
-def choice_task(run, s, task_id, group):
+def choice_task(run, s, task_id, group, position=(1, 1)):
     """(Task, its inputs) of one task, every input checked: the finished backbone, its record, the baseline."""
     layout = run.layout(s.arch)
     with failing_task(s.STAGE, f"task {task_id} ({group})"):
@@ -70,8 +70,7 @@ def choice_task(run, s, task_id, group):
         max_width = float(backbone.read()["settings"]["max_network_width_multiplier"])
     inputs = {"record": record, "baseline": criterion, "width": width, "max_width": max_width,
               "backbone": file_digest(backbone.path), "model": run.cfg.model}
-    task = Task(run, s, f"task {task_id} ({group})", layout.choice_manifest(group),
-                inputs=inputs)
+    task = Task(run, s, f"task {task_id} ({group})", layout.choice_manifest(group), inputs=inputs, position=position)
     return task, backbone, inputs
 
 
@@ -79,7 +78,8 @@ def select_pruning_ratio_of_backbone(run, s):
     """Per task: choose the backbone's pruning ratio from its record and place that checkpoint in gradual_prune/.
     Every task's inputs are checked before any choice is replaced."""
     layout = run.layout(s.arch)
-    jobs = [(group, *choice_task(run, s, task_id, group)) for task_id, group in run.tasks()]
+    jobs = [(group, *choice_task(run, s, task_id, group, (n, len(run.task_ids))))
+            for n, (task_id, group) in enumerate(run.tasks(), 1)]
     for group, task, backbone, inputs in jobs:
         if task.skip():
             continue

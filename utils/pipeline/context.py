@@ -1,6 +1,7 @@
 """One dataset config's run: its config, where its files live, which tasks, whether finished work is redone."""
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +24,62 @@ def work_dir(env=None):
     return Path(env.get("MMPAB_WORK_DIR") or REPO_ROOT)
 
 
+def duration(seconds):
+    """Seconds in words a person reads at a glance: 45 s, 3 min 20 s, 2 h 05 min, 3 d 4 h."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {s:02d} s"
+    hours, m = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {m:02d} min"
+    days, h = divmod(hours, 24)
+    return f"{days} d {h} h"
+
+
+@dataclass
+class Clock:
+    """Where a run stands while it runs: the stage (k of n), the task of the stage (i of m), the time since the run
+    began, and the time the stage has left, estimated from the tasks this run has worked on in the stage (skipped
+    tasks took no time and are not counted)."""
+    began: float = field(default_factory=time.monotonic)
+    stage: str = ""
+    position: tuple = (1, 1)                        # (k, n) of the stage
+    stage_began: float = 0.0
+    worked: list = field(default_factory=list)      # seconds of each task worked on in the current stage
+    stage_times: dict = field(default_factory=dict)
+
+    def begin_stage(self, name, k=1, n=1):
+        self.stage, self.position, self.stage_began, self.worked = name, (k, n), time.monotonic(), []
+
+    def end_stage(self):
+        self.stage_times[self.stage] = time.monotonic() - self.stage_began
+
+    def finished(self, seconds):
+        """A task of the current stage was worked on for `seconds`."""
+        self.worked.append(seconds)
+
+    def line(self, i, m, workers=1):
+        """Where the run stands at the start of task i of m of the current stage (`workers` working in
+        parallel)."""
+        k, n = self.position
+        text = (f"[stage {k}/{n} {self.stage}, task {i}/{m}: {duration(time.monotonic() - self.began)} so far; ")
+        if not self.worked:
+            return text + "no task of this stage finished in this run yet, nothing to estimate the time left from]"
+        mean = sum(self.worked) / len(self.worked)
+        left = mean * (m - i + 1) / max(min(workers, m - i + 1), 1)
+        later = f", then {n - k} later stage(s)" if k < n else ""
+        return (text + f"about {duration(left)} left in this stage{later} (from {len(self.worked)} task(s) worked on "
+                f"in this run, {duration(mean)} each)]")
+
+    def summary(self):
+        """The time each stage took, and in all."""
+        parts = ", ".join(f"{name} {duration(seconds)}" for name, seconds in self.stage_times.items())
+        return f"time per stage: {parts}; {duration(time.monotonic() - self.began)} in all"
+
+
 @dataclass
 class Run:
     cfg: object
@@ -32,6 +89,7 @@ class Run:
     loader: dict = field(default_factory=dict)      # data-loader options that change no result (workers, ...)
     tracker: str = DEFAULT_TRACKER                  # where training curves go (utils/tracking.py): TRACKER
     expname: str = None                             # the curves' experiment name (default: by stage; --expname)
+    clock: Clock = field(default_factory=Clock)     # where the run stands (the log line at the start of each task)
 
     @classmethod
     def from_environment(cls, config, env=None, data_root=None):

@@ -63,13 +63,14 @@ def worker_environment(env, device, workers, own=()):
             PARENT_REPORTS: "interrupts"}
 
 
-def run_parallel(name, units, command, env, entries, own=()):
+def run_parallel(name, units, command, env, entries, own=(), clock=None):
     """Run `units` ([(what, environment of the unit)]) of stage `name` on one worker per GPUS entry, each worker
     started with `command` and taking the next unit when it is free. Each worker's output lines are printed whole,
     prefixed [gpu <entry>]. The first failing unit stops the stage: the other workers are terminated (their
     unfinished tasks are redone by a rerun) and a UserError names the stage, the unit and the worker's error, with
     the worker's exit code. On Ctrl-C (which reaches the workers too: they exit quietly) nothing more of the
-    workers' output is printed, and the KeyboardInterrupt goes on to the entry point, which prints one line."""
+    workers' output is printed, and the KeyboardInterrupt goes on to the entry point, which prints one line.
+    `clock` (the run's, utils/pipeline/context.py) says where the stage stands as each unit is handed out."""
     if not units:
         log.info(f"{name}: nothing to run")
         return
@@ -109,6 +110,8 @@ def run_parallel(name, units, command, env, entries, own=()):
 
         def hand_out(slot):
             if pending:
+                if clock is not None:
+                    log.info(clock.line(len(units) - len(pending) + 1, len(units), workers=len(procs)))
                 current[slot] = (*pending.pop(0), time.time())
                 log.info(f"[gpu {labels[slot]}] {name} {current[slot][0]}: started")
                 try:
@@ -127,6 +130,8 @@ def run_parallel(name, units, command, env, entries, own=()):
             if event.get("ok"):
                 what, _, started = current.pop(slot)
                 log.info(f"[gpu {labels[slot]}] {name} {what}: done in {time.time() - started:.0f} s")
+                if clock is not None:
+                    clock.finished(time.time() - started)
                 hand_out(slot)
                 continue
             if "exit" in event and slot not in current and event["exit"] == 0:

@@ -71,7 +71,7 @@ def compare_selection(run, s, env=None):
                 f"{'on backbone ' + str(k) + ' (' + backbone + ')' if k else 'alone'}")
         results[seed, k, t] = train_target(run, target_settings.replace(seed=seed), target, start, criteria[t],
                                            layout.comparison_dir(seed, backbone or "scratch", target), what,
-                                           s.target_train_per_class)
+                                           s.target_train_per_class, position=(n, len(trainings)))
     rows = []
     for (rule, seed, t), ks in plan_of.items():
         done = [results[seed, k, t] for k in (ks or [0])]

@@ -104,13 +104,16 @@ def run_stage(stage, config, env=None):
     if stage in ("sequence", "sequence_compare"):                  # one network over a sequence (not in run_all)
         (sequence if stage == "sequence" else sequence_compare)(run, settings["sequence"])
         return run
-    for name, s in settings.items():
-        log.info(f"==== stage {name} of '{run.cfg.name}' (tasks {run.task_ids})")
+    for k, (name, s) in enumerate(settings.items(), 1):
+        log.info(f"==== stage {k}/{len(settings)} {name} of '{run.cfg.name}' (tasks {run.task_ids})")
+        run.clock.begin_stage(name, k, len(settings))
         if len(entries) > 1 and GRAPH[name].units:
             run_parallel(name, GRAPH[name].units(run, s, len(entries)), worker_command(name, config), env, entries,
-                         own=all_variables() | set(RUN_VARIABLES))
+                         own=all_variables() | set(RUN_VARIABLES), clock=run.clock)
         else:
             GRAPH[name].run(run, s)
+        run.clock.end_stage()
     if stage == "all":
         log.info(summary(run))
+        log.info(run.clock.summary())
     return run

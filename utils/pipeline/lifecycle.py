@@ -15,6 +15,9 @@ data it reads); its manifest records the settings whole (utils/layout.py, `Manif
 """
 import json
 import logging
+import os
+import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,13 +63,29 @@ def write_json(path, data):
     atomic_write(path, lambda f: f.write(json.dumps(data).encode()))
 
 
+@contextmanager
+def marked_running(manifest, what):
+    """While a process works on a task: a marker beside its manifest (Manifest.running) naming the process, its
+    host and when it began, which tools/status.py reads to tell a running task from an interrupted one; removed when
+    the work ends, however it ends (a killed process leaves it, and status sees that the process is gone)."""
+    write_json(manifest.running, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                                  "what": what})
+    try:
+        yield
+    finally:
+        if is_main_process():
+            manifest.running.unlink(missing_ok=True)
+
+
 class Task:
     """One unit of a stage's work and its named steps: skip, working, resume, finish."""
 
-    def __init__(self, run, settings, what, manifest, inputs=None, group=None):
+    def __init__(self, run, settings, what, manifest, inputs=None, group=None, position=(1, 1)):
         """`what` names the task in errors ("stage <stage>, <what>: ...") and, after the stage's name unless it
-        starts with it, in the log; `group` is the task (dataset group) it trains, if it trains one."""
-        self.run, self.settings, self.what, self.group = run, settings, what, group
+        starts with it, in the log; `group` is the task (dataset group) it trains, if it trains one; `position`
+        is (i, m): the task is the i-th of the m of its stage in this run."""
+        self.run, self.settings, self.what, self.group, self.position = run, settings, what, group, position
+        self.began = None
         self.label = what if what.startswith(settings.STAGE) else f"{settings.STAGE} {what}"
         self.manifest = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
         inputs = json.loads(json.dumps(inputs or {}))
@@ -76,7 +95,9 @@ class Task:
 
     def skip(self, also=True):
         """Before the work: True (and one log line) when the task is finished with this identity and `also` holds
-        (a stage's extra check of its outputs); else False, with the reason when an earlier record exists."""
+        (a stage's extra check of its outputs); else False, with the reason when an earlier record exists. First,
+        where the run stands (stage k of n, task i of m, the time so far and left)."""
+        log.info(self.run.clock.line(*self.position))
         reason = "FORCE=1" if self.run.force else self.manifest.stale_reason(self.identity)
         if reason is None and also:
             log.info(f"{self.label}: finished with these settings, skipped (FORCE=1 redoes it)")
@@ -92,7 +113,9 @@ class Task:
         """The work of the task: logged to `log_path` too, user errors naming the stage and the task, its training
         steps' curves tracked (utils/tracking.py). Its inputs are loaded and checked first; `replacing` then marks
         it unfinished, before any output is replaced."""
-        with failing_task(self.settings.STAGE, self.what), task_log(log_path), tracking.task(self.curves()):
+        self.began = time.monotonic()
+        with failing_task(self.settings.STAGE, self.what), task_log(log_path), tracking.task(self.curves()), \
+                marked_running(self.manifest, self.label):
             yield self
 
     def curves(self):
@@ -128,3 +151,5 @@ class Task:
         self.manifest.write(self.record, outputs, results, shared)
         for resume in self.resumes:
             resume.clear()
+        if self.began is not None:
+            self.run.clock.finished(time.monotonic() - self.began)

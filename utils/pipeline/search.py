@@ -5,7 +5,7 @@ pickaback_perceiverIO.py searches through the same function."""
 import logging
 
 from utils.layout import SearchManifest, file_digest
-from utils.pipeline.lifecycle import Task, failing_task, task_log
+from utils.pipeline.lifecycle import Task, failing_task, marked_running, task_log
 from utils.runtime import select_device
 from utils_pickaback.backbone_search import plan, run_search, target_ids
 from utils_pickaback.modeldiff import ProfileSettings
@@ -43,8 +43,9 @@ def find_backbone(run, s, layout=None, batch_size=32):
     targets, candidates_of, checkpoints, frames = search_plan(run, layout, s)
     tasks = {t: Task(run, s, f"target {t}", SearchManifest(layout.search_manifest, t),
                      inputs={"candidates": candidates_of[t], "data": run.data_settings(run.cfg.task_name(t)),
-                             "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}})
-             for t in targets}
+                             "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}},
+                     position=(n, len(targets)))
+             for n, t in enumerate(targets, 1)}
     todo = [t for t in targets
             if not tasks[t].skip(also=in_results(frames, t, candidates_of[t], tasks[t].manifest.results().get(
                 "backbone")))]
@@ -53,7 +54,8 @@ def find_backbone(run, s, layout=None, batch_size=32):
     # the targets left are searched together (each candidate is loaded once for all of them), so their lifecycle is
     # shared: no entry is removed first (the entries of one JSON file are replaced, under a lock, only once the
     # search has written both CSVs), and each target's entry is written last
-    with failing_task(s.STAGE, f"targets {todo}"), task_log(layout.stage_log("find_backbone")):
+    with failing_task(s.STAGE, f"targets {todo}"), task_log(layout.stage_log("find_backbone")), \
+            marked_running(tasks[todo[0]].manifest, f"find_backbone targets {todo}"):
         device = select_device(s.device, s.amp)
         profile = ProfileSettings(s.profile_size, s.epsilon, s.iterations, s.seed)
         log.info(f"== find_backbone: '{run.cfg.name}' targets {todo}, candidates {s.candidates}, selection "

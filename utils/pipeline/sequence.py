@@ -155,7 +155,8 @@ def sequence(run, s, name="default"):
         task = Task(run, s, f"step {j}/{len(order)}: task {t} ({group}, {run.cfg.modality(group)})",
                     folder / "stage.json",
                     inputs={"order": order[:j], "start": file_digest(previous) if previous else None,
-                            "baseline": criteria[t], "data": data_settings, "total_num_tasks": total}, group=group)
+                            "baseline": criteria[t], "data": data_settings, "total_num_tasks": total}, group=group,
+                    position=(j, len(order)))
         if not task.skip():
             with task.working(folder / "train.log"):
                 data = evaluate.loaded(group)

@@ -41,14 +41,14 @@ def record_target(out, row):
                       list(row))
 
 
-def train_target(run, s, target, start, criterion, out, what, train_per_class=0):
+def train_target(run, s, target, start, criterion, out, what, train_per_class=0, position=(1, 1)):
     """CPG-train `target` on the checkpoint `start` (None: alone, from scratch) into the folder `out`, widening while
     below its baseline, unless `out` already holds this task finished with the same settings. Returns the result
     row {target, backbone, width, target_acc, baseline_acc}."""
     data_settings = run.data_settings(target)
     task = Task(run, s, what, out / "stage.json",
                 inputs={"baseline": criterion, "start": file_digest(start) if start else None, "data": data_settings,
-                        "train_per_class": train_per_class}, group=target)
+                        "train_per_class": train_per_class}, group=target, position=position)
     if task.skip():
         return task.manifest.results()
     log.info(f"== {what}, from {start or 'scratch'}")
@@ -95,7 +95,8 @@ def w_backbone_MM(run, s):  # noqa: N802 (the original script's name)
     for n, (t, k, target, backbone, criterion, start) in enumerate(jobs, 1):
         what = (f"w_backbone_MM target {t} ({n}/{len(jobs)}: {target}, {run.cfg.modality(target)}) on backbone {k} "
                 f"({backbone})")
-        row = train_target(run, s, target, start, criterion, layout.target_dir(backbone, target), what)
+        row = train_target(run, s, target, start, criterion, layout.target_dir(backbone, target), what,
+                           position=(n, len(jobs)))
         table = record_target(layout.target_acc_csv, {**row, "backbone": backbone})
         log.info(f"{layout.target_acc_csv.name}:\n{table.to_string(index=False)}")
 

@@ -63,11 +63,12 @@ def transfer_kv(run, s, pairs=None, layout=None):
         with failing_task("transfer_kv", str(csv_path)):
             pairs = selected_pairs(run, csv_path)
     outs = []
-    for t, k, k_path, source in kv_jobs(run, layout, pairs):      # every pair is checked before anything is written
+    jobs = kv_jobs(run, layout, pairs)                            # every pair is checked before anything is written
+    for n, (t, k, k_path, source) in enumerate(jobs, 1):
         task = Task(run, s, f"target {t} on backbone {k}", layout.kv_manifest(run.cfg.task_name(k), t),
                     inputs={"target": t, "backbone": k, "backbone_checkpoint": file_digest(k_path),
                             "model": run.cfg.model,
-                            "source": file_digest(source[0]) if source[0] else None})
+                            "source": file_digest(source[0]) if source[0] else None}, position=(n, len(jobs)))
         outs.append(layout.kv_transfer_file(k_path, t))
         if task.skip():
             continue
