@@ -61,6 +61,24 @@ class RandomImages(Dataset):
         return {"x": self.x[i], "y": self.y[i]}
 
 
+class RandomTexts(Dataset):
+    """float text features with a padding mask (True = a real token, at least a quarter of the tokens), as the text
+    cache holds them."""
+
+    def __init__(self, n, length, dim, classes):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, length, dim, generator=g)
+        lengths = torch.randint(max(length // 4, 1), length + 1, (n, 1), generator=g)
+        self.mask = torch.arange(length).unsqueeze(0) < lengths
+        self.y = torch.randint(0, classes, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "mask": self.mask[i], "y": self.y[i]}
+
+
 class Bare(torch.nn.Module):
     def __init__(self, config, tokens_dim, classes):
         super().__init__()
@@ -85,17 +103,18 @@ def bare_epoch(model, optimizer, batches, amp=False):
         optimizer.step()
 
 
-def networks(config, classes, device, fused=True):
-    """(one-task network for the baseline trainer, two-task network whose second task picks over the first)."""
-    config = {**config, "text_dim": 16, "max_text_length": 8}
+def networks(config, classes, device, fused=True, modality="image"):
+    """(one-task network for the baseline trainer, two-task network whose second task picks over the first), both
+    of `modality`; the text width and length are tiny unless `config` sets text_dim and max_text_length."""
+    config = {"text_dim": 16, "max_text_length": 8, **config}
     base = Network.new(config)
-    base.start_task("t1", "image", classes)
+    base.start_task("t1", modality, classes)
     base.set_trainable("t1")
     target = Network.new(config)
-    target.start_task("t1", "image", classes)
-    cpg.prune_to(target.model, "image", 1, 0.5)
+    target.start_task("t1", modality, classes)
+    cpg.prune_to(target.model, modality, 1, 0.5)
     target.claim_shared("t1")
-    target.start_task("t2", "image", classes)
+    target.start_task("t2", modality, classes)
     target.set_trainable("t2")
     base.model.to(device)
     target.model.to(device)
@@ -132,51 +151,131 @@ def load_epoch(loader):
         batch["x"].sum()                                              # touch the data (and wait for it on a GPU)
 
 
-def benchmark(size, device, rounds, steps, amp=False, fused=True):
-    config, image, batch, classes = SIZES[size]
-    data = RandomImages(batch * steps, image, classes)
-    transform = BatchTransform([0.5] * 3, [0.25] * 3, flip=True)
-    loader = DeviceLoader(DataLoader(data, batch_size=batch, shuffle=False, pin_memory=device.type == "cuda"),
-                          device, transform)
-    bands, max_freq = config["num_freq_bands"], config["max_freq"]
-    tokens = ImageAdapter(bands, max_freq)                            # our network's pixels + Fourier features
-    batches = [(tokens(b["x"]), b["y"]) for b in loader]
-    torch.manual_seed(0)
-    bare = Bare(config, batches[0][0].shape[-1], classes).to(device)
-    bare_opt = torch.optim.SGD(bare.parameters(), lr=1e-2, momentum=0.9, nesterov=True)
-    base, target = networks(config, classes, device, fused)
+def network_flops_per_sample(net, task, batch, amp=False, fused=True):
+    """FLOPs of one training step (forward and backward) per sample of `net`'s task `task`, counted on two samples of
+    `batch` with perceiver-pytorch's einsum attention (FlopCounterMode does not count every fused attention kernel;
+    the arithmetic is the same); the attention is `fused` again afterwards."""
+    net.activate(task)
+    model = net.model
+    use_fused_attention(model, False)
+    x = batch["x"][:2]
+    mask = batch["mask"][:2] if "mask" in batch else None
+    try:
+        with FlopCounterMode(display=False) as counter:
+            with autocast(x.device, amp):
+                logits = model(x, mask=mask)
+            F.cross_entropy(logits.float(), batch["y"][:2]).backward()
+    finally:
+        use_fused_attention(model, fused)
+        model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(x)
+
+
+def measure(size, device, rounds, steps, amp=False, fused=True, *, config=None, image=None, batch=None,
+            classes=None, modality="image", text=(128, 384), bare=True, eval_batch=None):
+    """The figures benchmark() prints, as a dict. `size` (SIZES) gives the model config, image side, batch and
+    classes; `config`, `image`, `batch` and `classes` override them. With `modality` "text" the trainers train on
+    random text features of `text` = (tokens, features) and there is no bare step (`bare` False also leaves it out:
+    then the FLOPs are counted on our network). With `eval_batch` the baseline network's test-set evaluation (batches
+    of `eval_batch`, as the stages evaluate) and a forward pass of 2 samples (the backbone search's mutation trials)
+    are timed too.
+
+    Keys: size, config, image, batch, classes, modality, amp, fused, device, samples_per_s ({run: samples/s} of
+    "bare perceiver-pytorch" (with the bare step), "baseline trainer", "CPG target trainer" and, with eval_batch,
+    "evaluation"), forward2_s (seconds per 2-sample forward pass, with eval_batch), loading_share (one epoch's
+    loading / the baseline trainer's epoch), flops_per_sample (one training step's, the bare step's when it runs),
+    matmul_rate (FLOP/s of a large matmul, bf16 with amp) and peak_memory (bytes: the most allocated on the GPU
+    while the runs ran, both trainers' networks included; None on the CPU)."""
+    size_config, size_image, size_batch, size_classes = SIZES[size]
+    config, image = config or size_config, image or size_image
+    batch, classes = batch or size_batch, classes or size_classes
+    text_model = modality == "text"
+    bare = bare and not text_model
+    if text_model:
+        data = RandomTexts(batch * steps, text[0], text[1], classes)
+        config = {**config, "max_text_length": text[0], "text_dim": text[1]}
+        transform = eval_transform = None
+    else:
+        data = RandomImages(batch * steps, image, classes)
+        transform = BatchTransform([0.5] * 3, [0.25] * 3, flip=True)
+        eval_transform = BatchTransform([0.5] * 3, [0.25] * 3, flip=False)
+    pin = device.type == "cuda"
+    loader = DeviceLoader(DataLoader(data, batch_size=batch, shuffle=False, pin_memory=pin), device, transform)
+    runs = {}
+    if bare:
+        bands, max_freq = config["num_freq_bands"], config["max_freq"]
+        tokens = ImageAdapter(bands, max_freq)                        # our network's pixels + Fourier features
+        batches = [(tokens(b["x"]), b["y"]) for b in loader]
+        torch.manual_seed(0)
+        bare_model = Bare(config, batches[0][0].shape[-1], classes).to(device)
+        bare_opt = torch.optim.SGD(bare_model.parameters(), lr=1e-2, momentum=0.9, nesterov=True)
+        runs["bare perceiver-pytorch"] = lambda: bare_epoch(bare_model, bare_opt, batches, amp)
+    base, target = networks(config, classes, device, fused, modality)
     base_trainer = Trainer(base, "t1", device, loader, None, amp=amp)
     base_opt, _ = make_optimizers(base, "t1", 1e-2, 0.0)
     target_trainer = Trainer(target, "t2", device, loader, None, amp=amp)
     target_opt, mask_opt = make_optimizers(target, "t2", 1e-2, 1e-4)
-    runs = {"bare perceiver-pytorch": lambda: bare_epoch(bare, bare_opt, batches, amp),
-            "baseline trainer": lambda: base_trainer.train_epoch(1, base_opt, weight_decay=4e-5),
-            "CPG target trainer": lambda: target_trainer.train_epoch(1, target_opt, mask_opt, 4e-5),
-            "loading": lambda: load_epoch(loader)}
+    runs["baseline trainer"] = lambda: base_trainer.train_epoch(1, base_opt, weight_decay=4e-5)
+    runs["CPG target trainer"] = lambda: target_trainer.train_epoch(1, target_opt, mask_opt, 4e-5)
+    runs["loading"] = lambda: load_epoch(loader)
+    if eval_batch:
+        eval_loader = DeviceLoader(DataLoader(data, batch_size=eval_batch, shuffle=False, pin_memory=pin), device,
+                                   eval_transform)
+        runs["evaluation"] = lambda: base_trainer.evaluate(eval_loader)
+        two = {k: v.to(device) for k, v in data[:2].items()}
+        if not text_model:
+            two["x"] = eval_transform(two["x"])
+
+        @torch.no_grad()
+        def forward2(repeats=10):
+            base.model.eval()
+            for _ in range(repeats):
+                with autocast(device, amp):
+                    base.model(two["x"], mask=two.get("mask")).float().sum().item()
+        runs["forward of 2 samples"] = forward2
     import logging
     logging.getLogger("root").setLevel(logging.WARNING)               # no per-epoch log lines while timing
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     for fn in runs.values():                                          # warm-up
         fn()
     times = {name: [] for name in runs}
     for _ in range(rounds):
         for name, fn in runs.items():
             times[name].append(timed(fn, device))
-    flops = flops_per_step(lambda: bare_epoch(bare, bare_opt, batches[:1]))
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    if bare:
+        flops = flops_per_step(lambda: bare_epoch(bare_model, bare_opt, batches[:1])) / batch
+    else:
+        flops = network_flops_per_sample(base, "t1", next(iter(loader)), amp, fused)
     rate = matmul_rate(device, torch.bfloat16 if amp else torch.float32)
     samples = batch * steps
     median = {name: statistics.median(t) for name, t in times.items()}
-    bare_rate = samples / median["bare perceiver-pytorch"]
+    per_s = {name: samples / median[name] for name in runs
+             if name not in ("loading", "forward of 2 samples")}
+    return {"size": size, "config": config, "image": image, "batch": batch, "classes": classes,
+            "modality": modality, "amp": amp, "fused": fused, "device": device, "samples_per_s": per_s,
+            "forward2_s": median["forward of 2 samples"] / 10 if eval_batch else None,
+            "loading_share": median["loading"] / median["baseline trainer"], "flops_per_sample": flops,
+            "matmul_rate": rate, "peak_memory": peak}
+
+
+def benchmark(size, device, rounds, steps, amp=False, fused=True):
+    r = measure(size, device, rounds, steps, amp, fused)
+    config, image, batch = r["config"], r["image"], r["batch"]
+    rate, flops, per_s = r["matmul_rate"], r["flops_per_sample"], r["samples_per_s"]
+    bare_rate = per_s["bare perceiver-pytorch"]
     print(f"\n{size} size ({image}x{image} images, depth {config['depth']}, {config['num_latents']} x "
           f"{config['latent_dim']} latents, batch {batch}) on {device_name(device)}"
           f"{', bf16 autocast' if amp else ''}, our attention {'fused' if fused else 'einsum'}: "
-          f"{'bf16' if amp else 'float32'} matmul {rate / 1e9:.1f} GFLOP/s, {flops / batch / 1e6:.1f} MFLOP per "
+          f"{'bf16' if amp else 'float32'} matmul {rate / 1e9:.1f} GFLOP/s, {flops / 1e6:.1f} MFLOP per "
           f"sample (bare step)")
     print(f"{'':24}{'samples/s':>12}{'x bare':>9}{'share of matmul rate':>23}")
     for name in ("bare perceiver-pytorch", "baseline trainer", "CPG target trainer"):
-        per_s = samples / median[name]
-        print(f"{name:24}{per_s:12.1f}{per_s / bare_rate:9.2f}{100 * per_s * flops / batch / rate:22.1f}%")
-    print(f"loading (uint8 batch to {device.type}, flip, normalise): "
-          f"{100 * median['loading'] / median['baseline trainer']:.1f}% of a baseline trainer step")
+        print(f"{name:24}{per_s[name]:12.1f}{per_s[name] / bare_rate:9.2f}{100 * per_s[name] * flops / rate:22.1f}%")
+    print(f"loading (uint8 batch to {device.type}, flip, normalise): {100 * r['loading_share']:.1f}% of a baseline "
+          f"trainer step")
 
 
 def device_name(device):

@@ -211,9 +211,7 @@ class Manifest:
         identity = json.loads(json.dumps(identity))
         if data.get("stage") != identity["stage"]:
             return f"recorded by stage {data.get('stage')}"
-        recorded = data["settings"]
-        changed = [f"{k.upper()} {recorded.get(k, 'unset')!r} -> {v!r}" for k, v in identity["settings"].items()
-                   if recorded.get(k, MISSING) != v]
+        changed = self.settings_changes(identity["settings"], data)
         if changed:
             return f"settings changed ({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''})"
         inputs = data.get("inputs", {})
@@ -227,6 +225,23 @@ class Manifest:
         if damaged:
             return f"{', '.join(str(p) for p in damaged)} changed or damaged since it was written (size or sha256)"
         return None
+
+    def settings_changes(self, settings, data=None):
+        """["NAME recorded -> now"] of the settings in `settings` (those that decide whether finished work holds)
+        that differ from the recorded ones."""
+        recorded = (data or self.read() or {}).get("settings", {})
+        settings = json.loads(json.dumps(settings))
+        return [f"{k.upper()} {recorded.get(k, 'unset')!r} -> {v!r}" for k, v in settings.items()
+                if recorded.get(k, MISSING) != v]
+
+    def resized_outputs(self):
+        """The files the record names whose size is no longer the recorded one (a quick check: the stage also
+        compares their sha256)."""
+        data, outputs = self.read() or {}, self.outputs()
+
+        def same_size(name, meta):
+            return name in outputs and outputs[name].is_file() and outputs[name].stat().st_size == meta.get("size")
+        return [outputs.get(name, name) for name, meta in data.get("files", {}).items() if not same_size(name, meta)]
 
     def damaged_outputs(self):
         """The files the record names whose size or sha256 is no longer what it recorded (truncated, overwritten,

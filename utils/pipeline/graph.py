@@ -31,7 +31,7 @@ from utils.pipeline.context import Run
 from utils.pipeline.executor import entry_device, gpu_entries, run_parallel
 from utils.pipeline.experiments import compare_selection
 from utils.pipeline.sequence import sequence, sequence_compare
-from utils.pipeline.settings import RUN_VARIABLES, all_variables, stage_settings
+from utils.pipeline.settings import RUN_ALL, RUN_VARIABLES, all_variables, stage_settings
 from utils.pipeline.transfer import transfer_kv
 
 log = logging.getLogger("root")
@@ -45,13 +45,14 @@ class Stage:
     units: Callable = None
 
 
-GRAPH = {"baseline": Stage(baseline.baseline, baseline.units),
-         "wo_backbone": Stage(backbone.wo_backbone, backbone.units),
-         "select_pruning_ratio_of_backbone": Stage(select_pruning_ratio_of_backbone),
-         "find_backbone": Stage(search.find_backbone, search.units),
-         "transfer_kv": Stage(transfer_kv),
-         "w_backbone_MM": Stage(target.w_backbone_MM, target.units)}
-STAGES = tuple(GRAPH)                                             # run_all's order
+STAGE_FUNCTIONS = {"baseline": Stage(baseline.baseline, baseline.units),
+                   "wo_backbone": Stage(backbone.wo_backbone, backbone.units),
+                   "select_pruning_ratio_of_backbone": Stage(select_pruning_ratio_of_backbone),
+                   "find_backbone": Stage(search.find_backbone, search.units),
+                   "transfer_kv": Stage(transfer_kv),
+                   "w_backbone_MM": Stage(target.w_backbone_MM, target.units)}
+GRAPH = {name: STAGE_FUNCTIONS[name] for name in RUN_ALL}         # run_all's order (utils/pipeline/settings.py)
+STAGES = RUN_ALL
 PARALLEL_STAGES = tuple(name for name, stage in GRAPH.items() if stage.units)
 
 

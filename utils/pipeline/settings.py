@@ -402,6 +402,8 @@ class CompareSettings(Settings):
 
 SETTINGS = {cls.STAGE: cls for cls in (BaselineSettings, BackboneSettings, ChoiceSettings, SearchSettings,
                                        TransferSettings, TargetSettings, CompareSettings, SequenceSettings)}
+RUN_ALL = ("baseline", "wo_backbone", "select_pruning_ratio_of_backbone", "find_backbone", "transfer_kv",
+           "w_backbone_MM")                                       # the stages of run_all, in order
 RUN_VARIABLES = ("TASK_IDS", "FORCE", "MMPAB_WORK_DIR", "TRACKER")     # read by the run, not by a stage
 
 

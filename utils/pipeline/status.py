@@ -1,0 +1,211 @@
+"""Where a run stands, read from its files alone (tools/status.py): nothing is trained, locked or written.
+
+For each stage of run_all and each task the run selects (TASK_IDS), one of
+
+    finished      its record (stage.json and the like) is there and names files of the recorded sizes; with its
+                  main figure (accuracy, record and width, chosen ratio, pick, target accuracy) and, when the
+                  scripts' current variables differ from the recorded settings, which ones (the stage would redo it)
+    running       a live process keeps the task's .running.json marker (utils/pipeline/lifecycle.py); with the
+                  epoch its resume state holds
+    resumable     no live process, but a resume state or progress file: a rerun continues from there
+    interrupted   a process began it and is gone, before any epoch was saved: a rerun starts it again
+    not started   nothing of it is there
+
+The settings compared are those that decide whether finished work holds (the stage also compares the inputs and
+the files' sha256; this reads only the files' sizes, so it stays fast on a long run).
+"""
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from packnet_models_pickaback.kv_transfer import read_pairs
+from utils.checkpoint import read_json
+from utils.errors import UserError
+from utils.layout import Manifest, SearchManifest
+from utils.pipeline.settings import RUN_ALL, stage_settings
+
+STATES = ("finished", "running", "resumable", "interrupted", "not started")
+
+
+@dataclass(frozen=True)
+class TaskState:
+    stage: str
+    task: str
+    state: str
+    detail: str = ""
+    redo: str = ""          # why the stage would redo a finished task ("" when it would skip it)
+
+
+def alive(marker):
+    """Whether the process a running marker names is alive (on another host: assumed so, it cannot be checked)."""
+    if marker.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(marker["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                                       # alive, another user's
+        return True
+    return True
+
+
+def read_marker(manifest):
+    try:
+        marker = read_json(manifest.running)
+    except UserError:                                             # half-written by a process that died
+        return None
+    return marker if isinstance(marker, dict) and "pid" in marker else None
+
+
+def resume_epoch(path, epochs_of):
+    """'after epoch e of E of <step>' of the resume state at `path` (read memory-mapped: its tensors are not
+    loaded), or None when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        phase, epoch = state["phase"], int(state["epoch"])
+    except Exception:                                             # noqa: BLE001 (a damaged state: the rerun ignores it)
+        return f"an unreadable resume state {path.name}"
+    step = {"finetune": f"finetuning at width x{phase.get('width', 1.0):g}",
+            "prune": f"pruning {phase.get('initial', 0):g} -> {phase.get('target', 0):g}"}.get(phase["kind"],
+                                                                                             phase["kind"])
+    return f"{step}, after epoch {epoch} of {epochs_of(phase['kind'])}"
+
+
+def state_of(stage, what, manifest, settings, figure, resumes=(), progress=None, epochs_of=lambda kind: "?"):
+    """The TaskState of one task from its manifest, running marker, resume states and progress file."""
+    marker = read_marker(manifest)
+    resumed = [r for r in (resume_epoch(Path(p), epochs_of) for p in resumes) if r]
+    done = read_json(progress) if progress is not None and Path(progress).is_file() else None
+    steps = f"{done['progress']['index']} pruning stage(s) done" if isinstance(done, dict) and "progress" in done \
+        else ""
+    at = "; ".join(x for x in (steps, *resumed) if x)
+    if marker and alive(marker):
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(marker.get("started", 0)))
+        return TaskState(stage, what, "running", f"pid {marker['pid']} on {marker.get('host')} since {since}"
+                                                 f"{'; ' + at if at else ''}")
+    try:
+        data = manifest.read()
+    except UserError as e:
+        return TaskState(stage, what, "not started", f"its record is unreadable ({e})")
+    if data:
+        figure_text = figure(data.get("results", {}))
+        changes = manifest.settings_changes(settings.identity(), data)
+        bad = [Path(p).name for p in manifest.resized_outputs()]
+        redo = (f"settings changed: {', '.join(changes)}" if changes else
+                f"files missing or changed: {', '.join(bad)}" if bad else "")
+        return TaskState(stage, what, "finished", figure_text, redo)
+    if at:
+        return TaskState(stage, what, "resumable", at)
+    if marker:
+        return TaskState(stage, what, "interrupted", f"pid {marker['pid']} began it and is gone before an epoch was "
+                                                     f"saved: a rerun starts it again")
+    return TaskState(stage, what, "not started")
+
+
+# ---- each stage's tasks, records and main figures --------------------------------------------------------------
+def epochs(s, **by_kind):
+    return lambda kind: getattr(s, by_kind.get(kind, "epochs"))
+
+
+def baseline_states(run, s, layout):
+    for t, group in run.tasks():
+        folder = layout.baseline_dir(group)
+        yield state_of(s.STAGE, f"task {t} ({group})", Manifest(folder / "stage.json"), s,
+                       lambda r: f"accuracy {r.get('accuracy')}", [folder / "resume.pt"],
+                       epochs_of=epochs(s, baseline="finetune_epochs"))
+
+
+def record_text(r):
+    record = r.get("record", {})
+    return f"record {json.dumps(record)}, width x{r.get('width')}"
+
+
+def backbone_states(run, s, layout):
+    for t, group in run.tasks():
+        folder = layout.backbone_dir(group)
+        resumes = [folder / "scratch" / "resume.pt", *sorted((folder / "gradual_prune").glob("*/resume.pt"))]
+        yield state_of(s.STAGE, f"task {t} ({group})", Manifest(folder / "stage.json"), s, record_text, resumes,
+                       folder / "progress.json", epochs(s, prune="nr_epoch_for_each_prune"))
+
+
+def choice_states(run, s, layout):
+    for t, group in run.tasks():
+        yield state_of(s.STAGE, f"task {t} ({group})", Manifest(layout.choice_manifest(group)), s,
+                       lambda r: f"ratio {r.get('ratio')}")
+
+
+def search_states(run, s, layout):
+    for t, group in run.tasks():
+        def pick(r):
+            k = r.get("backbone")
+            return f"backbone {k} ({run.cfg.task_name(k)})" if isinstance(k, int) else f"backbone {k}"
+        yield state_of(s.STAGE, f"target {t} ({group})", SearchManifest(layout.search_manifest, t), s, pick)
+
+
+def pairs_of(run, layout, stage):
+    """The (target, backbone) rows of the search result the run selects, or a TaskState saying there are none."""
+    try:
+        pairs = read_pairs(layout.result_csv, run.cfg)
+    except UserError:
+        return None, TaskState(stage, "every target", "not started", f"no search result ({layout.result_csv.name})")
+    return [(t, k) for t, k in pairs if t in run.task_ids], None
+
+
+def transfer_states(run, s, layout):
+    pairs, none = pairs_of(run, layout, s.STAGE)
+    if none:
+        yield none
+        return
+    for t, k in pairs:
+        yield state_of(s.STAGE, f"target {t} on backbone {k} ({run.cfg.task_name(k)})",
+                       Manifest(layout.kv_manifest(run.cfg.task_name(k), t)), s,
+                       lambda r: f"{'copied ' + str(r.get('copied')) if r.get('copied') else 'same modality'}")
+
+
+def target_states(run, s, layout):
+    pairs, none = pairs_of(run, layout, s.STAGE)
+    if none:
+        yield none
+        return
+    for t, k in pairs:
+        target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)
+        folder = layout.target_dir(backbone, target)
+        yield state_of(s.STAGE, f"target {t} ({target}) on backbone {k} ({backbone})", Manifest(folder / "stage.json"),
+                       s, lambda r: f"accuracy {r.get('target_acc')} (baseline {r.get('baseline_acc')}), width "
+                                    f"x{r.get('width')}", [folder / "scratch" / "resume.pt"], epochs_of=epochs(s))
+
+
+STAGE_STATES = {"baseline": baseline_states, "wo_backbone": backbone_states,
+                "select_pruning_ratio_of_backbone": choice_states, "find_backbone": search_states,
+                "transfer_kv": transfer_states, "w_backbone_MM": target_states}
+
+
+def run_states(run, env):
+    """{stage: [TaskState]} of every stage of run_all, in order, with the settings the scripts give now."""
+    out = {}
+    for stage in RUN_ALL:
+        s = stage_settings(stage, env)
+        out[stage] = list(STAGE_STATES[stage](run, s, run.layout(s.arch)))
+    return out
+
+
+def report(run, states):
+    """The status as text: a header, then per stage a count of each state and one line per task."""
+    lines = [f"status of '{run.cfg.name}' in {run.work_dir} ({time.strftime('%Y-%m-%d %H:%M:%S')})"]
+    for k, (stage, tasks) in enumerate(states.items(), 1):
+        counts = ", ".join(f"{sum(t.state == state for t in tasks)} {state}" for state in STATES
+                           if any(t.state == state for t in tasks))
+        redo = sum(bool(t.redo) for t in tasks)
+        lines.append(f"stage {k}/{len(states)} {stage}: {counts}{f'; {redo} would be redone' if redo else ''}")
+        width = max((len(t.task) for t in tasks), default=0)
+        for t in tasks:
+            text = f"  {t.task:<{width}}  {t.state:<11}  {t.detail}"
+            lines.append(text.rstrip() + (f"; would be redone: {t.redo}" if t.redo else ""))
+    return "\n".join(lines)
