@@ -98,8 +98,23 @@ def tiny_run(demo_root, tmp_path_factory):
     from utils.pipeline import run_stage
     work = tmp_path_factory.mktemp("tiny_run")
     torch.set_num_threads(1)
-    run_stage("all", "demo", env_for(demo_root, work))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)                 # the tasks' train.log files hold the log lines, as in a real run
+    try:
+        run_stage("all", "demo", env_for(demo_root, work))
+    finally:
+        root.setLevel(level)
     return work
+
+
+def curves(run_dir):
+    """{tag: [(epoch, value)]} of one TensorBoard run of the training curves, as TensorBoard shows it (read with its
+    own event reader; purged points dropped)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 @pytest.fixture

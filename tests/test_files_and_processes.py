@@ -5,7 +5,7 @@ import stat
 
 import torch
 
-from tests.conftest import REPO, env_for, run_script
+from tests.conftest import REPO, curves, env_for, run_script
 from utils.checkpoint import atomic_write, load_checkpoint
 from utils.layout import Layout, task_checkpoint
 from utils.pipeline import run_stage
@@ -48,3 +48,7 @@ def test_two_processes_under_torchrun_match_one_process_with_the_same_global_bat
     # only rank 0 wrote: one log line per epoch in the task's train.log, not two
     log = (Layout(tmp_path, "demo").baseline_dir("group1") / "train.log").read_text()
     assert log.count("In train()-> Train Ep. #1 ") == 1
+    for group in ("group1", "group5"):                             # and one training curve per step, by rank 0
+        step = Layout(tmp_path, "demo").logs / "tensorboard" / "baseline" / "demo" / group / "baseline"
+        assert len(list(step.glob("events.out.tfevents.*"))) == 1
+        assert [e for e, _ in curves(step)["val/accuracy"]] == [1]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, env_for, run_main, run_script
+from tests.conftest import REPO, curves, env_for, run_main, run_script
 from utils.checkpoint import read_json
 from utils.errors import UserError
 from utils.layout import Layout, task_checkpoint
@@ -70,6 +70,9 @@ def test_baseline_tasks_run_at_once_and_give_the_sequential_results(tiny_run, de
     for g in groups:
         assert_same_checkpoint(task_checkpoint(mine.baseline_dir(g), "-"), task_checkpoint(seq.baseline_dir(g), "-"))
         assert manifest(mine.baseline_dir(g)) == manifest(seq.baseline_dir(g))
+        # each worker wrote the curves of the tasks it ran: the sequential run's values
+        step = Path("tensorboard") / "baseline" / "demo" / g / "baseline"
+        assert curves(mine.logs / step) == curves(seq.logs / step) != {}
 
 
 def test_targets_run_at_once_and_the_shared_csv_keeps_every_row(tiny_run, demo_root, tmp_path):

@@ -44,7 +44,7 @@ class Clock:
     """Where a run stands while it runs: the stage (k of n), the task of the stage (i of m), the time since the run
     began, and the time the stage has left, estimated from the tasks this run has worked on in the stage (skipped
     tasks took no time and are not counted)."""
-    began: float = field(default_factory=time.monotonic)
+    began: float = field(default_factory=lambda: time.monotonic())
     stage: str = ""
     position: tuple = (1, 1)                        # (k, n) of the stage
     stage_began: float = 0.0
