@@ -32,11 +32,12 @@ import torch
 from models.build import Network
 from utils.checkpoint import baseline_accuracy, read_record, update_json
 from utils.data import load_task, model_config
+from utils import tracking
 from utils.errors import UserError, report_user_errors
 from utils.layout import sparsity_key, task_checkpoint
 from utils.pipeline.cli import SPARSITY, add_settings_arguments, add_task_arguments, entry_run, parser, settings_from
 from utils.pipeline.cpg_steps import FinetuneStep, PruneStep, finetune_at, prune_stage, step_resume
-from utils.pipeline.lifecycle import task_log
+from utils.pipeline.lifecycle import task_curves, task_log
 from utils.pipeline.settings import BackboneSettings, TargetSettings
 from utils.runtime import setup_logging
 from utils.trainer import Outcome, begin, evaluate_task, finish_task, save_task_checkpoint
@@ -130,6 +131,21 @@ def run_step(args):
         return Outcome.DONE
     csv_path = Path(args.log_path or f"{args.save_folder}/train.log").with_name("train.csv")
     data_settings = run.data_settings(args.dataset)
+    # the curves are named as the stage scripts name them: after the task's folder, the one above --save_folder
+    with tracking.task(task_curves(run, s, Path(args.save_folder).resolve().parent, args.dataset)):
+        outcome, acc, key, folder, step, resume = train_step(args, s, run, net, data, start, baseline, record,
+                                                             csv_path, data_settings)
+    if acc is not None:
+        if record_file:
+            update_json(record_file, {key: round(acc, 4)})
+        finish_task(net, args.dataset)
+        log.info(f"saved {save_task_checkpoint(net, run.cfg, folder, step.epochs)}")
+    resume.clear()
+    return outcome
+
+
+def train_step(args, s, run, net, data, start, baseline, record, csv_path, data_settings):
+    """The finetuning or pruning step the flags name: (outcome, accuracy, record key, folder, step, resume)."""
     if args.mode == "finetune":
         key, folder, step = "0.0", Path(args.save_folder), FinetuneStep.of(s)
         resume = step_resume(folder, step, baseline, start, data_settings)
@@ -143,13 +159,7 @@ def run_step(args):
         folder = Path(args.save_folder) / key
         resume = step_resume(folder, step, baseline, start, data_settings)
         outcome, acc = prune_stage(net, data, step, baseline, record["0.0"], csv_path, resume)
-    if acc is not None:
-        if record_file:
-            update_json(record_file, {key: round(acc, 4)})
-        finish_task(net, args.dataset)
-        log.info(f"saved {save_task_checkpoint(net, run.cfg, folder, step.epochs)}")
-    resume.clear()
-    return outcome
+    return outcome, acc, key, folder, step, resume
 
 
 def inference(args, net, data):

@@ -63,6 +63,14 @@ def write_json(path, data):
     atomic_write(path, lambda f: f.write(json.dumps(data).encode()))
 
 
+def task_curves(run, settings, folder, group=None):
+    """Where the training curves of the task whose files are in `folder` go: the run's TRACKER, the run name
+    <stage>/<cfg>/<the task's folder> (utils/layout.py), the settings as hyperparameters."""
+    layout = run.layout(getattr(settings, "arch", "perceiver_io"))
+    return tracking.TaskRuns(run.tracker, layout.logs, layout.curves_name(folder, settings.STAGE), settings.STAGE,
+                             run.cfg.name, group or Path(folder).name, layout.arch, settings.record(), run.expname)
+
+
 @contextmanager
 def marked_running(manifest, what):
     """While a process works on a task: a marker beside its manifest (Manifest.running) naming the process, its
@@ -120,11 +128,7 @@ class Task:
 
     def curves(self):
         """Where the task's training curves go (the run's TRACKER), named after the task's folder."""
-        layout = self.run.layout(getattr(self.settings, "arch", "perceiver_io"))
-        folder = self.manifest.path.parent
-        return tracking.TaskRuns(self.run.tracker, layout.logs, layout.curves_name(folder, self.settings.STAGE),
-                                 self.settings.STAGE, self.run.cfg.name, self.group or folder.name, layout.arch,
-                                 self.settings.record(), self.run.expname)
+        return task_curves(self.run, self.settings, self.manifest.path.parent, self.group)
 
     def replacing(self, folder=None):
         """Every input has passed its checks and the outputs are about to be replaced: the task is marked unfinished
