@@ -99,6 +99,7 @@ def run_stage(stage, config, env=None):
     if len(entries) == 1:
         env = {**env, "GPUS": "", "DEVICE": entry_device(entries[0])}
     settings = settings_of(stage, env)                            # every value checked before any work
+    run.clock.begin_stage(stage)
     if stage == "compare_selection":
         compare_selection(run, stage_settings(stage, env), env)
         return run
