@@ -198,3 +198,22 @@ def test_only_rank_0_writes_curves(monkeypatch, tmp_path):
     with tracking.task(runs), tracking.curve("baseline", 1) as curve:
         curve.log(1, {"val/accuracy": 1.0})
     assert not any(tmp_path.iterdir())
+
+
+def test_wandb_missing_or_failing_is_one_sentence(monkeypatch, tmp_path):
+    real = tracking.importlib.util.find_spec
+    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
+    with pytest.raises(UserError, match=r"^TRACKER=wandb needs the wandb package: pip install wandb"):
+        tracking.tracker_of("wandb")
+    monkeypatch.undo()
+    wandb = pytest.importorskip("wandb")
+
+    def refuse(**kwargs):
+        raise RuntimeError("api_key not configured (no-tty)\ncall wandb.login()")
+    monkeypatch.setattr(wandb, "init", refuse)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    runs = tracking.TaskRuns("wandb", tmp_path, "baseline/demo/group1", "baseline", "demo", "group1")
+    with pytest.raises(UserError) as e, tracking.task(runs):
+        tracking.curve("baseline", 1)
+    assert str(e.value) == ("W&B could not start the run of baseline/demo/group1/baseline (WANDB_MODE=online): "
+                            "api_key not configured (no-tty); unset WANDB_MODE (offline), or use TRACKER=tensorboard.")

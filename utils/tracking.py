@@ -14,6 +14,7 @@ writes. Nothing here touches a random stream or a result; `wandb` is imported on
 """
 import contextvars
 import hashlib
+import importlib.util
 import logging
 import os
 from contextlib import contextmanager
@@ -38,6 +39,9 @@ def tracker_of(text):
     value = (text or DEFAULT_TRACKER).strip().lower()
     if value not in TRACKERS:
         raise UserError(f"TRACKER={text!r} must be one of {', '.join(TRACKERS)}: change it in the environment.")
+    if value == "wandb" and importlib.util.find_spec("wandb") is None:       # said before any work starts
+        raise UserError("TRACKER=wandb needs the wandb package: pip install wandb, or use TRACKER=tensorboard or "
+                        "none.")
     return value
 
 
@@ -132,22 +136,24 @@ class WandbCurve(Curve):
     """One step's W&B run, with the original's project, name, group and tags; offline unless WANDB_MODE is set."""
 
     def __init__(self, runs, step, first):
-        try:
-            import wandb
-        except ImportError:
-            raise UserError("TRACKER=wandb needs the wandb package: pip install wandb, or use TRACKER=tensorboard "
-                            "or none.") from None
+        import wandb                                              # (tracker_of checked that it is installed)
         expname = runs.experiment
         directory = None if os.environ.get("WANDB_DIR") else Path(runs.logs)
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=WANDB_PROJECT, name=f"{expname}_{runs.group}_{runs.arch}",
-                              group=f"{expname}_{runs.arch}", tags=[runs.group, expname], job_type=step,
-                              config={**plain_hparams(runs.hparams), "step": step, "run": runs.name,
-                                      "config_name": runs.config},
-                              id=wandb_id(runs, step), resume="allow", dir=directory,
-                              mode=os.environ.get("WANDB_MODE") or "offline", reinit="create_new",
-                              settings=wandb.Settings(console="off", silent=True, show_info=False))
+        mode = os.environ.get("WANDB_MODE") or "offline"
+        try:
+            self.run = wandb.init(project=WANDB_PROJECT, name=f"{expname}_{runs.group}_{runs.arch}",
+                                  group=f"{expname}_{runs.arch}", tags=[runs.group, expname], job_type=step,
+                                  config={**plain_hparams(runs.hparams), "step": step, "run": runs.name,
+                                          "config_name": runs.config},
+                                  id=wandb_id(runs, step), resume="allow", dir=directory, mode=mode,
+                                  reinit="create_new", settings=wandb.Settings(console="off", silent=True,
+                                                                               show_info=False))
+        except Exception as e:                                    # noqa: BLE001 (W&B's own errors: login, network)
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"W&B could not start the run of {runs.name}/{step} (WANDB_MODE={mode}): {first_line}; "
+                            f"unset WANDB_MODE (offline), or use TRACKER=tensorboard.") from None
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")        # epochs on the x axis, in any order
 
