@@ -6,6 +6,8 @@
 #   bash run_pickaback/demo.sh             # every stage, then the report
 #   bash run_pickaback/demo.sh compare     # then also the selection rules side by side (compare_selection.sh)
 #   bash run_pickaback/demo.sh sequence    # then also all 8 tasks in one network, in turn (sequence.sh)
+#   bash run_pickaback/demo.sh status      # only where the demo run stands (tools/status.py at the demo sizes;
+#                                          # from another terminal while it runs, too)
 #
 # SKIP_INSTALL=1 skips the pip step. Any stage variable can be set in the environment as usual (FORCE=1 redoes
 # finished tasks); a rerun skips everything already finished.
@@ -25,6 +27,9 @@ export TARGET_TRAIN_PER_CLASS="${TARGET_TRAIN_PER_CLASS:-5}"
 # the checkout's own modules without an install too (SKIP_INSTALL=1)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
+if [ "${1:-}" = status ]; then
+    exec "$PYTHON" tools/status.py demo
+fi
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     time "$PYTHON" -m pip install -q -r requirements.txt
     "$PYTHON" -m pip install -q -e . --no-deps --no-build-isolation
