@@ -127,6 +127,14 @@ def warn_layout(cfg, image_groups, text_groups, log):
                     cfg.config_file, len(declared_image), len(declared_text), _span(cfg.groups))
 
 
+def some(names, limit=5):
+    """`names` for one sentence: all of them up to `limit`, else the first `limit` and how many more."""
+    names = list(names)
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit} more"
+
+
 def _span(groups):
     if len(groups) <= 4:
         return ", ".join(groups) or "none"

@@ -1,10 +1,16 @@
 """Prepare CUB-200-2011 with captions for config 'cub' (replaces the original's cub.ipynb).
 
 Keeps the classes with exactly 60 images, sorts them and chunks them into groups of 5 (the incomplete last chunk is
-dropped: 27 groups on the full dataset). Each class is split 80/20 (48/12) with a seeded split, and the captions use
-the SAME split as their images (the original notebook split the captions with a separate, unseeded shuffle).
-Caption group k is written as text group K+k, K = number of image groups, so the full dataset gives image groups
-1..27 and text groups 28..54 as in utils/dataset_config.yaml (the original numbered caption groups 1..27).
+dropped: 27 groups on the full dataset, as the original notebook made). Each class is split 80/20 (48/12) with a
+seeded split, and the captions use the SAME split as their images (the original notebook split the images and the
+captions with two separate, unseeded shuffles).
+
+Names follow the original's config: image group k is group<k>, and the captions of image group k are text group
+group<28+k>, so the full dataset gives image groups group1..group27 and text groups group29..group55 (the original
+notebook named the caption groups group1..group27, which its config did not read). The original's config also
+declares group28 (image) and group56 (its captions); its notebook makes no 28th group and it cannot be rebuilt, so
+those two are not tasks here, and config 'cub' lists the other 54 with their original task ids
+(`original_task_ids`: task ids 28..54 are the original's 29..55).
 
     python tools/prepare_cub.py --raw_dir ~/downloads --captions_csv ~/downloads/image_caption.csv
 """
@@ -20,6 +26,8 @@ from utils.errors import UserError, report_user_errors
 IMAGES_PER_CLASS = 60
 CLASSES_PER_GROUP = 5
 TEST_SIZE = 0.2
+# the original's config: image groups group1..group28, their captions group29..group56 (caption group k = 28 + k)
+ORIGINAL_IMAGE_GROUPS = 28
 log = logging.getLogger("prepare_cub")
 
 
@@ -34,22 +42,37 @@ def find_images_dir(raw_dir):
                     f"at the folder that holds CUB_200_2011/images/<NNN.Name>/*.jpg.")
 
 
+def chunk_classes(counts):
+    """The original's grouping: of {class folder: number of images}, the classes with exactly 60 images, sorted by
+    name, in consecutive groups of 5 (the incomplete last chunk dropped). Returns (groups, dropped, leftover)."""
+    kept = sorted(name for name, n in counts.items() if n == IMAGES_PER_CLASS)
+    groups = [kept[i:i + CLASSES_PER_GROUP] for i in range(0, len(kept) - CLASSES_PER_GROUP + 1, CLASSES_PER_GROUP)]
+    return groups, sorted(set(counts) - set(kept)), kept[len(groups) * CLASSES_PER_GROUP:]
+
+
 def make_groups(images_dir):
-    """Classes with exactly 60 images, sorted, in consecutive groups of 5; returns ([[class, ...], ...], files)."""
+    """The groups of the class folders in `images_dir` (chunk_classes); returns ([[class, ...], ...], files)."""
     files = {d.name: image_files(d) for d in sorted(images_dir.iterdir()) if d.is_dir()}
-    kept = sorted(name for name, f in files.items() if len(f) == IMAGES_PER_CLASS)
-    dropped = sorted(set(files) - set(kept))
+    groups, dropped, leftover = chunk_classes({name: len(f) for name, f in files.items()})
     if dropped:
         log.info("dropping %d classes without exactly %d images: %s", len(dropped), IMAGES_PER_CLASS,
                  ", ".join(dropped))
-    groups = [kept[i:i + CLASSES_PER_GROUP] for i in range(0, len(kept) - CLASSES_PER_GROUP + 1, CLASSES_PER_GROUP)]
-    leftover = kept[len(groups) * CLASSES_PER_GROUP:]
     if leftover:
         log.info("dropping the incomplete last chunk: %s", ", ".join(leftover))
     if not groups:
         raise UserError(f"raw CUB folder {images_dir} has fewer than {CLASSES_PER_GROUP} classes with exactly "
                         f"{IMAGES_PER_CLASS} images: pass --raw_dir pointing at the complete CUB_200_2011 download.")
+    if len(groups) > ORIGINAL_IMAGE_GROUPS:
+        raise UserError(f"raw CUB folder {images_dir} gives {len(groups)} groups, more than the original's "
+                        f"numbering has room for ({ORIGINAL_IMAGE_GROUPS}): pass --raw_dir pointing at the "
+                        f"CUB_200_2011 download itself.")
     return groups, files
+
+
+def group_names(num_image_groups):
+    """(image groups, text groups) as the original's config names them: group<k> and its captions group<28+k>."""
+    return ([f"group{k}" for k in range(1, num_image_groups + 1)],
+            [f"group{ORIGINAL_IMAGE_GROUPS + k}" for k in range(1, num_image_groups + 1)])
 
 
 def caption_index(df, csv_path):
@@ -91,9 +114,7 @@ def main(argv=None):
 
     cfg, roots = output_roots("cub", args, ("image", "text"))
     prepare_output(roots, args.overwrite, log)
-    num_image_groups = len(groups)
-    image_groups = [f"group{k}" for k in range(1, num_image_groups + 1)]
-    text_groups = [f"group{num_image_groups + k}" for k in range(1, num_image_groups + 1)]
+    image_groups, text_groups = group_names(len(groups))
 
     total = sum(len(files[c]) for g in groups for c in g)
     with tqdm(total=total, desc="cub", unit="img", disable=None) as bar:
@@ -106,9 +127,9 @@ def main(argv=None):
                                    captions[f.name])
                         bar.update()
 
-    log.info("wrote %d image groups (%s) and %d text groups (%s) under %s", num_image_groups,
-             f"{image_groups[0]}..{image_groups[-1]}", len(text_groups), f"{text_groups[0]}..{text_groups[-1]}",
-             roots[("image", "train")].parent.parent)
+    log.info("wrote %d image groups (%s) and %d text groups (%s, the captions of image group k are group<28+k> as in "
+             "the original's config) under %s", len(image_groups), f"{image_groups[0]}..{image_groups[-1]}",
+             len(text_groups), f"{text_groups[0]}..{text_groups[-1]}", roots[("image", "train")].parent.parent)
     warn_layout(cfg, image_groups, text_groups, log)
 
 

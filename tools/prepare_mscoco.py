@@ -2,10 +2,12 @@
 
 Fifteen groups of four COCO categories (60 of the 80; 'person' and the rest are skipped). The label of an image is the
 category of its FIRST annotation in the instances file; images whose label is not in a group are skipped. Images are
-copied to image/{train,test}/<Group>/<category>/<file> (train2017 -> train, val2017 -> test; unlike the original
-notebook, no `_image` suffix and no symlinks). Then every category with fewer than ceil(0.2 * n_train) test images
-gets the deficit moved from train to test, chosen by random.Random(--seed).sample over its train files sorted by
-name. Image-only, as the config.
+copied to image/{train,test}/<Group>/<category>/<file> (train2017 -> train, val2017 -> test; the original notebook
+symlinked them into <Group>_image/ folders and wrote val/, renamed test/ by hand). Then, as the original, every
+category with fewer than ceil(0.2 * n_train) test images gets the deficit moved from train to test: the categories
+are visited in sorted order (<Group>/<category>) and ONE random.Random(--seed) generator, shared by all of them,
+draws each category's files with .sample over its train files sorted by name. Image-only, as the config (the
+original also wrote every image's captions, which no config reads).
 
     python tools/prepare_mscoco.py --raw_dir ~/downloads/coco2017
 """
@@ -87,24 +89,28 @@ def label_images(path):
 
 
 def rebalance(roots, seed):
-    """Move train files to test until each category has at least ceil(0.2 * n_train) test images."""
+    """Move train files to test until each category has at least ceil(0.2 * n_train) test images.
+
+    As the original: the categories in sorted order (<Group>/<category>), one generator for all of them, so a
+    category's draw depends on the draws before it; each draw is a sample over the category's train files sorted
+    by name. Returns {category: [moved file names]}.
+    """
+    rng = random.Random(seed)
     moved = {}
-    for group, names in GROUPS.items():
-        for name in names:
-            train_dir = roots[("image", "train")] / group / name
-            test_dir = roots[("image", "test")] / group / name
-            train = sorted(p.name for p in train_dir.iterdir()) if train_dir.is_dir() else []
-            n_test = sum(1 for _ in test_dir.iterdir()) if test_dir.is_dir() else 0
-            deficit = math.ceil(len(train) * MIN_TEST_FRACTION) - n_test
-            if deficit <= 0:
-                continue
-            test_dir.mkdir(parents=True, exist_ok=True)
-            for file_name in random.Random(seed).sample(train, deficit):
-                shutil.move(str(train_dir / file_name), str(test_dir / file_name))
-            moved[name] = deficit
-            log.info("rebalance %s/%s: %d train, %d test -> moved %d to test", group, name, len(train), n_test,
-                     deficit)
-    log.info("rebalance moved files of %d categories (%d files)", len(moved), sum(moved.values()))
+    for group, name in sorted((group, name) for group, names in GROUPS.items() for name in names):
+        train_dir = roots[("image", "train")] / group / name
+        test_dir = roots[("image", "test")] / group / name
+        train = sorted(p.name for p in train_dir.iterdir()) if train_dir.is_dir() else []
+        n_test = sum(1 for _ in test_dir.iterdir()) if test_dir.is_dir() else 0
+        deficit = math.ceil(len(train) * MIN_TEST_FRACTION) - n_test
+        if deficit <= 0:
+            continue
+        test_dir.mkdir(parents=True, exist_ok=True)
+        moved[name] = rng.sample(train, deficit)
+        for file_name in moved[name]:
+            shutil.move(str(train_dir / file_name), str(test_dir / file_name))
+        log.info("rebalance %s/%s: %d train, %d test -> moved %d to test", group, name, len(train), n_test, deficit)
+    log.info("rebalance moved files of %d categories (%d files)", len(moved), sum(map(len, moved.values())))
     return moved
 
 

@@ -60,6 +60,18 @@ class DatasetConfig:
                             f"use one of {', '.join(self.groups)}.")
         return self.groups.index(group) + 1
 
+    @property
+    def original_task_ids(self):
+        """{group: the original's task id}: the config's `original_task_ids` (one per task, in DATASETS order) where
+        its task list differs from the original's (cub), else each task's own id."""
+        ids = self.raw.get("original_task_ids") or range(1, len(self.groups) + 1)
+        return dict(zip(self.groups, map(int, ids), strict=True))
+
+    @property
+    def renumbered(self):
+        """Whether some task id differs from the original's (the report then prints both)."""
+        return any(self.task_id(g) != i for g, i in self.original_task_ids.items())
+
     def modality(self, group):
         self.task_id(group)
         return "text" if group in self.text_groups else "image"
@@ -167,6 +179,11 @@ def validate(cfg):
         for key in ("text_train_path", "text_test_path"):
             if key not in raw:
                 _fail(f, name, f"has text groups but no '{key}'", f"add '{key}:' pointing at the caption folders")
+    original = raw.get("original_task_ids")
+    if original is not None and not (isinstance(original, list) and len(original) == len(datasets) - 1 and
+                                     all(map(_whole, original)) and len(set(original)) == len(original)):
+        _fail(f, name, f"has original_task_ids: {original!r}", f"give {len(datasets) - 1} distinct whole numbers, the "
+              f"original's task id of each task in DATASETS, or remove the key")
     if cfg.text_features not in ("embeddings", "hidden_states"):
         _fail(f, name, f"has text_features: {cfg.text_features}", "use 'embeddings' or 'hidden_states'")
     unknown_model = set(raw.get("model") or {}) - set(DEFAULT_MODEL)

@@ -125,7 +125,8 @@ class Run:
 
     def data_settings(self, group):
         """What a task's data depends on: the config (without its task list) and the files' names and sizes."""
-        raw = {k: v for k, v in self.cfg.raw.items() if k not in ("DATASETS", "num_groups", "modality")}
+        raw = {k: v for k, v in self.cfg.raw.items()
+               if k not in ("DATASETS", "num_groups", "modality", "original_task_ids")}
         listing = []
         for split in ("train", "test"):
             folder = self.cfg.task_folder(group, split)

@@ -41,7 +41,10 @@ def stage_status(c):
 
 def main_table(c):
     rows = []
+    original = c.cfg.original_task_ids if c.cfg.renumbered else None
     for r in c.targets.values():
+        if original:
+            c.number("targets", r["target"], "original_task_id", original[r["target"]])
         c.number("targets", r["target"], "baseline_acc", r["baseline_acc"])
         for key in ("target_acc", "gain", "width", "owned", "reused", "earlier", "grown", "head", "chain_params",
                     "backbone_ratio"):
@@ -49,11 +52,25 @@ def main_table(c):
         c.number("targets", r["target"], "backbone", r["backbone"])
         backbone = f"{r['backbone']} ({r['backbone_modality']})" if r["backbone"] else MISSING
         reused = f"{fmt(r.get('reused'))} of {fmt(r.get('earlier'))}" if r.get("reused") is not None else MISSING
-        rows.append((f"{r['target_id']} {r['target']} ({r['modality']})", fmt(r["baseline_acc"]), backbone,
-                     fmt(r.get("target_acc")), fmt(r.get("gain"), sign=True), fmt(r.get("width"), 1),
-                     fmt(r.get("owned")), reused, fmt(r.get("grown")), fmt(r.get("backbone_ratio"), 2)))
-    return md_table(["target", "baseline acc", "picked backbone", "acc on backbone", "gain", "width", "owns",
-                     "reuses (of earlier)", "grown", "backbone ratio"], rows)
+        row = (f"{r['target_id']} {r['target']} ({r['modality']})", fmt(r["baseline_acc"]), backbone,
+               fmt(r.get("target_acc")), fmt(r.get("gain"), sign=True), fmt(r.get("width"), 1),
+               fmt(r.get("owned")), reused, fmt(r.get("grown")), fmt(r.get("backbone_ratio"), 2))
+        rows.append(row[:1] + (original[r["target"]],) + row[1:] if original else row)
+    headers = ["target", "baseline acc", "picked backbone", "acc on backbone", "gain", "width", "owns",
+               "reuses (of earlier)", "grown", "backbone ratio"]
+    return md_table(headers[:1] + ["original id"] + headers[1:] if original else headers, rows)
+
+
+def renumbering_note(c):
+    """When the config's task ids are not the original's (cub): where the mapping is, and what cannot be compared."""
+    if not c.cfg.renumbered:
+        return []
+    ids = set(c.cfg.original_task_ids.values())
+    gaps = ", ".join(str(i) for i in range(1, max(ids) + 1) if i not in ids)
+    return [f"Task ids are this config's and differ from the original's: the column original id gives each "
+            f"target's id in the original's logs (`original_task_ids` in `{c.cfg.config_file}`). The original's "
+            f"tasks {gaps + ' and any' if gaps else 'any'} above {max(ids)} have no task here: their rows in its logs "
+            f"cannot be compared.", ""]
 
 
 def head(c):
@@ -66,7 +83,7 @@ def head(c):
             "gain = acc on backbone − baseline acc; owns = weights whose ownership mask is the target; reuses = "
             "weights of the backbone task its binarised piggymask keeps (of all the backbone's weights in the "
             "layers the target computes with); grown = parameters of the feed-forward units growth added for it; "
-            "backbone ratio = the pruning ratio chosen for the backbone.", ""]
+            "backbone ratio = the pruning ratio chosen for the backbone.", ""] + renumbering_note(c)
 
 
 def accuracy_figure(figure):
