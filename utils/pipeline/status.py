@@ -149,37 +149,33 @@ def search_states(run, s, layout):
         yield state_of(s.STAGE, f"target {t} ({group})", SearchManifest(layout.search_manifest, t), s, pick)
 
 
-def pairs_of(run, layout, stage):
-    """The (target, backbone) rows of the search result the run selects, or a TaskState saying there are none."""
+def pair_states(run, layout, stage, state):
+    """[state(target id, backbone id)] of the rows of the search result the run selects, or one TaskState saying
+    there is no search result yet."""
     try:
         pairs = read_pairs(layout.result_csv, run.cfg)
     except UserError:
-        return None, TaskState(stage, "every target", "not started", f"no search result ({layout.result_csv.name})")
-    return [(t, k) for t, k in pairs if t in run.task_ids], None
+        return [TaskState(stage, "every target", "not started", f"no search result ({layout.result_csv.name})")]
+    return [state(t, k) for t, k in pairs if t in run.task_ids]
 
 
 def transfer_states(run, s, layout):
-    pairs, none = pairs_of(run, layout, s.STAGE)
-    if none:
-        yield none
-        return
-    for t, k in pairs:
-        yield state_of(s.STAGE, f"target {t} on backbone {k} ({run.cfg.task_name(k)})",
-                       Manifest(layout.kv_manifest(run.cfg.task_name(k), t)), s,
-                       lambda r: f"{'copied ' + str(r.get('copied')) if r.get('copied') else 'same modality'}")
+    def state(t, k):
+        return state_of(s.STAGE, f"target {t} on backbone {k} ({run.cfg.task_name(k)})",
+                        Manifest(layout.kv_manifest(run.cfg.task_name(k), t)), s,
+                        lambda r: f"{'copied ' + str(r.get('copied')) if r.get('copied') else 'same modality'}")
+    return pair_states(run, layout, s.STAGE, state)
 
 
 def target_states(run, s, layout):
-    pairs, none = pairs_of(run, layout, s.STAGE)
-    if none:
-        yield none
-        return
-    for t, k in pairs:
+    def state(t, k):
         target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)
         folder = layout.target_dir(backbone, target)
-        yield state_of(s.STAGE, f"target {t} ({target}) on backbone {k} ({backbone})", Manifest(folder / "stage.json"),
-                       s, lambda r: f"accuracy {r.get('target_acc')} (baseline {r.get('baseline_acc')}), width "
-                                    f"x{r.get('width')}", [folder / "scratch" / "resume.pt"], epochs_of=epochs(s))
+        return state_of(s.STAGE, f"target {t} ({target}) on backbone {k} ({backbone})",
+                        Manifest(folder / "stage.json"), s,
+                        lambda r: f"accuracy {r.get('target_acc')} (baseline {r.get('baseline_acc')}), width "
+                                  f"x{r.get('width')}", [folder / "scratch" / "resume.pt"], epochs_of=epochs(s))
+    return pair_states(run, layout, s.STAGE, state)
 
 
 STAGE_STATES = {"baseline": baseline_states, "wo_backbone": backbone_states,
