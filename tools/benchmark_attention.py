@@ -119,7 +119,8 @@ def run_child(mode, args):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"mode": mode, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
+        return {"mode": mode, "error": f"exit {proc.returncode}: " + " | ".join(tail),
+                "output": proc.stdout + proc.stderr}                 # the child's whole output, for a log
     return json.loads(lines[-1])
 
 

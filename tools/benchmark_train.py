@@ -172,13 +172,13 @@ def network_flops_per_sample(net, task, batch, amp=False, fused=True):
 
 
 def measure(size, device, rounds, steps, amp=False, fused=True, *, config=None, image=None, batch=None,
-            classes=None, modality="image", text=(128, 384), bare=True, eval_batch=None):
+            classes=None, modality="image", text=(128, 384), bare=True, eval_batch=None, matmul=True):
     """The figures benchmark() prints, as a dict. `size` (SIZES) gives the model config, image side, batch and
     classes; `config`, `image`, `batch` and `classes` override them. With `modality` "text" the trainers train on
     random text features of `text` = (tokens, features) and there is no bare step (`bare` False also leaves it out:
     then the FLOPs are counted on our network). With `eval_batch` the baseline network's test-set evaluation (batches
     of `eval_batch`, as the stages evaluate) and a forward pass of 2 samples (the backbone search's mutation trials)
-    are timed too.
+    are timed too. `matmul` False skips timing the matmul rate (its key is then None).
 
     Keys: size, config, image, batch, classes, modality, amp, fused, device, samples_per_s ({run: samples/s} of
     "bare perceiver-pytorch" (with the bare step), "baseline trainer", "CPG target trainer" and, with eval_batch,
@@ -249,7 +249,7 @@ def measure(size, device, rounds, steps, amp=False, fused=True, *, config=None, 
         flops = flops_per_step(lambda: bare_epoch(bare_model, bare_opt, batches[:1])) / batch
     else:
         flops = network_flops_per_sample(base, "t1", next(iter(loader)), amp, fused)
-    rate = matmul_rate(device, torch.bfloat16 if amp else torch.float32)
+    rate = matmul_rate(device, torch.bfloat16 if amp else torch.float32) if matmul else None
     samples = batch * steps
     median = {name: statistics.median(t) for name, t in times.items()}
     per_s = {name: samples / median[name] for name in runs
