@@ -117,6 +117,17 @@ def curves(run_dir):
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+@pytest.fixture(autouse=True)
+def no_closed_log_streams():
+    """An entry point run in-process replaces the root logger's handlers with one on the sys.stdout of its test,
+    which pytest closes after that test; a later test whose code logs through the root logger (a preparer's
+    basicConfig keeps existing handlers) would print logging's error report. Drop such handlers first."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            root.removeHandler(handler)
+
+
 @pytest.fixture
 def root_logging():
     """The entry points (and tools/run_stage.py) replace the root logger's handlers: put pytest's back afterwards."""
