@@ -83,12 +83,15 @@ def save_checkpoint(state, path):
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path, map_location="cpu"):
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """The checkpoint at `path`, loaded weights-only (a UserError naming the file when it is missing, not a
+    checkpoint or carries pickled code); `mmap` maps its tensors instead of reading them (a reader that needs only
+    the small entries)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: run the stage that writes it first.")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # a weights-only load refuses any class or function a pickle names (it would run its code); other
         # unpickling errors mean the file is no torch checkpoint at all

@@ -234,25 +234,19 @@ class Manifest:
         return [f"{k.upper()} {recorded.get(k, 'unset')!r} -> {v!r}" for k, v in settings.items()
                 if recorded.get(k, MISSING) != v]
 
-    def resized_outputs(self):
-        """The files the record names whose size is no longer the recorded one (a quick check: the stage also
-        compares their sha256)."""
-        data, outputs = self.read() or {}, self.outputs()
-
-        def same_size(name, meta):
-            return name in outputs and outputs[name].is_file() and outputs[name].stat().st_size == meta.get("size")
-        return [outputs.get(name, name) for name, meta in data.get("files", {}).items() if not same_size(name, meta)]
-
-    def damaged_outputs(self):
-        """The files the record names whose size or sha256 is no longer what it recorded (truncated, overwritten,
-        edited). Records written before digests were kept: their checkpoints must still load."""
+    def damaged_outputs(self, digests=True):
+        """The files the record names that are missing or whose size or sha256 is no longer what it recorded
+        (truncated, overwritten, edited). Records written before digests were kept: their checkpoints must still
+        load. `digests=False` is the quick check (sizes only, no file read; tools/status.py)."""
         data, outputs = self.read() or {}, self.outputs()
         if "files" not in data:
-            return [p for p in outputs.values() if p.name.endswith(".pth.tar") and not readable_checkpoint(p)]
+            return [p for p in outputs.values() if digests and p.name.endswith(".pth.tar") and
+                    not readable_checkpoint(p)]
         damaged = []
         for name, meta in data["files"].items():
             path = outputs.get(name)
-            if path is None or path.stat().st_size != meta.get("size") or file_digest(path) != meta.get("sha256"):
+            if path is None or not path.is_file() or path.stat().st_size != meta.get("size") or \
+                    (digests and file_digest(path) != meta.get("sha256")):
                 damaged.append(path or name)
         return damaged
 

@@ -21,10 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from packnet_models_pickaback.kv_transfer import read_pairs
-from utils.checkpoint import read_json
+from utils.checkpoint import load_checkpoint, read_json
 from utils.errors import UserError
 from utils.layout import Manifest, SearchManifest
 from utils.pipeline.settings import RUN_ALL, stage_settings
@@ -68,9 +66,9 @@ def resume_epoch(path, epochs_of):
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        phase, epoch = state["phase"], int(state["epoch"])
-    except Exception:                                             # noqa: BLE001 (a damaged state: the rerun ignores it)
+        state = load_checkpoint(path, mmap=True)
+        phase, epoch = dict(state["phase"]), int(state["epoch"])
+    except (UserError, KeyError, TypeError, ValueError):          # a damaged state: the rerun ignores it
         return f"an unreadable resume state {path.name}"
     step = {"finetune": f"finetuning at width x{phase.get('width', 1.0):g}",
             "prune": f"pruning {phase.get('initial', 0):g} -> {phase.get('target', 0):g}"}.get(phase["kind"],
@@ -97,7 +95,7 @@ def state_of(stage, what, manifest, settings, figure, resumes=(), progress=None,
     if data:
         figure_text = figure(data.get("results", {}))
         changes = manifest.settings_changes(settings.identity(), data)
-        bad = [Path(p).name for p in manifest.resized_outputs()]
+        bad = [Path(p).name for p in manifest.damaged_outputs(digests=False)]
         redo = (f"settings changed: {', '.join(changes)}" if changes else
                 f"files missing or changed: {', '.join(bad)}" if bad else "")
         return TaskState(stage, what, "finished", figure_text, redo)
