@@ -56,11 +56,18 @@ def value(frame, item, metric):
     return float(found.iloc[0])
 
 
-def test_sequence_section_matrix_metrics_and_compactness(tmp_path, demo_root):
-    layout = Layout(tmp_path, "demo")
+@pytest.fixture(scope="module")
+def report_of_sequence(tmp_path_factory, demo_root):
+    """(layout, report text) of a work folder holding only the sequence CSV (tests read it, never change it)."""
+    work = tmp_path_factory.mktemp("sequence_report")
+    layout = Layout(work, "demo")
     write_sequence(layout)
-    path, _ = write_report("demo", tmp_path, demo_root, evaluate=False)
-    text = path.read_text()
+    path, _ = write_report("demo", work, demo_root, evaluate=False)
+    return layout, path.read_text()
+
+
+def test_sequence_section_matrix_metrics_and_compactness(report_of_sequence):
+    layout, text = report_of_sequence
     assert "## Sequence: one network learns the tasks in turn" in text
     assert "### Run `default`: order `config` (seed 1): group1 → group5 → group3" in text
     # the matrix, in the Markdown and in the CSV
@@ -104,11 +111,8 @@ def test_sequence_section_matrix_metrics_and_compactness(tmp_path, demo_root):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png.name})" in text
 
 
-def test_sequence_order_comparison(tmp_path, demo_root):
-    layout = Layout(tmp_path, "demo")
-    write_sequence(layout)
-    path, _ = write_report("demo", tmp_path, demo_root, evaluate=False)
-    text = path.read_text()
+def test_sequence_order_comparison(report_of_sequence):
+    layout, text = report_of_sequence
     assert "### Order rules side by side" in text
     order = numbers_of(layout, "sequence_order")
     std = float(np.std([0.8, 0.9], ddof=1))
