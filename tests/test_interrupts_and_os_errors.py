@@ -394,11 +394,15 @@ def tqdm_as_users_run(monkeypatch):
 
 
 def test_the_backbone_search_draws_no_bar_into_redirected_output(monkeypatch, capfd, tqdm_as_users_run):
-    from utils_pickaback import modeldiff
-    monkeypatch.setattr(modeldiff, "profile", lambda model, t, data, settings: t)
-    monkeypatch.setattr(modeldiff, "score_candidate", lambda profile, candidate: {
+    from utils_pickaback import candidates as search
+    monkeypatch.setattr(search, "profile", lambda model, t, data, settings: t)
+    monkeypatch.setattr(search, "score_candidate", lambda profile, candidate: {
         "ddv_cos": 0.5, "ddv_euc": 0.5, "sim_cos": 0.5, "sim_euc": 0.5})
-    rows = modeldiff.search({2: [1, 3], 3: [1]}, load=lambda k: k, test_data=lambda t: None, settings=None)
+    monkeypatch.setattr(search, "InferenceModel", lambda net, task, *args, **kwargs: SimpleNamespace(task=task))
+    targets = [search.Target(t, t, test_data=lambda: None) for t in (2, 3)]
+    rows = search.search(targets, [search.Candidate(k, k) for k in (1, 3)], settings=None,
+                         networks=search.Networks(open=lambda k, device: SimpleNamespace(history=[k])),
+                         compares=lambda target, candidate: candidate.holder != target.task_id)
     assert len(rows) == 3
     out, err = capfd.readouterr()
     for bar in ("profiling targets", "scoring candidates", "\r"):

@@ -5,8 +5,9 @@ pickaback_perceiverIO.py does), against a profile search per (target, candidate)
     python tools/benchmark_backbone_search.py --tasks 4 8 --iterations 50
 
 Uses tiny untrained networks (half image, half text tasks) and random test data, so it measures the search, not the
-models. Both schemes call the same functions of utils_pickaback.modeldiff with the same seeds and must give the same
-table; the per-pair scheme exists only here.
+models. The shared scheme is utils_pickaback.candidates.search, each task's network a candidate held in memory; the
+per-pair scheme calls the same functions of utils_pickaback.modeldiff with the same seeds and must give the same
+table; it exists only here.
 """
 import argparse
 import os
@@ -17,7 +18,8 @@ import torch
 
 from models.build import Network
 from packnet_models_pickaback import InferenceModel
-from utils_pickaback.modeldiff import ProfileSettings, profile, score_candidate, search
+from utils_pickaback.candidates import Candidate, Networks, Target, search
+from utils_pickaback.modeldiff import ProfileSettings, profile, score_candidate
 
 TINY = dict(num_freq_bands=2, max_freq=4.0, depth=1, num_latents=8, latent_dim=32, cross_heads=1, cross_dim_head=16,
             latent_heads=2, latent_dim_head=16, ff_mult=2, text_dim=16, max_text_length=8)
@@ -60,6 +62,15 @@ def tiny_tasks(num_tasks, seed):
     return models, data
 
 
+def shared(candidates_of, models, data, settings):
+    """The search's scheme: every task a target and a candidate, its network opened from memory by task id."""
+    targets = [Target(t, t, lambda t=t: data[t]) for t in sorted(candidates_of)]
+    candidates = [Candidate(k, k) for k in sorted(models)]
+    rows = search(targets, candidates, settings, Networks(open=lambda k, device: models[k].net),
+                  compares=lambda target, candidate: candidate.holder in candidates_of[target.task_id])
+    return [{"target_id": r.target.task_id, "task_id": r.candidate.holder, **r.scores} for r in rows]
+
+
 def per_pair(candidates_of, models, data, settings):
     """The scheme the search avoids: the target's profile searched again for every candidate."""
     rows = []
@@ -92,7 +103,7 @@ def main(argv=None):
     for num_tasks in args.tasks:
         models, data = tiny_tasks(num_tasks, args.seed)
         candidates_of = {t: [k for k in models if k != t] for t in models}
-        shared_rows, shared_s = timed(search, candidates_of, models.__getitem__, data.__getitem__, settings)
+        shared_rows, shared_s = timed(shared, candidates_of, models, data, settings)
         pair_rows, pair_s = timed(per_pair, candidates_of, models, data, settings)
         same = shared_rows == pair_rows
         print(f"{num_tasks:>4} {len(shared_rows):>6} {shared_s:>20.2f} {pair_s:>21.2f} {pair_s / shared_s:>7.1f}  "

@@ -1,16 +1,16 @@
 """The backbone search over a dataset config: which targets, which candidates, whose baseline checkpoints, and the
-ModelDiff scores and picks. Shared by the find_backbone stage and pickaback_perceiverIO.py."""
+search over them (candidates.search, each task's baseline a candidate named by its task id) as the table's rows
+and picks. Shared by the find_backbone stage and pickaback_perceiverIO.py."""
 import logging
+from functools import partial
 
-import pandas as pd
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from packnet_models_pickaback import InferenceModel
+from packnet_models_pickaback import load_network
 from utils.data import task_dataset
 from utils.errors import UserError
 from utils.layout import task_checkpoint
-from utils_pickaback.modeldiff import search
-from utils_pickaback.results import select_backbones
+from utils_pickaback.candidates import Candidate, Networks, Target, pick, search
 
 log = logging.getLogger("root")
 CANDIDATE_CHOICES = ("all", "same", "cross")
@@ -65,21 +65,25 @@ def plan(cfg, layout, targets, which):
 
 
 def run_search(cfg, candidates_of, checkpoints, settings, selection, device, batch_size=32, amp=False):
-    """ModelDiff over the pairs of `candidates_of` (in bf16 autocast with `amp`); returns (table rows, {target:
-    picked task id})."""
-    def load(task_id):
-        model = InferenceModel.load(checkpoints[task_id], device=device, batch_size=batch_size, amp=amp)
-        if model.task != cfg.task_name(task_id):
-            log.warning(f"{checkpoints[task_id]} holds task {model.task}, not {cfg.task_name(task_id)}; comparing it "
-                        f"as task {task_id}")
-        return model
+    """ModelDiff over the pairs of `candidates_of` ({target id: [candidate ids]}), each task's baseline a candidate
+    named by its task id (in bf16 autocast with `amp`); returns (table rows as TABLE_COLUMNS dicts, {target: picked
+    task id}). Candidates in task id order, so ties go to the lowest task id."""
+    task_of = {path: k for k, path in checkpoints.items()}
 
-    def test_data(task_id):
-        return task_dataset(cfg, cfg.task_name(task_id), "test", device)
+    def open_baseline(path, device):
+        net = load_network(path, device)
+        if net.history[-1] != cfg.task_name(task_of[path]):
+            log.warning(f"{path} holds task {net.history[-1]}, not {cfg.task_name(task_of[path])}; comparing it "
+                        f"as task {task_of[path]}")
+        return net
 
+    targets = [Target(t, checkpoints[t], partial(task_dataset, cfg, cfg.task_name(t), "test", device))
+               for t in sorted(candidates_of)]
+    candidates = [Candidate(k, checkpoints[k]) for k in sorted({k for ks in candidates_of.values() for k in ks})]
     with logging_redirect_tqdm():
-        rows = search(candidates_of, load, test_data, settings)
-    picks = select_backbones(pd.DataFrame(rows), selection)
+        rows = search(targets, candidates, settings, Networks(device, batch_size, amp, open_baseline),
+                      compares=lambda target, candidate: candidate.holder in candidates_of[target.task_id])
+    picks = {t: row.candidate.holder for t, row in pick(rows, selection).items()}
     for t, k in picks.items():
         log.info(f"Selected backbone for target {t} = (euc) {k}")
-    return rows, picks
+    return [{"target_id": row.target.task_id, "task_id": row.candidate.holder, **row.scores} for row in rows], picks

@@ -9,8 +9,9 @@ between its outputs on the input pairs (i, i + n/2); the similarity of K to T is
 their DDVs, in a cosine and a Euclidean variant. (The original code profiled each model on the first, unshuffled
 batch of its own test set, so the two DDVs it compared came from different inputs.)
 
-A profile depends on its target only, so `search` runs one mutation search per target and reuses the profile (and
-the target's outputs) for every candidate: O(T) searches for T targets instead of one per pair.
+A profile depends on its target only, so it is searched once per target and reused for every candidate. What a
+candidate needs of it is its `Probe` (the inputs and the target's reader), so whoever holds a candidate can compute
+the candidate's DDV (`candidate_ddv`) and hand back only that, to be compared with the target's (`similarity`).
 """
 import logging
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from utils.errors import UserError
 
@@ -34,16 +34,30 @@ class ProfileSettings:
 
 
 @dataclass
+class DDV:
+    """A model's decision distance vectors on a profile's n inputs: the distances between its outputs of inputs i and
+    i + n/2, in a cosine and a Euclidean variant, [n // 2] each."""
+    cos: torch.Tensor
+    euc: torch.Tensor
+
+
+@dataclass
+class Probe:
+    """What a candidate needs to answer a target's profile: the profiling inputs, their modality and the target's
+    reader of it (its input adapter and k/v projection, for a candidate of the other modality)."""
+    modality: str
+    inputs: dict              # {'x': [n, ...], 'mask': [n, tokens] or None}
+    reader: dict
+
+
+@dataclass
 class Profile:
     """A target's profiling inputs after the mutation search, and the target's behaviour on them."""
     task_id: int
-    modality: str
-    inputs: dict              # {'x': [n, ...], 'mask': [n, tokens] or None}
+    probe: Probe
     logits: torch.Tensor      # the target's outputs [n, classes]
-    ddv_cos: torch.Tensor     # [n // 2]
-    ddv_euc: torch.Tensor     # [n // 2]
+    ddv: DDV
     diversity: float          # the mutation search's score of the final inputs
-    reader: dict              # the target's adapter and k/v projection, for candidates of the other modality
 
 
 def task_generator(seed, task_id):
@@ -120,10 +134,10 @@ def mutation_search(model, inputs, epsilon, iterations, generator):
 
 # ---- decision distance vectors ----------------------------------------------------------------------------------
 def decision_distance_vectors(logits):
-    """(cosine, Euclidean) DDV of outputs [n, classes]: distances between the outputs of inputs i and i + n/2."""
+    """The DDV of outputs [n, classes]: distances between the outputs of inputs i and i + n/2."""
     half = len(logits) // 2
     a, b = logits[:half].double(), logits[half:2 * half].double()
-    return 1.0 - F.cosine_similarity(a, b, dim=1), (a - b).norm(dim=1)
+    return DDV(cos=1.0 - F.cosine_similarity(a, b, dim=1), euc=(a - b).norm(dim=1))
 
 
 def ddv_distance(u, v):
@@ -133,7 +147,7 @@ def ddv_distance(u, v):
 
 @torch.no_grad()
 def profile(target, task_id, dataset, settings):
-    """The profile of a target (an InferenceModel) from its test `dataset`."""
+    """The profile of a target (an InferenceModel) from its test `dataset`; `task_id` seeds it."""
     generator = task_generator(settings.seed, task_id)
     if settings.size < 2:
         raise UserError(f"--profile_size {settings.size} is too small: the DDV needs at least 2 inputs.")
@@ -144,39 +158,25 @@ def profile(target, task_id, dataset, settings):
     inputs = {k: None if v is None else v.to(target.device) for k, v in inputs.items()}
     inputs, _ = mutation_search(target, inputs, settings.epsilon, settings.iterations, generator)
     logits = target(inputs)
-    ddv_cos, ddv_euc = decision_distance_vectors(logits)
-    return Profile(task_id, target.modality, inputs, logits, ddv_cos, ddv_euc, float(output_diversity(logits)),
-                   target.reader())
+    return Profile(task_id, Probe(target.modality, inputs, target.reader()), logits,
+                   decision_distance_vectors(logits), float(output_diversity(logits)))
 
 
 @torch.no_grad()
-def score_candidate(profile, candidate):
-    """Distances and similarities of a candidate (an InferenceModel) to the profiled target, on the same inputs."""
-    if candidate.modality != profile.modality:
-        candidate = candidate.reading(profile.reader, profile.modality)          # the k/v swap
-    ddv_cos, ddv_euc = decision_distance_vectors(candidate(profile.inputs))
-    d_cos, d_euc = ddv_distance(ddv_cos, profile.ddv_cos), ddv_distance(ddv_euc, profile.ddv_euc)
+def candidate_ddv(probe, candidate):
+    """The DDV of a candidate (an InferenceModel) on a profile's inputs; a candidate of the other modality reads them
+    through the target's reader (the k/v swap)."""
+    if candidate.modality != probe.modality:
+        candidate = candidate.reading(probe.reader, probe.modality)
+    return decision_distance_vectors(candidate(probe.inputs))
+
+
+def similarity(target_ddv, ddv):
+    """The table's scores of a candidate's DDV against the target's: distances and similarities (1 - distance)."""
+    d_cos, d_euc = ddv_distance(ddv.cos, target_ddv.cos), ddv_distance(ddv.euc, target_ddv.euc)
     return {"ddv_cos": d_cos, "ddv_euc": d_euc, "sim_cos": 1.0 - d_cos, "sim_euc": 1.0 - d_euc}
 
 
-def search(candidates_of, load, test_data, settings):
-    """Score every (target, candidate) pair of `candidates_of` ({target id: [candidate ids]}).
-
-    load(task_id) -> InferenceModel, test_data(task_id) -> the task's test dataset. Each target is profiled once and
-    each candidate loaded once (one model in memory at a time). Returns rows
-    {target_id, task_id, ddv_cos, ddv_euc, sim_cos, sim_euc} ordered by target, then candidate."""
-    profiles = {t: profile(load(t), t, test_data(t), settings)
-                for t in tqdm(sorted(candidates_of), desc="profiling targets", disable=None)}
-    targets_of = {}
-    for t, ks in candidates_of.items():
-        for k in ks:
-            targets_of.setdefault(k, []).append(t)
-    rows = []
-    for k in tqdm(sorted(targets_of), desc="scoring candidates", disable=None):
-        candidate = load(k)
-        for t in sorted(targets_of[k]):
-            row = {"target_id": t, "task_id": k, **score_candidate(profiles[t], candidate)}
-            log.info(f"DDV cos-cos [{k} => {t}] {row['ddv_cos']:.5f}, DDV euc-cos [{k} => {t}] {row['ddv_euc']:.5f}"
-                     f", similarity (euc) {row['sim_euc']:.5f}")
-            rows.append(row)
-    return sorted(rows, key=lambda r: (r["target_id"], r["task_id"]))
+def score_candidate(profile, candidate):
+    """The scores of a candidate (an InferenceModel) against the profiled target, on the same inputs."""
+    return similarity(profile.ddv, candidate_ddv(profile.probe, candidate))

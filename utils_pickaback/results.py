@@ -1,8 +1,8 @@
-"""Backbone selection from the ModelDiff table, and the result files.
+"""The selection rules over the ModelDiff table (candidates.pick applies them), and the result files.
 
 Rules: `similar` (default, the paper's intent) picks the candidate most similar to the target by the Euclidean-DDV
 similarity; `original` picks the largest Euclidean-DDV distance, as the original code did, which
-reproduces its published picks. Ties go to the lowest task id.
+reproduces its published picks. Ties go to the first candidate, in the stage the lowest task id.
 
 Files, as the original's (note the spelling "pickback" of the table):
     pickaback_<cfg>_result.csv   target_id,task_id
@@ -22,15 +22,6 @@ SELECTION_RULES = {"similar": "sim_euc", "original": "ddv_euc"}   # rule -> colu
 RESULT_COLUMNS = ["target_id", "task_id"]
 TABLE_COLUMNS = ["target_id", "task_id", "ddv_cos", "ddv_euc", "sim_cos", "sim_euc"]
 SCORES = {c: (-math.inf, math.inf) for c in TABLE_COLUMNS[2:]}      # finite: a NaN would decide no pick
-
-
-def select_backbones(table, rule="similar"):
-    """{target id: chosen task id} over the rows of `table` (a DataFrame with TABLE_COLUMNS)."""
-    column = SELECTION_RULES[rule]
-    picks = {}
-    for target, rows in table.sort_values(["target_id", "task_id"]).groupby("target_id", sort=True):
-        picks[int(target)] = int(rows.loc[rows[column].idxmax(), "task_id"])
-    return picks
 
 
 def read_rows(path, columns, num_tasks=None):
