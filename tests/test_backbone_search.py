@@ -5,6 +5,7 @@ Runs on the demo config with untrained baselines built in-process (one per task,
 profiles, so the whole file takes seconds.
 """
 import shutil
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,13 +16,14 @@ import torch
 import pickaback_perceiverIO as pickaback
 from models import cpg
 from models.build import Network
-from packnet_models_pickaback import InferenceModel, kv_layer_name
+from packnet_models_pickaback import InferenceModel, kv_layer_name, load_network
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.layout import Layout, task_checkpoint
 from utils.config import load_dataset_config
 from utils.data import model_config, task_dataset
-from utils_pickaback.modeldiff import (class_balanced_sample, collate, mutation_search, output_diversity,
-                                       task_generator)
+from utils_pickaback.candidates import Candidate, Networks, Target, pick, profile_targets, search
+from utils_pickaback.modeldiff import (ProfileSettings, candidate_ddv, class_balanced_sample, collate, mutation_search,
+                                       output_diversity, similarity, task_generator)
 
 IMAGE_TARGET, TEXT_TARGET = 1, 6          # demo: groups 1-4 are images, 5-8 texts
 
@@ -191,6 +193,70 @@ def test_a_missing_baseline_names_the_stage_to_run(demo, checkpoints, tmp_path, 
     err = capsys.readouterr().err
     assert "group4" in err and "run run_pickaback/baseline.sh demo first" in err
     assert not (tmp_path / "pickaback_demo_result.csv").exists()
+
+
+# ---- any networks: candidates named by (holder, checkpoint, task head) ------------------------------------------
+SETTINGS = ProfileSettings(size=12, iterations=20)
+
+
+@pytest.fixture(scope="module")
+def client(demo, tmp_path_factory):
+    """A client's CPG network that learned group1 (image, pruned to half) and then group5 (text, grown, on freshly
+    initialised free weights): `first` is the network after group1 alone, `both` after both tasks."""
+    folder, cfg = tmp_path_factory.mktemp("client"), demo.cfg
+    torch.manual_seed(11)
+    net = Network.new(model_config(cfg))
+    paths = {}
+    for name, group, modality, width in (("first", "group1", "image", 1.0), ("both", "group5", "text", 1.5)):
+        net.start_task(group, modality, cfg.num_classes, width_multiplier=width, reinit_free=True)
+        if modality == "image":
+            cpg.prune_to(net.model, modality, 1, 0.5)
+        net.claim_shared(group)
+        paths[name] = folder / f"{name}.pth.tar"
+        save_checkpoint(net.state(epoch=1, dataset_config="demo", text_encoder=cfg.text_encoder), paths[name])
+    return SimpleNamespace(**paths)
+
+
+def baseline_of(demo, task_id):
+    return checkpoint_in(baseline_folder(demo.checkpoints, demo.cfg.task_name(task_id)))
+
+
+def target_of(demo, task_id):
+    return Target(task_id, baseline_of(demo, task_id), partial(task_dataset, demo.cfg, f"group{task_id}", "test"))
+
+
+def test_each_head_of_a_multi_task_network_is_scored_through_its_own_head_and_masks(demo, client):
+    """Both heads of one network and a baseline, against an image and a text target (so each head is cross-modal
+    for one of them): every row is what that head alone scores against the target's profile, each checkpoint is
+    opened once per phase, and the rows follow the targets, then the candidates, as given."""
+    targets = [target_of(demo, IMAGE_TARGET), target_of(demo, TEXT_TARGET)]
+    candidates = [Candidate("client", client.both, "group1"), Candidate("client", client.both, "group5"),
+                  Candidate("baseline", baseline_of(demo, 2))]
+    opened = []
+    rows = search(targets, candidates, SETTINGS, Networks(open=lambda path, device: opened.append(path) or
+                                                          load_network(path, device)))
+    assert opened == [targets[0].checkpoint, targets[1].checkpoint, client.both, candidates[2].checkpoint]
+    assert [(r.target, r.candidate, r.task) for r in rows] == \
+        [(t, c, head) for t in targets for c, head in zip(candidates, ("group1", "group5", "group2"), strict=True)]
+    alone = [InferenceModel.load(client.first), InferenceModel.load(client.both, task="group5"),
+             InferenceModel.load(candidates[2].checkpoint)]
+    assert alone[0].task == "group1" and alone[0].net.history == ["group1"]
+    for target, profile in zip(targets, profile_targets(targets, SETTINGS, Networks()), strict=True):
+        for row, model in zip([r for r in rows if r.target == target], alone, strict=True):
+            assert row.scores == similarity(profile.ddv, candidate_ddv(profile.probe, model))   # as a holder would
+    assert rows[0].scores != rows[1].scores and rows[3].scores != rows[4].scores
+
+
+def test_the_pick_follows_the_rule_and_ties_go_to_the_first_candidate(demo, client):
+    """The target's own network, held twice, is the most similar; of the two the first given is picked."""
+    own = baseline_of(demo, IMAGE_TARGET)
+    candidates = [Candidate("client", client.both, "group1"), Candidate("x", own), Candidate("y", own),
+                  Candidate("client", client.both, "group5")]
+    rows = search([target_of(demo, IMAGE_TARGET)], candidates, SETTINGS)
+    assert rows[1].scores == rows[2].scores and rows[1].scores["sim_euc"] == pytest.approx(1.0, abs=1e-9)
+    assert list(pick(rows)) == [IMAGE_TARGET]
+    assert pick(rows)[IMAGE_TARGET] is rows[1] and pick(rows[::-1])[IMAGE_TARGET] is rows[2]
+    assert pick(rows, "original")[IMAGE_TARGET] is max(rows, key=lambda r: r.scores["ddv_euc"])
 
 
 # ---- profiling inputs ------------------------------------------------------------------------------------------
