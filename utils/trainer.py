@@ -25,14 +25,14 @@ from utils.runtime import autocast, seed_everything
 
 log = logging.getLogger("root")
 
-# ---- the thresholds and schedules of the original's training scripts (epochs as fractions of a step's epochs) ----
+# ---- the original's thresholds and schedules (a schedule's milestones: fractions of the step's epochs) --------------
 # train accuracy below which the baseline logs "Cannot prune any more!" (the original's packnet_cifar100_main_normal.py)
 BASELINE_PRUNABLE_ACC = 0.97
 # train accuracy a CPG finetune must exceed to pass and a pruning stage to go on (the original's CPG_MM_main_normal.py)
 CPG_TRAIN_ACC = 0.95
 # a width this close to the max is at it (the original's CPG_MM_main_normal.py tests width == max; ours adds floats)
 WIDTH_TOLERANCE = 1e-9
-# the weights' learning rate x LR_GAMMA at 50 % and 80 % of the epochs (the original's epochs 50 and 80 of 100)
+# the weights' learning rate x0.1 at 50 % and 80 % of the epochs (the original's trainers: epochs 50, 80 of 100)
 LR_MILESTONES = (0.5, 0.8)
 LR_GAMMA = 0.1
 # the piggymask's Adam rate x0.2 at 50 % and x0 at 70 % of the epochs (the original's CPG_MM_main_normal.py: 50, 70)
