@@ -25,7 +25,7 @@ from utils.runtime import autocast, seed_everything
 
 log = logging.getLogger("root")
 
-# ---- the original's thresholds and schedules (a schedule's milestones: fractions of the step's epochs) --------------
+# ---- the original's thresholds and schedules (a schedule's milestones: fractions of the step's epochs) ------------
 # train accuracy below which the baseline logs "Cannot prune any more!" (the original's packnet_cifar100_main_normal.py)
 BASELINE_PRUNABLE_ACC = 0.97
 # train accuracy a CPG finetune must exceed to pass and a pruning stage to go on (the original's CPG_MM_main_normal.py)
