@@ -32,7 +32,6 @@ import torch
 from models.build import Network
 from utils.checkpoint import baseline_accuracy, read_record, update_json
 from utils.data import load_task, model_config
-from utils import tracking
 from utils.errors import UserError, report_user_errors
 from utils.layout import sparsity_key, task_checkpoint
 from utils.pipeline.cli import SPARSITY, add_settings_arguments, add_task_arguments, entry_run, parser, settings_from
@@ -132,9 +131,9 @@ def run_step(args):
     csv_path = Path(args.log_path or f"{args.save_folder}/train.log").with_name("train.csv")
     data_settings = run.data_settings(args.dataset)
     # the curves are named as the stage scripts name them: after the task's folder, the one above --save_folder
-    with tracking.task(task_curves(run, s, Path(args.save_folder).resolve().parent, args.dataset)):
-        outcome, acc, key, folder, step, resume = train_step(args, s, run, net, data, start, baseline, record,
-                                                             csv_path, data_settings)
+    curves = task_curves(run, s, Path(args.save_folder).resolve().parent, args.dataset)
+    outcome, acc, key, folder, step, resume = train_step(args, s, run, net, data, start, baseline, record, csv_path,
+                                                         data_settings, curves)
     if acc is not None:
         if record_file:
             update_json(record_file, {key: round(acc, 4)})
@@ -144,12 +143,13 @@ def run_step(args):
     return outcome
 
 
-def train_step(args, s, run, net, data, start, baseline, record, csv_path, data_settings):
+def train_step(args, s, run, net, data, start, baseline, record, csv_path, data_settings, curves):
     """The finetuning or pruning step the flags name: (outcome, accuracy, record key, folder, step, resume)."""
     if args.mode == "finetune":
         key, folder, step = "0.0", Path(args.save_folder), FinetuneStep.of(s)
         resume = step_resume(folder, step, baseline, start, data_settings)
-        outcome, acc, _ = finetune_at(net, data, step, s.network_width_multiplier, baseline, csv_path, resume)
+        outcome, acc, _ = finetune_at(net, data, step, s.network_width_multiplier, baseline, csv_path, resume,
+                                      curves)
     else:
         if not net.history or net.history[-1] != args.dataset:
             raise UserError(f"{start} was trained last on {net.history[-1] if net.history else 'nothing'}, "
@@ -158,7 +158,7 @@ def train_step(args, s, run, net, data, start, baseline, record, csv_path, data_
         key = sparsity_key(args.target_sparsity)
         folder = Path(args.save_folder) / key
         resume = step_resume(folder, step, baseline, start, data_settings)
-        outcome, acc = prune_stage(net, data, step, baseline, record["0.0"], csv_path, resume)
+        outcome, acc = prune_stage(net, data, step, baseline, record["0.0"], csv_path, resume, curves)
     return outcome, acc, key, folder, step, resume
 
 

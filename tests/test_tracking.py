@@ -10,10 +10,11 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import curves, env_for
-from utils import tracking, trainer
+from utils import tracking
 from utils.errors import UserError
 from utils.layout import Layout, file_digest
 from utils.pipeline import run_stage
+from utils.resume import Resume
 
 TRAIN = re.compile(r"In train\(\)-> Train Ep\. #(\d+) loss: ([\d.]+), accuracy: ([\d.]+), lr: ([\d.e-]+)")
 VAL = re.compile(r"In validate\(\)-> Val Ep\. #(\d+) loss: ([\d.]+), accuracy: ([\d.]+), sparsity: ([\d.]+)")
@@ -83,14 +84,14 @@ def test_the_settings_are_the_runs_hyperparameters(tiny_run):
 def interrupt_once(monkeypatch, at_epoch, kind):
     """The first `kind` step stops with Ctrl-C at the end of epoch `at_epoch`, after the epoch's point was written
     and before its resume state was saved (the worst moment: the state holds the epoch before)."""
-    real, fired = trainer.end_of_epoch, []
+    real, fired = Resume.save, []
 
-    def end_of_epoch(resume, phase, epoch, *args):
+    def save(resume, phase, epoch, *args):
         if phase["kind"] == kind and epoch == at_epoch and not fired:
             fired.append(epoch)
             raise KeyboardInterrupt
         return real(resume, phase, epoch, *args)
-    monkeypatch.setattr(trainer, "end_of_epoch", end_of_epoch)
+    monkeypatch.setattr(Resume, "save", save)
     return fired
 
 
@@ -195,7 +196,7 @@ def test_an_unknown_tracker_is_one_sentence_before_any_work(demo_root, tmp_path)
 def test_only_rank_0_writes_curves(monkeypatch, tmp_path):
     runs = tracking.TaskRuns("tensorboard", tmp_path, "baseline/demo/group1", "baseline", "demo", "group1")
     monkeypatch.setattr(tracking, "is_main_process", lambda: False)
-    with tracking.task(runs), tracking.curve("baseline", 1) as curve:
+    with tracking.curve(runs, "baseline", 1) as curve:
         curve.log(1, {"val/accuracy": 1.0})
     assert not any(tmp_path.iterdir())
 
@@ -213,7 +214,7 @@ def test_wandb_missing_or_failing_is_one_sentence(monkeypatch, tmp_path):
     monkeypatch.setattr(wandb, "init", refuse)
     monkeypatch.setenv("WANDB_MODE", "online")
     runs = tracking.TaskRuns("wandb", tmp_path, "baseline/demo/group1", "baseline", "demo", "group1")
-    with pytest.raises(UserError) as e, tracking.task(runs):
-        tracking.curve("baseline", 1)
+    with pytest.raises(UserError) as e:
+        tracking.curve(runs, "baseline", 1)
     assert str(e.value) == ("W&B could not start the run of baseline/demo/group1/baseline (WANDB_MODE=online): "
                             "api_key not configured (no-tty); unset WANDB_MODE (offline), or use TRACKER=tensorboard.")

@@ -1,10 +1,9 @@
 """Training curves: the per-epoch scalars of every training step, written while it trains, for TensorBoard
 (`torch.utils.tensorboard`) or Weights & Biases (`wandb`, offline unless WANDB_MODE says otherwise), or not at all.
 
-    with tracking.task(tracking.TaskRuns("tensorboard", logs, "wo_backbone/demo/group3", settings, ...)):
-        ...                                                  # set by the task lifecycle around a task's work
-        with tracking.curve("finetune_x1", first=1) as curve:   # one run per training step of the task
-            curve.log(epoch, {"train/loss": 0.41, "val/accuracy": 87.5, ...})
+    runs = tracking.TaskRuns("tensorboard", logs, "wo_backbone/demo/group3", ...)   # a task's (Task.curves())
+    with tracking.curve(runs, "finetune_x1", first=1) as curve:   # one run per training step of the task
+        curve.log(epoch, {"train/loss": 0.41, "val/accuracy": 87.5, ...})
 
 A step's run is `<logs>/tensorboard/<task name>/<step>`; the settings of the stage are its hyperparameters. A
 resumed step continues its run at the epoch it resumes from: the writer is opened with `purge_step` = that epoch, so
@@ -12,12 +11,10 @@ TensorBoard hides any point an interrupted attempt wrote from there on (the atte
 epoch's point and saving its resume state), and the curve has each epoch once. Only rank 0 of a torchrun job
 writes. Nothing here touches a random stream or a result; `wandb` is imported only when it is the tracker.
 """
-import contextvars
 import hashlib
 import importlib.util
 import logging
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,21 +62,8 @@ class TaskRuns:
         return self.expname or EXPNAMES.get(self.stage, self.stage)
 
 
-_current = contextvars.ContextVar("tracking", default=None)
-
-
-@contextmanager
-def task(runs):
-    """Track the training steps run inside this block as runs of `runs` (a TaskRuns, or None: not tracked)."""
-    token = _current.set(runs)
-    try:
-        yield runs
-    finally:
-        _current.reset(token)
-
-
 class Curve:
-    """A step's curve that writes nothing (TRACKER=none, a rank other than 0, or no task being tracked)."""
+    """A step's curve that writes nothing (TRACKER=none, a rank other than 0, or a task not tracked)."""
 
     def log(self, epoch, values):
         pass
@@ -167,10 +151,9 @@ class WandbCurve(Curve):
 CURVES = {"tensorboard": TensorBoardCurve, "wandb": WandbCurve}
 
 
-def curve(step, first):
-    """The curve of training step `step` of the task being tracked, continuing at epoch `first` (the first epoch
-    this attempt logs)."""
-    runs = _current.get()
+def curve(runs, step, first):
+    """The curve of training step `step` of the task whose runs are `runs` (a TaskRuns, or None: not tracked),
+    continuing at epoch `first` (the first epoch this attempt logs)."""
     if runs is None or runs.kind not in CURVES or not is_main_process():
         return Curve()
     return CURVES[runs.kind](runs, step, first)

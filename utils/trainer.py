@@ -1,14 +1,16 @@
-"""The shared train/evaluate loop of every training stage (progress bars, CPG per-step constraints, log lines in the
-original's format, `train.csv` rows) and the training steps of one task that the stages and entry points call:
-a baseline, a CPG finetune, one gradual-pruning stage. Each returns what it decided (`Outcome`) instead of exiting.
+"""The shared train/evaluate work of one epoch (progress bars, CPG per-step constraints, log lines in the
+original's format, `train.csv` rows), the one epoch loop every training step runs (`run_epochs`: schedules, pruner,
+resume state, curves), and the training steps of one task that the stages and entry points call, each configuring
+that loop: a baseline, a CPG finetune, one gradual-pruning stage. Each returns what it decided (`Outcome`) instead
+of exiting.
 """
+import bisect
 import csv
 import enum
 import logging
 import math
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +19,27 @@ from tqdm import tqdm
 from models import cpg
 from utils import distributed, tracking
 from utils.checkpoint import checkpoint_path, remove_stale_checkpoints, save_checkpoint
+from utils.data import TaskData
 from utils.layout import sparsity_key
 from utils.runtime import autocast, seed_everything
 
 log = logging.getLogger("root")
+
+# ---- the original's thresholds and schedules (a schedule's milestones: fractions of the step's epochs) ------------
+# train accuracy below which the baseline logs "Cannot prune any more!" (the original's packnet_cifar100_main_normal.py)
+BASELINE_PRUNABLE_ACC = 0.97
+# train accuracy a CPG finetune must exceed to pass and a pruning stage to go on (the original's CPG_MM_main_normal.py)
+CPG_TRAIN_ACC = 0.95
+# a width this close to the max is at it (the original's CPG_MM_main_normal.py tests width == max; ours adds floats)
+WIDTH_TOLERANCE = 1e-9
+# the weights' learning rate x0.1 at 50 % and 80 % of the epochs (the original's trainers: epochs 50, 80 of 100)
+LR_MILESTONES = (0.5, 0.8)
+LR_GAMMA = 0.1
+# the piggymask's Adam rate x0.2 at 50 % and x0 at 70 % of the epochs (the original's CPG_MM_main_normal.py: 50, 70)
+MASK_MILESTONES = (0.5, 0.7)
+MASK_FACTORS = (0.2, 0.0)
+# the upper-bound rule's share of the current task: round(1 / (remaining + 1), 1) (the original's CPG_MM_main_normal.py)
+UPPER_BOUND_DIGITS = 1
 
 
 def to_device(batch, device):
@@ -62,7 +81,6 @@ class Trainer:
         self.width_mpl = width_mpl
         self.csv_path = Path(csv_path) if csv_path and distributed.is_main_process() else None
         self.forward = None                     # the model as training runs it (DistributedDataParallel on N ranks)
-        self.curve, self.train_values = tracking.Curve(), {}     # the step's training curve (utils/tracking.py)
 
     @property
     def model(self):
@@ -72,7 +90,8 @@ class Trainer:
         return cpg.mask_statistics(self.model, self.modality, self.task_id)
 
     def train_epoch(self, epoch, optimizer, mask_optimizer=None, weight_decay=0.0, pruner=None, step_scheduler=None):
-        """One epoch; `step_scheduler` (the fast recipe's warm-up and cosine) steps after every optimiser step."""
+        """One epoch; `step_scheduler` (the fast recipe's warm-up and cosine) steps after every optimiser step.
+        Returns (train accuracy, the epoch's values for its curve)."""
         self.net.activate(self.task)
         self.model.train()
         if hasattr(self.train_loader.sampler, "set_epoch"):
@@ -116,9 +135,8 @@ class Trainer:
         sparsity = self.stats()["sparsity"]
         log.info(f"In train()-> Train Ep. #{epoch} loss: {loss:.3f}, accuracy: {100 * acc:.2f}, lr: {lr}, "
                  f"sparsity: {sparsity:.3f}, network_width_mpl: {math.sqrt(self.width_mpl)}")
-        self.train_values = {"train/loss": loss, "train/accuracy": 100 * acc, "train/lr": lr,
-                             "train/sparsity": sparsity, "train/network_width_mpl": math.sqrt(self.width_mpl)}
-        return loss, acc
+        return acc, {"train/loss": loss, "train/accuracy": 100 * acc, "train/lr": lr, "train/sparsity": sparsity,
+                     "train/network_width_mpl": math.sqrt(self.width_mpl)}
 
     @torch.no_grad()
     def evaluate(self, loader=None, return_logits=False):
@@ -140,6 +158,8 @@ class Trainer:
         return out + (torch.cat(all_logits),) if return_logits else out
 
     def validate(self, epoch, train_acc=None):
+        """Test the task, log the original's line and (after a training epoch) a train.csv row; returns (test
+        accuracy, the values for the epoch's curve)."""
         loss, acc = self.evaluate()
         s = self.stats()
         line = (f"In validate()-> Val Ep. #{epoch} loss: {loss:.3f}, accuracy: {100 * acc:.2f}, "
@@ -152,13 +172,11 @@ class Trainer:
             line += f", shared_ratio: {s['shared_ratio']:.3f}"
             values["val/shared_ratio"] = s["shared_ratio"]          # the share of earlier weights the piggymask keeps
         log.info(line)
-        self.curve.log(epoch, {**self.train_values, **values})        # one point per epoch: training and validation
-        self.train_values = {}
         if self.csv_path and train_acc is not None:
             self.csv_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.csv_path, "a", newline="") as f:
                 csv.writer(f).writerow([epoch, round(acc, 4), round(train_acc, 4)])
-        return loss, acc
+        return acc, values
 
 
 def save_task_checkpoint(net, cfg, folder, epoch):
@@ -194,10 +212,11 @@ def make_optimizers(net, task, lr, lr_mask, recipe="original"):
 
 
 def lr_schedule(optimizer, recipe, epochs, steps_per_epoch):
-    """(scheduler, stepped per step?): x0.1 at 50 % and 80 % of the epochs, stepped per epoch (original), or a
+    """(scheduler, stepped per step?): x LR_GAMMA at LR_MILESTONES of the epochs, stepped per epoch (original), or a
     linear warm-up over FAST_WARMUP of the steps and a cosine decay to zero, stepped per step (fast)."""
     if recipe != "fast":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(epochs), gamma=0.1), False
+        marks = sorted({epoch_at(f, epochs) for f in LR_MILESTONES})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, marks, gamma=LR_GAMMA), False
     steps = max(epochs * steps_per_epoch, 1)
     warmup = max(int(FAST_WARMUP * steps), 1)
 
@@ -208,8 +227,16 @@ def lr_schedule(optimizer, recipe, epochs, steps_per_epoch):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
 
 
-def milestones(epochs, fractions=(0.5, 0.8)):
-    return sorted({max(1, int(round(f * epochs))) for f in fractions})
+def epoch_at(fraction, epochs):
+    """The epoch at `fraction` of `epochs` (the first at least): where a schedule's milestone falls."""
+    return max(1, int(round(fraction * epochs)))
+
+
+def mask_schedule(mask_optimizer, epochs):
+    """The piggymask's learning rate, stepped per epoch: x MASK_FACTORS from each of MASK_MILESTONES of the epochs."""
+    bounds = [epoch_at(f, epochs) for f in MASK_MILESTONES]
+    factors = (1.0, *MASK_FACTORS)
+    return torch.optim.lr_scheduler.LambdaLR(mask_optimizer, lambda epoch: factors[bisect.bisect_right(bounds, epoch)])
 
 
 def step_name(phase):
@@ -221,26 +248,57 @@ def step_name(phase):
     return phase["kind"]
 
 
-@contextmanager
-def tracked(trainer, phase, first):
-    """The step's curve (utils/tracking.py) while it trains, continuing at epoch `first`."""
-    with tracking.curve(step_name(phase), first) as curve:
-        trainer.curve = curve
-        try:
-            yield curve
-        finally:
-            trainer.curve = tracking.Curve()
+# ---- the epoch loop -----------------------------------------------------------------------------------------------
+@dataclass
+class TrainingStep:
+    """One training step of a task as `run_epochs` runs it: `phase` names it (in its resume state and its curve),
+    `trainer` does each epoch's work on `data`, and the optimisers, schedules and pruner are what it steps."""
+    phase: dict
+    trainer: Trainer
+    data: TaskData
+    epochs: int
+    optimizer: torch.optim.Optimizer
+    weight_decay: float
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None    # the weights' rate, stepped per epoch ...
+    per_step: bool = False                                  # ... or per optimiser step (the fast recipe's)
+    mask_optimizer: torch.optim.Optimizer | None = None     # the piggymask's Adam (CPG finetuning)
+    mask_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None     # its rate, stepped per epoch
+    pruner: GradualPruner | None = None                     # gradual pruning, stepped per optimiser step
+    validate_first: bool = False                            # epoch 0: the network before pruning, validated
+
+    def objects(self):
+        """What the resume state saves and restores, by name (None: the step has none)."""
+        return {"optimizer": self.optimizer, "mask_optimizer": self.mask_optimizer, "scheduler": self.scheduler,
+                "mask_scheduler": self.mask_scheduler, "pruner": self.pruner}
 
 
-def resumed(resume, phase, net, objects, data):
-    """(first epoch to run, train accuracy, test accuracy) of a training step, after restoring a saved state."""
-    done, train_acc, val_acc = resume.restore(phase, net, objects, data) if resume else (0, 0.0, 0.0)
-    return done + 1, train_acc, val_acc
-
-
-def end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc):
-    if resume:
-        resume.save(phase, epoch, net, objects, data, train_acc, val_acc)
+def run_epochs(step, resume=None, curves=None):
+    """Train `step` to its last epoch, continuing after the epoch `resume` (a Resume, or None) saved and saving the
+    step's whole state there after every epoch; each epoch's values go to the step's curve in `curves` (the task's
+    tracking.TaskRuns, or None). Returns (train accuracy, test accuracy) of the last epoch."""
+    trainer, net, data, objects = step.trainer, step.trainer.net, step.data, step.objects()
+    done, train_acc, val_acc = resume.restore(step.phase, net, objects, data) if resume else (0, 0.0, 0.0)
+    first = done + 1
+    # epoch 0 of the curve is the network before pruning; a resumed stage logged it in its first attempt (the
+    # restored random streams make the validation's draw of the loader's seed irrelevant to the result)
+    before = step.validate_first and first == 1
+    with tracking.curve(curves, step_name(step.phase), 0 if before else first) as curve:
+        if before:
+            log.info("Before pruning: ")
+            curve.log(0, trainer.validate(0)[1])
+        for epoch in range(first, step.epochs + 1):
+            train_acc, train_values = trainer.train_epoch(epoch, step.optimizer, step.mask_optimizer,
+                                                          step.weight_decay, step.pruner,
+                                                          step.scheduler if step.per_step else None)
+            val_acc, val_values = trainer.validate(epoch, train_acc)
+            curve.log(epoch, {**train_values, **val_values})      # one point per epoch: training and validation
+            if step.scheduler is not None and not step.per_step:
+                step.scheduler.step()
+            if step.mask_scheduler is not None:
+                step.mask_scheduler.step()
+            if resume:
+                resume.save(step.phase, epoch, net, objects, data, train_acc, val_acc)
+    return train_acc, val_acc
 
 
 # ---- one task's training steps ------------------------------------------------------------------------------------
@@ -249,7 +307,7 @@ class Outcome(enum.Enum):
     DONE = "done"
     EXPAND = "expand"                       # below the criterion and below max width: widen and train again
     NOTHING_TO_PRUNE = "nothing_to_prune"   # the task owns no weights
-    STOP_PRUNING = "stop_pruning"           # train accuracy <= 0.95, or the sparsity upper bound is reached
+    STOP_PRUNING = "stop_pruning"           # train accuracy <= CPG_TRAIN_ACC, or the sparsity upper bound
 
 
 def begin(data, seed):
@@ -259,24 +317,16 @@ def begin(data, seed):
     data.train_loader.generator.manual_seed(seed)
 
 
-def train_baseline(net, data, *, epochs, lr, weight_decay, seed, recipe="original", resume=None):
+def train_baseline(net, data, *, epochs, lr, weight_decay, seed, recipe="original", resume=None, curves=None):
     """Train a fresh single-task network (original recipe: SGD, x0.1 at 50 % and 80 %); returns the last epoch's
-    test accuracy."""
+    test accuracy. `curves`: the task's tracking.TaskRuns (None: not tracked)."""
     begin(data, seed)
     trainer = Trainer(net, data.task, data.device, data.train_loader, data.test_loader, amp=data.amp)
     optimizer, _ = make_optimizers(net, data.task, lr, lr_mask=0.0, recipe=recipe)
     scheduler, per_step = lr_schedule(optimizer, recipe, epochs, len(data.train_loader))
-    phase, objects = {"kind": "baseline"}, {"optimizer": optimizer, "scheduler": scheduler}
-    first, train_acc, val_acc = resumed(resume, phase, net, objects, data)
-    with tracked(trainer, phase, first):
-        for epoch in range(first, epochs + 1):
-            _, train_acc = trainer.train_epoch(epoch, optimizer, weight_decay=weight_decay,
-                                               step_scheduler=scheduler if per_step else None)
-            _, val_acc = trainer.validate(epoch)
-            if not per_step:
-                scheduler.step()
-            end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
-    if train_acc < 0.97:
+    step = TrainingStep({"kind": "baseline"}, trainer, data, epochs, optimizer, weight_decay, scheduler, per_step)
+    train_acc, val_acc = run_epochs(step, resume, curves)
+    if train_acc < BASELINE_PRUNABLE_ACC:
         log.info("Cannot prune any more!")
     return val_acc
 
@@ -303,9 +353,9 @@ def finish_task(net, task):
 
 
 def cpg_finetune(net, data, *, epochs, lr, lr_mask, weight_decay, seed, baseline, width, max_width, csv_path=None,
-                 recipe="original", resume=None):
+                 recipe="original", resume=None, curves=None):
     """Train the active task's free weights (SGD, or Adam in the fast recipe) and its piggymask (Adam); returns
-    (Outcome, test accuracy)."""
+    (Outcome, test accuracy). `curves`: the task's tracking.TaskRuns (None: not tracked)."""
     begin(data, seed)
     task = data.task
     log.info("Finetune stage...")
@@ -313,34 +363,19 @@ def cpg_finetune(net, data, *, epochs, lr, lr_mask, weight_decay, seed, baseline
     optimizer, mask_optimizer = make_optimizers(net, task, lr, lr_mask, recipe)
     scheduler, per_step = lr_schedule(optimizer, recipe, epochs, len(data.train_loader))
     owns_nothing = trainer.stats()["task_ratio"] == 0
-    mask_scheduler = None
-    if mask_optimizer and not owns_nothing:
-        half, late = milestones(epochs, (0.5, 0.7))[0], milestones(epochs, (0.7,))[0]
-        mask_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            mask_optimizer, lambda e: 0.0 if e >= late else 0.2 if e >= half else 1.0)
-    phase = {"kind": "finetune", "width": float(width)}
-    objects = {"optimizer": optimizer, "mask_optimizer": mask_optimizer, "scheduler": scheduler,
-               "mask_scheduler": mask_scheduler}
-    first, train_acc, val_acc = resumed(resume, phase, net, objects, data)
-    with tracked(trainer, phase, first):
-        for epoch in range(first, epochs + 1):
-            _, train_acc = trainer.train_epoch(epoch, optimizer, mask_optimizer, weight_decay,
-                                               step_scheduler=scheduler if per_step else None)
-            _, val_acc = trainer.validate(epoch, train_acc)
-            if not per_step:
-                scheduler.step()
-            if mask_scheduler:
-                mask_scheduler.step()
-            end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
-    owns_nothing = trainer.stats()["task_ratio"] == 0
-    if train_acc > 0.95 and val_acc >= baseline:
-        return (Outcome.NOTHING_TO_PRUNE if owns_nothing else Outcome.DONE), val_acc
-    if width >= max_width - 1e-9:
+    mask_scheduler = mask_schedule(mask_optimizer, epochs) if mask_optimizer and not owns_nothing else None
+    step = TrainingStep({"kind": "finetune", "width": float(width)}, trainer, data, epochs, optimizer, weight_decay,
+                        scheduler, per_step, mask_optimizer, mask_scheduler)
+    train_acc, val_acc = run_epochs(step, resume, curves)
+    passed = train_acc > CPG_TRAIN_ACC and val_acc >= baseline
+    if not passed and width < max_width - WIDTH_TOLERANCE:
+        log.info("It's time to expand the Network")
+        log.info("Auto expand network")
+        return Outcome.EXPAND, val_acc
+    if not passed:
         log.info(f"at max width x{width}: val acc {val_acc:.4f} stays below baseline {baseline:.4f}")
-        return (Outcome.NOTHING_TO_PRUNE if owns_nothing else Outcome.DONE), val_acc
-    log.info("It's time to expand the Network")
-    log.info("Auto expand network")
-    return Outcome.EXPAND, val_acc
+    owns_nothing = trainer.stats()["task_ratio"] == 0
+    return (Outcome.NOTHING_TO_PRUNE if owns_nothing else Outcome.DONE), val_acc
 
 
 def upper_bound_reached(net, sparsity, width, max_width, total_num_tasks, unpruned_acc, baseline):
@@ -348,16 +383,17 @@ def upper_bound_reached(net, sparsity, width, max_width, total_num_tasks, unprun
     if width < max_width or unpruned_acc >= baseline:
         return False
     remaining = total_num_tasks - len(net.history)
-    allowed = round(1.0 / (remaining + 1), 1)
+    allowed = round(1.0 / (remaining + 1), UPPER_BOUND_DIGITS)
     log.info(f"remain_num_tasks: {remaining}")
     log.info(f"ratio_allow_for_curr_task: {allowed:.4f}")
     return sparsity >= 1.0 - allowed
 
 
 def cpg_prune(net, data, *, epochs, lr, weight_decay, seed, initial, target, frequency, interval, baseline,
-              max_width, total_num_tasks, unpruned_acc, csv_path=None, resume=None):
+              max_width, total_num_tasks, unpruned_acc, csv_path=None, resume=None, curves=None):
     """One gradual-pruning stage of the active task from `initial` to `target` sparsity (cubic schedule over the
-    first `interval` epochs). Returns (Outcome, test accuracy or None when the stage did not run)."""
+    first `interval` epochs, the learning rate constant). Returns (Outcome, test accuracy or None when the stage did
+    not run). `curves`: the task's tracking.TaskRuns (None: not tracked)."""
     width = net.model.width_multiplier
     log.info(f"Sparsity range: {initial} -> {target}")
     if upper_bound_reached(net, initial, width, max_width, total_num_tasks, unpruned_acc, baseline):
@@ -370,21 +406,11 @@ def cpg_prune(net, data, *, epochs, lr, weight_decay, seed, initial, target, fre
     steps = epochs * len(data.train_loader)
     pruner = GradualPruner(net, data.task, initial, target, begin=0,
                            end=min(interval * len(data.train_loader), steps), frequency=frequency)
-    phase = {"kind": "prune", "initial": float(initial), "target": float(target)}
-    objects = {"optimizer": optimizer, "pruner": pruner}
-    first, train_acc, val_acc = resumed(resume, phase, net, objects, data)
-    # epoch 0 of the curve is the network before pruning; a resumed stage logged it in its first attempt (the
-    # restored random streams make the validation's draw of the loader's seed irrelevant to the result)
-    with tracked(trainer, phase, 0 if first == 1 else first):
-        if first == 1:
-            log.info("Before pruning: ")
-            trainer.validate(0)
-        for epoch in range(first, epochs + 1):
-            _, train_acc = trainer.train_epoch(epoch, optimizer, None, weight_decay, pruner)
-            _, val_acc = trainer.validate(epoch, train_acc)
-            end_of_epoch(resume, phase, epoch, net, objects, data, train_acc, val_acc)
-    if train_acc <= 0.95:
-        log.info(f"train accuracy {100 * train_acc:.2f} <= 95: stop pruning")
+    step = TrainingStep({"kind": "prune", "initial": float(initial), "target": float(target)}, trainer, data, epochs,
+                        optimizer, weight_decay, pruner=pruner, validate_first=True)
+    train_acc, val_acc = run_epochs(step, resume, curves)
+    if train_acc <= CPG_TRAIN_ACC:
+        log.info(f"train accuracy {100 * train_acc:.2f} <= {100 * CPG_TRAIN_ACC:g}: stop pruning")
         return Outcome.STOP_PRUNING, val_acc
     if upper_bound_reached(net, target, width, max_width, total_num_tasks, unpruned_acc, baseline):
         return Outcome.STOP_PRUNING, val_acc

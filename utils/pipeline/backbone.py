@@ -99,17 +99,19 @@ def backbone_task(run, s, task_id, group, criterion, position=(1, 1)):
                          num_classes=s.num_classes, amp=s.amp, epochs=s.epochs, **run.loader)
         task.replacing(folder)
         progress = task.track(Progress(Folders(folder).progress, task.identity))
-        outputs, record, width = train_and_compact(run, Folders(folder), s, data, data_settings, criterion, progress)
+        outputs, record, width = train_and_compact(run, Folders(folder), s, data, data_settings, criterion, progress,
+                                                   curves=task.curves())
         remove_stale_stages(layout.gradual_prune_dir(group), outputs)
         task.finish(outputs, {"record": record, "width": width})
         log.info(f"record of {group}: {json.dumps(record)}")
 
 
-def train_and_compact(run, folders, s, data, data_settings, criterion, progress, start=None, total_num_tasks=None):
+def train_and_compact(run, folders, s, data, data_settings, criterion, progress, start=None, total_num_tasks=None,
+                      curves=None):
     """Add the task to a new network, or to the one of checkpoint `start`, finetune it (with growth), then compact
     it along the pruning schedule; each step's checkpoint and the record are written in `folders` as the step ends.
-    `total_num_tasks` (default TOTAL_NUM_TASKS) is how many tasks the pruning must leave room for. Returns (files
-    written, record, width)."""
+    `total_num_tasks` (default TOTAL_NUM_TASKS) is how many tasks the pruning must leave room for; `curves` is the
+    task's tracking.TaskRuns (None: not tracked). Returns (files written, record, width)."""
     group = data.task
     csv_path = folders.csv
     done = progress.load()
@@ -123,7 +125,7 @@ def train_and_compact(run, folders, s, data, data_settings, criterion, progress,
         resume = step_resume(folders.scratch, step, criterion, start, data_settings)
         net, outcome, acc, width = finetune_with_growth(network_from(start, run.model_config), data, step,
                                                         s.network_width_multiplier, s.width_step, criterion,
-                                                        csv_path, resume)
+                                                        csv_path, resume, curves)
         record = {"0.0": round(acc, 4)}
         finish_task(net, group)
         outputs = {"0.0": save_task_checkpoint(net, run.cfg, folders.scratch, s.epochs), "record": folders.record}
@@ -143,7 +145,7 @@ def train_and_compact(run, folders, s, data, data_settings, criterion, progress,
                             end)
         folder = folders.prune_stage(end)
         resume = step_resume(folder, step, criterion, outputs[sparsity_key(initial)], data_settings)
-        outcome, acc = prune_stage(net, data, step, criterion, record["0.0"], csv_path, resume)
+        outcome, acc = prune_stage(net, data, step, criterion, record["0.0"], csv_path, resume, curves)
         if acc is None:
             log.info(f"stop pruning {group} at sparsity {initial}")
             break

@@ -37,7 +37,8 @@ def baseline_task(run, s, task_id, folder=None, acc_file=None, log_path=None, po
         net = baseline_network(run.cfg, data)
         task.replacing(folder)
         acc = train_baseline(net, data, epochs=s.finetune_epochs, lr=s.init_lr, weight_decay=s.weight_decay,
-                             seed=s.seed, recipe=s.recipe, resume=task.resume(folder / "resume.pt"))
+                             seed=s.seed, recipe=s.recipe, resume=task.resume(folder / "resume.pt"),
+                             curves=task.curves())
         finish_task(net, group)
         path = save_task_checkpoint(net, run.cfg, folder, s.finetune_epochs)
         update_json(acc_file, {group: "%.4f" % acc})

@@ -82,38 +82,39 @@ def network_from(start, config):
     return (lambda: Network.load(start, config)) if start else (lambda: Network.new(config))
 
 
-def finetune_at(net, data, step, width, baseline, csv_path=None, resume=None):
-    """Add the task to `net` at `width` (picking and growing to that width) and finetune it; returns
-    (Outcome, test accuracy, width)."""
+def finetune_at(net, data, step, width, baseline, csv_path=None, resume=None, curves=None):
+    """Add the task to `net` at `width` (picking and growing to that width) and finetune it, its curves in `curves`
+    (the task's tracking.TaskRuns, or None); returns (Outcome, test accuracy, width)."""
     width = start_cpg_task(net, data, width, step.reinit_free)
     log.info(f"task {data.task} ({data.modality}) as task {net.task_id(data.task)} of {net.history} on "
              f"{data.device}; width x{width}, {net.num_parameters()} parameters")
     outcome, acc = cpg_finetune(net, data, epochs=step.epochs, lr=step.lr, lr_mask=step.lr_mask, recipe=step.recipe,
                                 weight_decay=step.weight_decay, seed=step.seed, baseline=baseline, width=width,
-                                max_width=step.max_width, csv_path=csv_path, resume=resume)
+                                max_width=step.max_width, csv_path=csv_path, resume=resume, curves=curves)
     return outcome, acc, width
 
 
-def finetune_with_growth(make_net, data, step, width, width_step, baseline, csv_path, resume):
+def finetune_with_growth(make_net, data, step, width, width_step, baseline, csv_path, resume, curves=None):
     """Finetune at `width`; while the task stays below its baseline, start again `width_step` wider, up to the
     step's max width. Returns (net, outcome, accuracy, width). A resume state saved at some width continues there
-    (the narrower attempts had ended in widening)."""
+    (the narrower attempts had ended in widening). `curves`: the task's tracking.TaskRuns (None: not tracked)."""
     saved = resume.load()
     if saved and saved["phase"]["kind"] == "finetune":
         width = saved["phase"]["width"]
     while True:
         begin(data, step.seed)                                    # the initial weights depend on the seed only
         net = make_net()
-        outcome, acc, width = finetune_at(net, data, step, width, baseline, csv_path, resume)
+        outcome, acc, width = finetune_at(net, data, step, width, baseline, csv_path, resume, curves)
         if outcome is not Outcome.EXPAND:
             return net, outcome, acc, width
         width = round(min(width + width_step, step.max_width), 4)
         log.info(f"expanding the network to width x{width}")
 
 
-def prune_stage(net, data, step, baseline, unpruned_acc, csv_path=None, resume=None):
-    """One gradual-pruning stage; returns (Outcome, test accuracy or None when the stage did not run)."""
+def prune_stage(net, data, step, baseline, unpruned_acc, csv_path=None, resume=None, curves=None):
+    """One gradual-pruning stage, its curve in `curves` (the task's tracking.TaskRuns, or None); returns (Outcome,
+    test accuracy or None when the stage did not run)."""
     return cpg_prune(net, data, epochs=step.epochs, lr=step.lr, weight_decay=step.weight_decay, seed=step.seed,
                      initial=step.initial, target=step.target, frequency=step.frequency, interval=step.interval,
                      baseline=baseline, max_width=step.max_width, total_num_tasks=step.total_num_tasks,
-                     unpruned_acc=unpruned_acc, csv_path=csv_path, resume=resume)
+                     unpruned_acc=unpruned_acc, csv_path=csv_path, resume=resume, curves=curves)

@@ -118,16 +118,16 @@ class Task:
 
     @contextmanager
     def working(self, log_path=None):
-        """The work of the task: logged to `log_path` too, user errors naming the stage and the task, its training
-        steps' curves tracked (utils/tracking.py). Its inputs are loaded and checked first; `replacing` then marks
-        it unfinished, before any output is replaced."""
+        """The work of the task: logged to `log_path` too, user errors naming the stage and the task. Its inputs are
+        loaded and checked first; `replacing` then marks it unfinished, before any output is replaced."""
         self.began = time.monotonic()
-        with failing_task(self.settings.STAGE, self.what), task_log(log_path), tracking.task(self.curves()), \
+        with failing_task(self.settings.STAGE, self.what), task_log(log_path), \
                 marked_running(self.manifest, self.label):
             yield self
 
     def curves(self):
-        """Where the task's training curves go (the run's TRACKER), named after the task's folder."""
+        """Where the task's training curves go (the run's TRACKER), named after the task's folder: what its
+        training steps take as `curves` (utils/tracking.py)."""
         return task_curves(self.run, self.settings, self.manifest.path.parent, self.group)
 
     def replacing(self, folder=None):

@@ -165,7 +165,7 @@ def sequence(run, s, name="default"):
                 progress = task.track(Progress(Folders(folder).progress, task.identity))
                 outputs, record, width = train_and_compact(run, Folders(folder), s, data, data_settings,
                                                            criteria[t], progress, start=previous,
-                                                           total_num_tasks=total)
+                                                           total_num_tasks=total, curves=task.curves())
                 remove_stale_stages(Folders(folder).gradual_prune, outputs)
                 at_max = width >= s.max_network_width_multiplier - 1e-9
                 key = choose_ratio(record, criteria[t], s.allow_acc_loss, at_max) or "0.0"

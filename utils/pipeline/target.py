@@ -61,7 +61,7 @@ def train_target(run, s, target, start, criterion, out, what, train_per_class=0,
         resume = task.track(step_resume(out / "scratch", step, criterion, start, data_settings))
         net, _, acc, width = finetune_with_growth(network_from(start, run.model_config), data, step,
                                                   s.network_width_multiplier, s.width_step, criterion,
-                                                  out / "train.csv", resume)
+                                                  out / "train.csv", resume, task.curves())
         finish_task(net, target)
         path = save_task_checkpoint(net, run.cfg, out / "scratch", s.epochs)
         record = out / "gradual_prune" / "record.txt"
