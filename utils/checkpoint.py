@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -251,7 +252,12 @@ def read_table(path, columns):
         return pd.DataFrame(columns=columns)
     fix = f"correct the file or move it away, then rerun; {path} was not changed."
     try:
-        table = pd.read_csv(path)
+        with warnings.catch_warnings():
+            # a first row with one field more than the header would otherwise become the index, silently
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(path, index_col=False)
+    except pd.errors.ParserWarning:
+        raise UserError(f"{path} has a row with more fields than its header: {fix}") from None
     except pd.errors.ParserError as e:
         raise UserError(f"{path} is not a readable CSV ({str(e).strip().split('C error: ')[-1]}): {fix}") from None
     except pd.errors.EmptyDataError:
