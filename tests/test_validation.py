@@ -222,7 +222,7 @@ def test_the_search_is_redone_when_its_rows_were_removed_from_the_result_csv(wor
 
 def test_a_search_record_that_is_not_an_object_of_targets_is_one_sentence(work, demo_root):
     layout(work).search_manifest.write_text("[1, 2]")
-    with pytest.raises(UserError, match="is not the search's record"):
+    with pytest.raises(UserError, match="pickaback_demo_stage.json holds a JSON array instead of a JSON object"):
         run_stage("find_backbone", "demo", env_for(demo_root, work, TARGET_ID="1"))
 
 

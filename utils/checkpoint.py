@@ -1,5 +1,6 @@
-"""Checkpoint files and JSON records: atomic writes, `weights_only=True` loads, locked read-modify-write, and the
-checks of the baseline accuracy file and record.txt that every stage makes before using them."""
+"""Checkpoint files, JSON records and shared CSVs: atomic writes, `weights_only=True` loads, locked read-modify-write,
+and the checks every reader gets: a JSON file must hold an object, a CSV must parse with its expected header, and
+the baseline accuracy file and record.txt hold accuracies in [0, 1]."""
 import errno
 import json
 import logging
@@ -8,6 +9,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -159,14 +161,27 @@ def locked(path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def read_json(path, default=None):
+def read_json(path, default=None, kind=dict):
+    """The JSON value in `path` (an empty file: {}), `default` when there is no file. Every JSON file this project
+    keeps is an object, so another `kind` of value (a list, a number, null...) is a UserError naming the file, as is
+    a file that is not JSON: a caller never meets a value it does not expect."""
     path = Path(path)
     if not path.is_file():
         return default
     try:
-        return json.loads(path.read_text() or "{}")
+        value = json.loads(path.read_text() or "{}")
     except json.JSONDecodeError:
         raise UserError(f"{path} is not valid JSON: fix or delete the file.") from None
+    if not isinstance(value, kind):
+        raise UserError(f"{path} holds {json_kind(value)} instead of {json_kind(kind())}: fix or delete the file.")
+    return value
+
+
+def json_kind(value):
+    """What a JSON value is, in JSON's words ("a JSON array", "JSON null")."""
+    if value is None or isinstance(value, bool):
+        return f"JSON {json.dumps(value)}"
+    return f"a JSON {({dict: 'object', list: 'array', str: 'string'}.get(type(value), 'number'))}"
 
 
 def number(value, what, low=-math.inf, high=math.inf):
@@ -206,8 +221,6 @@ def baseline_accuracy(path, task, exit_code=3):
         raise UserError(f"baseline accuracy file {path} does not exist: provide the baseline file (run "
                         f"run_pickaback/baseline.sh first).", exit_code=exit_code)
     accs = read_json(path)
-    if not isinstance(accs, dict):
-        raise UserError(f"{path} is not a JSON object of task accuracies: rerun run_pickaback/baseline.sh.")
     if task not in accs:
         raise UserError(f"{path} has no accuracy for {task}: run the baseline of that task first.",
                         exit_code=exit_code)
@@ -222,7 +235,7 @@ def read_record(path):
         raise UserError(f"record file {path} is {'empty' if path.is_file() else 'missing'}: run "
                         f"run_pickaback/wo_backbone.sh for this task first.")
     record = read_json(path)
-    if not isinstance(record, dict) or "0.0" not in record:
+    if "0.0" not in record:
         raise UserError(f"record file {path} has no unpruned accuracy \"0.0\": rerun run_pickaback/wo_backbone.sh "
                         f"for this task.")
     for k in record:
@@ -230,13 +243,40 @@ def read_record(path):
     return {str(k): accuracy(v, f"the accuracy of sparsity {k} in {path}") for k, v in record.items()}
 
 
+def read_table(path, columns):
+    """The CSV table at `path` (an empty one with `columns` when there is none), checked before anything merges
+    into it: a UserError naming the file when it does not parse (a row with an extra field, a torn quote, not
+    UTF-8) or its header is not `columns`."""
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame(columns=columns)
+    fix = f"correct the file or move it away, then rerun; {path} was not changed."
+    try:
+        with warnings.catch_warnings():
+            # a first row with one field more than the header would otherwise become the index, silently
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(path, index_col=False)
+    except pd.errors.ParserWarning:
+        raise UserError(f"{path} has a row with more fields than its header: {fix}") from None
+    except pd.errors.ParserError as e:
+        raise UserError(f"{path} is not a readable CSV ({str(e).strip().split('C error: ')[-1]}): {fix}") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path} is empty, not a CSV with the header {','.join(columns)}: {fix}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}): {fix}") from None
+    if list(table.columns) != list(columns):
+        raise UserError(f"{path} has the columns {','.join(map(str, table.columns))} instead of "
+                        f"{','.join(columns)}: {fix}")
+    return table
+
+
 def update_csv(path, rows, replaces, columns):
     """Read-modify-write a CSV several runs update, under a lock and atomically: the rows of the table for which
     `replaces(table)` (a boolean Series) holds are dropped and `rows` ([{column: value}]) appended. Returns the new
-    table."""
+    table. A table that does not parse or has other columns is a UserError naming it, and is left as it is."""
     path = Path(path)
     with locked(path):
-        old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
+        old = read_table(path, columns)
         kept = old[~replaces(old)] if len(old) else old
         new = pd.DataFrame(rows, columns=columns)
         table = new if kept.empty else pd.concat([kept, new], ignore_index=True)

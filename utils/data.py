@@ -22,7 +22,7 @@ from utils.checkpoint import load_or_build
 from utils.distributed import per_rank_batch, rank, world_size
 from utils.errors import UserError
 from utils.images import (IMAGE_CACHE_VERSION, BatchTransform, ImageTask, cached_images, cached_size,
-                          image_samples)
+                          image_samples, walk)
 from utils.runtime import seed_everything, select_device
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,14 @@ def image_task(cfg, group, split, raw=False):
 
 # ---- text -----------------------------------------------------------------------------------------------------
 def text_samples(folder):
-    """[(file, label)]: class folders sorted by name (label = index), `*.txt` files sorted by name."""
+    """[(file, label)]: class folders sorted by name (label = index), `*.txt` files sorted by name; a link that loops
+    is refused as the image loader refuses it (utils/images.py `walk`)."""
     folder = Path(folder)
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    samples = [(f, label) for label, c in enumerate(classes) for f in sorted((folder / c).glob("*.txt"))]
+    walked = walk(folder)
+    classes = walked[0][1] if walked else []
+    files = {top: names for top, _, names in walked}
+    samples = [(folder / c / f, label) for label, c in enumerate(classes) for f in files.get(str(folder / c), [])
+               if f.endswith(".txt")]
     if not samples:
         raise UserError(f"text folder {folder} has no <class>/<sample>.txt files: re-run the dataset preparer.")
     return samples

@@ -6,6 +6,7 @@ covers a version, the size and every file's name, label and content, so any chan
 reads tensors only: the random crop, the random horizontal flip and the normalisation run per batch, on the run's
 device (`BatchTransform`). (The original decoded and resized every image with PIL in every epoch.)
 """
+import errno
 import logging
 import os
 from pathlib import Path
@@ -28,18 +29,51 @@ PIL_ERRORS = (OSError, SyntaxError, ValueError)             # PIL's errors for b
 
 
 # ---- the files -------------------------------------------------------------------------------------------------
+def walk(folder):
+    """[(folder, subfolders, files)] of every folder under `folder`, sorted, links followed (the walk of torchvision's
+    ImageFolder; the text loader and the data fingerprint check the same links). A link that leads back into
+    `folder`'s tree or to one of its own folders (following it would read files twice, or without end) or to itself
+    is a UserError naming it; links that lead out of the tree (data kept elsewhere) are followed."""
+    tree = os.path.realpath(folder)
+    walked = []
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        for name in dirs + files:                                 # before os.walk goes into any of them
+            path = os.path.join(top, name)
+            if os.path.islink(path):
+                check_link(path, tree)
+        walked.append((top, sorted(dirs), sorted(files)))
+    return sorted(walked)
+
+
+def check_link(path, tree):
+    """A UserError when the link `path` (under the data folder `tree`, a real path) is a loop: it leads to itself, into
+    `tree`, or to a folder that holds it."""
+    try:
+        target = os.path.realpath(path, strict=True)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            return                       # a link to nothing: the loader names it as a file it cannot read
+        raise UserError(f"the link {path} leads to itself (a loop of links): delete it.") from None
+    holder = os.path.realpath(os.path.dirname(path))
+    inside = target == tree or target.startswith(tree + os.sep)
+    if inside or holder == target or holder.startswith(target + os.sep):
+        raise UserError(f"the link {path} leads back into {tree if inside else 'a folder that holds it'} (to "
+                        f"{target}), so its files would be read twice or without end: delete the link, or replace it "
+                        f"with a copy of what it should add.")
+
+
 def image_samples(folder):
     """(classes, [(path, label)]) in torchvision ImageFolder's order: class folders sorted by name (label = index),
     the files with an image extension under each, walked in sorted order."""
     folder = str(folder)
-    try:
-        classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
-    except OSError:
-        classes = []
+    walked = walk(folder)
+    classes = walked[0][1] if walked else []
     samples = []
     for label, name in enumerate(classes):
-        for root, _, files in sorted(os.walk(os.path.join(folder, name), followlinks=True)):
-            samples += [(os.path.join(root, f), label) for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
+        inside = os.path.join(folder, name)
+        for root, _, files in walked:
+            if root == inside or root.startswith(inside + os.sep):
+                samples += [(os.path.join(root, f), label) for f in files if f.lower().endswith(IMG_EXTENSIONS)]
     empty = sorted(set(classes) - {classes[label] for _, label in samples})
     if not classes or empty:
         what = f"class folders without images ({', '.join(empty)})" if classes else "no class folders"

@@ -11,6 +11,7 @@ from utils.checkpoint import load_checkpoint
 from utils.config import REPO_ROOT, load_dataset_config
 from utils.data import model_config
 from utils.errors import UserError
+from utils.images import walk
 from utils.layout import Layout
 from utils.pipeline.settings import switch
 from utils.tracking import DEFAULT_TRACKER, tracker_of
@@ -124,14 +125,14 @@ class Run:
         return ckpt
 
     def data_settings(self, group):
-        """What a task's data depends on: the config (without its task list) and the files' names and sizes."""
+        """What a task's data depends on: the config (without its task list) and the names and sizes of the files,
+        found by the walk the loaders make (links followed; one that loops is refused, naming it)."""
         raw = {k: v for k, v in self.cfg.raw.items()
                if k not in ("DATASETS", "num_groups", "modality", "original_task_ids")}
         listing = []
         for split in ("train", "test"):
             folder = self.cfg.task_folder(group, split)
-            if folder.is_dir():
-                listing += sorted(f"{p.relative_to(folder)}:{p.stat().st_size}" for p in folder.rglob("*")
-                                  if p.is_file())
+            files = [Path(top, f) for top, _, names in walk(folder) for f in names]
+            listing += sorted(f"{p.relative_to(folder)}:{p.stat().st_size}" for p in files if p.is_file())
         digest = hashlib.sha256("\n".join(listing).encode()).hexdigest()
         return {"config": raw, "model": self.cfg.model, "modality": self.cfg.modality(group), "files": digest}

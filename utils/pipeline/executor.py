@@ -29,12 +29,16 @@ WORKER_MARK = "\x1emmpab-worker "            # starts the line a worker reports 
 
 
 def gpu_entries(env):
-    """The entries of GPUS ("0 1 2 3", "0,1", "cpu cpu"), each 'cpu' or a CUDA device index."""
+    """The entries of GPUS ("0 1 2 3", "0,1", "cpu cpu"), each 'cpu' or a CUDA device index. GPUs named where CUDA
+    is unavailable run on the CPU (entry_device), with one warning, so that nobody expects a GPU run."""
     entries = str(env.get("GPUS") or "").replace(",", " ").split()
     for entry in entries:
         if entry != "cpu" and not re.fullmatch(r"(cuda:)?\d+", entry):
             raise UserError(f"GPUS={env.get('GPUS')!r}: '{entry}' is neither a GPU index nor cpu; give e.g. "
                             f"GPUS=\"0 1 2 3\" or GPUS=\"cpu cpu\".")
+    if any(entry != "cpu" for entry in entries) and not torch.cuda.is_available():
+        log.warning(f"GPUS={env.get('GPUS')!r} names a GPU, but no CUDA GPU is available on this machine: running on "
+                    f"the CPU instead")
     return entries
 
 
