@@ -181,8 +181,7 @@ def project(work, settings, times, save_s=0.0, workers=1):
     tried, then per pruning stage one evaluation, its epochs and a checkpoint); the search (PROFILE_SIZE test samples
     through two forward passes, ITERATIONS 2-sample trials and one pass per candidate); the target (the step's epochs
     and a checkpoint at each width tried). Typical and worst differ in the widths tried (tried_widths)."""
-    base, backbone = settings["baseline"], settings["wo_backbone"]
-    search, target = settings["find_backbone"], settings["w_backbone_MM"]
+    base, search = settings["baseline"], settings["find_backbone"]
 
     def epoch(task, trainer, batch, amp):
         t = times[(task.shape, amp)]
@@ -191,9 +190,9 @@ def project(work, settings, times, save_s=0.0, workers=1):
     def finetune(task, step, widths):
         return len(widths) * (step.epochs * epoch(task, "cpg", step.batch_size, step.amp) + save_s)
 
-    pruning = prune_steps(backbone)
-    cases = [{stage: tried_widths(settings[stage], worst) for stage in ("wo_backbone", "w_backbone_MM")}
-             for worst in (False, True)]
+    finetunes = {stage: FinetuneStep.of(settings[stage]) for stage in ("wo_backbone", "w_backbone_MM")}
+    pruning = prune_steps(settings["wo_backbone"])
+    cases = [{stage: tried_widths(settings[stage], worst) for stage in finetunes} for worst in (False, True)]
     cost = [{stage: [] for stage in PROJECTED_STAGES} for _ in cases]    # per case, per stage: seconds of each task
     epochs = [0, 0]
     for task in work.tasks:
@@ -206,12 +205,11 @@ def project(work, settings, times, save_s=0.0, workers=1):
         for case, widths in enumerate(cases):
             cost[case]["baseline"].append(base.finetune_epochs * epoch(task, "baseline", base.batch_size, base.amp) +
                                           save_s)
-            cost[case]["wo_backbone"].append(finetune(task, FinetuneStep.of(backbone), widths["wo_backbone"]) +
-                                             pruned)
+            cost[case]["wo_backbone"].append(finetune(task, finetunes["wo_backbone"], widths["wo_backbone"]) + pruned)
             cost[case]["find_backbone"].append(searched)
-            cost[case]["w_backbone_MM"].append(finetune(task, FinetuneStep.of(target), widths["w_backbone_MM"]))
-            epochs[case] += (base.finetune_epochs + len(widths["wo_backbone"]) * backbone.epochs +
-                             sum(step.epochs for step in pruning) + len(widths["w_backbone_MM"]) * target.epochs)
+            cost[case]["w_backbone_MM"].append(finetune(task, finetunes["w_backbone_MM"], widths["w_backbone_MM"]))
+            epochs[case] += (base.finetune_epochs + sum(step.epochs for step in pruning) +
+                             sum(len(widths[stage]) * step.epochs for stage, step in finetunes.items()))
 
     def wall(per_task):
         return max(sum(per_task) / workers, max(per_task, default=0.0))
