@@ -1,6 +1,7 @@
-"""tools/gpu_check.py without a GPU: the one-sentence refusal, --help, the projection's arithmetic, the published
-dataset sizes, the stage checks' environment and how a failed check is reported."""
-import math
+"""tools/gpu_check.py without a GPU: the one-sentence refusal, --help, the device choice, the projection (from given
+step times, over the tasks of prepared data or over assumed counts it names), a rehearsal of the whole story with
+the measurements faked, the stage checks' environment and how a failed check is reported."""
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -8,24 +9,54 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import REPO, assert_one_sentence, run_script
-from tools import gpu_check
-from tools.gpu_check import Shape, StepTimes, TaskSize, project
+from tools import benchmark_attention, gpu_check, gpu_check_runs, gpu_check_stages
+from tools import gpu_check_projection as projection
+from tools.gpu_check_projection import StepTimes, project, workload
+from utils.config import load_dataset_config
+from utils.errors import UserError
 
-IMAGE = Shape("image", (64,), (("depth", 3),))
-TEXT = Shape("text", (128, 384), (("depth", 3),))
-# one epoch or step of everything, two pruning stages, widths 1.0 -> 1.5 -> 2.0 in both CPG stages
+# two pruning stages, widths 1.0 -> 1.5 -> 2.0 in both CPG stages, no AMP
 ENV = {"FINETUNE_EPOCHS": "2", "EPOCHS": "3", "NR_EPOCH_FOR_EACH_PRUNE": "1", "PRUNING_SCHEDULE": "0.5 0.9",
        "NETWORK_WIDTH_MULTIPLIER": "1.0", "MAX_NETWORK_WIDTH_MULTIPLIER": "2.0", "WIDTH_STEP": "0.5",
        "PROFILE_SIZE": "8", "ITERATIONS": "5", "CANDIDATES": "all", "AMP": "0", "RECIPE": "original"}
-# one batch size per table: per_sample() returns it whatever BATCH_SIZE the scripts set
 FP32 = StepTimes(baseline={32: 0.01}, cpg={16: 0.02}, evaluate=0.001, forward2=0.05)
-TASKS = [TaskSize("a", "image", IMAGE, 100, 10), TaskSize("b", "image", IMAGE, 200, 20)]
+TRAINING_ONLY = StepTimes(baseline={32: 0.01}, cpg={16: 0.02}, evaluate=0.0)    # no evaluation, no search
 
 
 def settings(**changes):
-    return gpu_check.settings_of({**ENV, **changes})
+    return projection.settings_of({**ENV, **changes})
 
 
+def prepare(root, per_class):
+    """Demo-config data under `root`, made of empty files: {task id: (train, test) samples per class}."""
+    cfg = load_dataset_config("demo", root, check_folders=False)
+    for task_id, sizes in per_class.items():
+        group = cfg.task_name(task_id)
+        extension = ".txt" if cfg.modality(group) == "text" else ".png"
+        for split, n in zip(("train", "test"), sizes, strict=True):
+            for c in range(cfg.num_classes):
+                folder = cfg.task_folder(group, split) / f"class{c}"
+                folder.mkdir(parents=True)
+                for i in range(n):
+                    (folder / f"{i}{extension}").touch()
+    return cfg
+
+
+@pytest.fixture
+def demo(tmp_path):
+    """The demo config over prepared data whose task t has 2t training and 1 test sample per class (3 classes)."""
+    return prepare(tmp_path, {t: (2 * t, 1) for t in range(1, 9)})
+
+
+def times_of(work, fp32=FP32, bf16=None):
+    return {(t.shape, amp): st for t in work.tasks for amp, st in ((False, fp32), (True, bf16 or fp32))}
+
+
+def scaled(p, factor):
+    return tuple(factor * s for s in p)
+
+
+# ---- the command line ------------------------------------------------------------------------------------------
 def test_without_cuda_one_sentence_and_non_zero_exit():
     proc = run_script(["bash", "tools/gpu_check.sh"], cwd=REPO, env={"CUDA_VISIBLE_DEVICES": ""})
     line = assert_one_sentence(proc.stderr, proc.returncode, "no CUDA GPU is visible", "--device cpu")
@@ -48,135 +79,152 @@ def test_bad_option_values_are_refused():
     assert (args.rounds, args.steps, args.device) == (1, 5, "cuda")
 
 
-def test_projection_of_given_step_times_and_settings():
-    p = project(TASKS, settings(), {(IMAGE, False): FP32}, save_s=0.5)
-    # task a: a baseline epoch is 100 x 0.01 + 10 x 0.001 + 0.5 (resume state) = 1.51 s, 2 epochs + a checkpoint;
-    # a CPG epoch 100 x 0.02 + 0.01 + 0.5 = 2.51 s, 3 of them + a checkpoint per width; each pruning stage one
-    # evaluation, one epoch and a checkpoint; the search 2 x 8 + 8 (one candidate) profile samples + 5 trials
-    a = {"baseline": 2 * 1.51 + 0.5, "width": 3 * 2.51 + 0.5, "pruning": 2 * (2.51 + 0.01 + 0.5),
-         "search": 24 * 0.001 + 5 * 0.05}
-    b = {"baseline": 2 * 2.52 + 0.5, "width": 3 * 4.52 + 0.5, "pruning": 2 * (4.52 + 0.02 + 0.5),
-         "search": 24 * 0.001 + 5 * 0.05}
-    for case, widths in ((0, 1), (1, 3)):
-        assert p.stages["baseline"][case] == pytest.approx(a["baseline"] + b["baseline"])
-        assert p.stages["wo_backbone"][case] == pytest.approx(widths * (a["width"] + b["width"]) + a["pruning"] +
-                                                              b["pruning"])
-        assert p.stages["find_backbone"][case] == pytest.approx(a["search"] + b["search"])
-        assert p.stages["w_backbone_MM"][case] == pytest.approx(widths * (a["width"] + b["width"]))
-        assert p.seconds[case] == pytest.approx(sum(p.stages[stage][case] for stage in p.stages))
-    assert p.epochs == (2 * (2 + 3 + 2 + 3), 2 * (2 + 9 + 2 + 9))
-    assert p.seconds == pytest.approx((69.908, 158.268))
+def test_device_choice_is_the_pipelines():
+    assert gpu_check.select("cpu").type == "cpu"
+    with pytest.raises(UserError, match="not a device name"):               # utils.runtime.select_device's sentence
+        gpu_check.select("gpu")
 
 
-def test_doubling_epochs_doubles_the_training_part():
-    times = {(IMAGE, False): StepTimes({32: 0.01}, {16: 0.02}, evaluate=0.0)}
-    once, twice = (project(TASKS, settings(EPOCHS=e), times) for e in ("3", "6"))
-    assert twice.stages["w_backbone_MM"] == pytest.approx(tuple(2 * s for s in once.stages["w_backbone_MM"]))
+# ---- the projection ------------------------------------------------------------------------------------------
+def test_task_counts_come_from_the_prepared_data(demo):
+    work = workload(demo, range(1, 9))
+    assert [(t.train, t.test) for t in work.tasks] == [(6 * t, 3) for t in range(1, 9)]
+    assert [t.modality for t in work.tasks] == ["image"] * 4 + ["text"] * 4
+    assert "counted in the prepared data" in work.source and str(demo.data_root) in work.source
+    assert [t.task_id for t in workload(demo, [2, 5]).tasks] == [2, 5]
+
+
+def test_without_prepared_data_the_assumed_counts_are_named(tmp_path, capsys):
+    cub = workload(load_dataset_config("cub", tmp_path, check_folders=False), range(1, 55))
+    assert {(t.train, t.test) for t in cub.tasks} == {(240, 60)}
+    assert {t.shape.label for t in cub.tasks} == {"224x224 images", "128 tokens x 384 text"}
+    assert cub.source.startswith("assumed: 48 train / 12 test per class x 5 classes")
+    mscoco = workload(load_dataset_config("mscoco", tmp_path, check_folders=False), range(1, 16))
+    assert {(t.train, t.test) for t in mscoco.tasks} == {(4 * 1234, 4 * 294)}
+    projection.print_projection({"cub": cub}, projection.columns(ENV, 30), times_of(cub), 0.0, 1, 30)
+    out = capsys.readouterr().out
+    assert "cub: all 54 tasks; train/test samples per task 240/60 (assumed: 48 train / 12 test per class" in out
+    with pytest.raises(UserError, match="no prepared data"):              # no data, no assumed counts
+        workload(load_dataset_config("digits", tmp_path, check_folders=False), [1])
+
+
+def test_the_projection_grows_with_the_tasks_and_the_samples(tmp_path):
+    same = prepare(tmp_path / "same", {t: (4, 2) for t in range(1, 5)})        # four image tasks of one size
+    times = times_of(workload(same, [1]))
+    two, four = (project(workload(same, range(1, n + 1)), settings(), times) for n in (2, 4))
+    assert four.seconds == pytest.approx(scaled(two.seconds, 2)) and four.epochs == scaled(two.epochs, 2)
+    bigger = prepare(tmp_path / "bigger", {t: (8, 2) for t in range(1, 5)})
+    times = {key: TRAINING_ONLY for key in times}
+    small, large = (project(workload(cfg, [1, 2]), settings(), times) for cfg in (same, bigger))
+    assert large.seconds == pytest.approx(scaled(small.seconds, 2))   # twice the training samples, twice the time
+    assert large.epochs == small.epochs
+
+
+def test_the_projection_follows_the_epochs_and_the_growth_loop(demo):
+    work = workload(demo, range(1, 9))
+    times = times_of(work, TRAINING_ONLY)
+    once, twice = (project(work, settings(EPOCHS=e), times) for e in ("3", "6"))
+    assert twice.stages["w_backbone_MM"] == pytest.approx(scaled(once.stages["w_backbone_MM"], 2))
     assert twice.stages["baseline"] == once.stages["baseline"]                   # FINETUNE_EPOCHS unchanged
-    pruning = 2 * (100 + 200) * 0.02                                             # the pruning stages stay
-    assert twice.stages["wo_backbone"][0] - pruning == pytest.approx(2 * (once.stages["wo_backbone"][0] - pruning))
-    longer = project(TASKS, settings(FINETUNE_EPOCHS="4"), times)
-    assert longer.stages["baseline"] == pytest.approx(tuple(2 * s for s in once.stages["baseline"]))
+    longer = project(work, settings(FINETUNE_EPOCHS="4"), times)
+    assert longer.stages["baseline"] == pytest.approx(scaled(once.stages["baseline"], 2))
+    typical, worst = once.stages["w_backbone_MM"]
+    assert worst == pytest.approx(3 * typical)                                   # widths 1.0, 1.5, 2.0
+    narrow = project(work, settings(MAX_NETWORK_WIDTH_MULTIPLIER="1.0"), times)
+    assert narrow.stages["w_backbone_MM"][0] == narrow.stages["w_backbone_MM"][1] == pytest.approx(typical)
+    assert once.epochs == (8 * (2 + 3 + 2 + 3), 8 * (2 + 9 + 2 + 9))
+    fewer_prunes = project(work, settings(PRUNING_SCHEDULE="0.5"), times)
+    assert fewer_prunes.stages["wo_backbone"][0] < once.stages["wo_backbone"][0]
 
 
-def test_amp_uses_the_bf16_step_times():
+def test_widths_come_from_the_growth_loop():
+    s = settings(MAX_NETWORK_WIDTH_MULTIPLIER="1.25", WIDTH_STEP="0.1")["w_backbone_MM"]
+    assert projection.tried_widths(s, below_baseline=True) == [1.0, 1.1, 1.2, 1.25]
+    assert projection.tried_widths(s, below_baseline=False) == [1.0]
+
+
+def test_measured_times_drive_the_projection_and_amp_picks_bf16(demo):
+    work = workload(demo, range(1, 9))
     half = StepTimes({32: 0.005}, {16: 0.01}, evaluate=0.0005, forward2=0.025)
-    times = {(IMAGE, False): FP32, (IMAGE, True): half}
-    fp32, bf16 = project(TASKS, settings(), times), project(TASKS, settings(AMP="1"), times)
-    assert bf16.seconds == pytest.approx(tuple(s / 2 for s in fp32.seconds))
-    assert bf16.epochs == fp32.epochs
+    fp32 = project(work, settings(), times_of(work, FP32, half))
+    assert project(work, settings(AMP="1"), times_of(work, FP32, half)).seconds == pytest.approx(
+        scaled(fp32.seconds, 0.5))
+    slower = StepTimes({32: 0.02}, {16: 0.04}, evaluate=0.002, forward2=0.1)
+    assert project(work, settings(), times_of(work, slower)).seconds == pytest.approx(scaled(fp32.seconds, 2))
     with pytest.raises(KeyError):                                      # no bf16 figures: the table says n/a
-        project(TASKS, settings(AMP="1"), {(IMAGE, False): FP32})
+        project(work, settings(AMP="1"), {k: v for k, v in times_of(work).items() if not k[1]})
 
 
-def test_workers_share_the_tasks_but_never_beat_the_longest():
-    equal = [TaskSize("a", "image", IMAGE, 100, 10), TaskSize("b", "image", IMAGE, 100, 10)]
-    times = {(IMAGE, False): FP32}
-    one, two = project(equal, settings(), times), project(equal, settings(), times, workers=2)
-    assert two.seconds == pytest.approx(tuple(s / 2 for s in one.seconds))
-    uneven = [TaskSize("a", "image", IMAGE, 1000, 10), TaskSize("b", "image", IMAGE, 10, 10)]
-    alone = project(uneven[:1], settings(), times)
-    assert project(uneven, settings(), times, workers=2).stages["baseline"] == alone.stages["baseline"]
+def test_workers_share_the_tasks_but_never_beat_the_longest(demo, tmp_path):
+    equal = prepare(tmp_path / "equal", {1: (4, 2), 2: (4, 2)})
+    work = workload(equal, [1, 2])
+    one, two = (project(work, settings(), times_of(work), workers=w) for w in (1, 2))
+    assert two.seconds == pytest.approx(scaled(one.seconds, 0.5))
+    uneven = workload(demo, [1, 4])                                    # 6 and 24 training samples
+    alone = project(workload(demo, [4]), settings(), times_of(uneven))
+    assert project(uneven, settings(), times_of(uneven), workers=2).stages["baseline"] == alone.stages["baseline"]
 
 
-def test_candidates_and_text_tasks_use_their_own_times():
-    tasks = [TaskSize("a", "image", IMAGE, 100, 10), TaskSize("t", "text", TEXT, 100, 10)]
-    text = StepTimes({32: 0.001}, {16: 0.002}, evaluate=0.0001, forward2=0.01)
-    times = {(IMAGE, False): FP32, (TEXT, False): text}
-    p = project(tasks, settings(), times)
-    image_only = project(tasks[:1], settings(), times)
-    assert p.stages["baseline"][0] == pytest.approx(image_only.stages["baseline"][0] + 2 * (100 * 0.001 + 0.001))
-    assert project(tasks, settings(CANDIDATES="same"), times).stages["find_backbone"][0] == pytest.approx(
-        2 * 8 * 0.001 + 5 * 0.05 + 2 * 8 * 0.0001 + 5 * 0.01)                 # no candidate of the same modality
+def test_search_counts_the_candidates_the_pipeline_would_compare(demo):
+    work = workload(demo, range(1, 9))
+    searched = {c: project(work, settings(CANDIDATES=c), times_of(work)).stages["find_backbone"][0]
+                for c in ("all", "same")}
+    assert searched["same"] < searched["all"]                          # 3 candidates of the same modality, not 7
 
 
-def test_width_attempts_and_nearest_batch():
-    s = settings()
-    assert gpu_check.width_attempts(s["wo_backbone"]) == gpu_check.width_attempts(s["w_backbone_MM"]) == 3
-    assert gpu_check.width_attempts(settings(MAX_NETWORK_WIDTH_MULTIPLIER="1.0")["wo_backbone"]) == 1
-    assert gpu_check.width_attempts(settings(MAX_NETWORK_WIDTH_MULTIPLIER="1.2")["wo_backbone"]) == 2
-    table = {16: 1.0, 32: 2.0}
-    assert [gpu_check.per_sample(table, b) for b in (8, 16, 20, 30, 64)] == [1.0, 1.0, 1.0, 2.0, 2.0]
-
-
-def test_variants_set_amp_recipe_and_the_fast_epochs():
-    columns = dict(gpu_check.variants({"EPOCHS": "50", "AMP": "1"}, 30))
+def test_the_columns_set_amp_recipe_and_the_fast_epochs():
+    columns = projection.columns({**ENV, "EPOCHS": "50", "AMP": "1"}, 30)
     assert list(columns) == ["default", "AMP=1", "RECIPE=fast", "AMP=1 + RECIPE=fast"]
-    assert columns["default"]["AMP"] == "0" and columns["default"]["EPOCHS"] == "50"
-    assert columns["AMP=1 + RECIPE=fast"] == {"EPOCHS": "30", "AMP": "1", "RECIPE": "fast", "FINETUNE_EPOCHS": "30"}
+    default, both = columns["default"]["w_backbone_MM"], columns["AMP=1 + RECIPE=fast"]["w_backbone_MM"]
+    assert (default.amp, default.recipe, default.epochs) == (False, "original", 50)
+    assert (both.amp, both.recipe, both.epochs, columns["RECIPE=fast"]["baseline"].finetune_epochs) == (
+        True, "fast", 30, 30)
 
 
-def test_durations():
-    assert gpu_check.duration(45) == "45 s"
-    assert gpu_check.duration(90 * 60) == "90 min"
-    assert gpu_check.duration(5 * 3600) == "5.0 h"
-    assert gpu_check.duration(3 * 86400) == "3.0 days"
-    assert gpu_check.duration_range(3600 * 30, 86400 * 4) == "1.2-4.0 days"
-    assert gpu_check.duration_range(600, 600) == "10 min"
-    assert gpu_check.duration_range(30, 100) == "30-100 s"
+def test_durations_are_the_pipelines():
+    from utils.pipeline.context import duration
+    assert projection.duration_range(30, 30) == duration(30) == "30 s"
+    assert projection.duration_range(3600 * 30, 86400 * 4) == "30 h 00 min to 4 d 0 h"
 
 
-def test_published_sizes_of_the_real_configs(tmp_path):
-    from tools.prepare_oxford import GROUPS
-    from utils.config import load_dataset_config
-    assert sorted(gpu_check.OXFORD_IMAGES) == sorted(c for g in GROUPS for c in g)
-    sizes = {}
-    for name in gpu_check.REAL_CONFIGS:                               # no prepared data under tmp_path
-        tasks, source = gpu_check.task_sizes(load_dataset_config(name, tmp_path, check_folders=False))
-        sizes[name] = tasks
-        assert "counted" not in source
-    assert len(sizes["cub"]) == 54 and {(t.train, t.test) for t in sizes["cub"]} == {(240, 60)}
-    assert {t.shape.label for t in sizes["cub"]} == {"224x224 images", "128 tokens x 384 text"}
-    oxford = {t.group: (t.train, t.test) for t in sizes["oxford"]}
-    train = sum(n - math.ceil(0.2 * n) for n in (258, 96, 112, 109))             # group1: classes 51, 72, 82, 60
-    assert oxford["group1"] == oxford["group7"] == (train, 575 - train) == (458, 117)
-    assert sum(t.train + t.test for t in sizes["oxford"]) == 2 * sum(gpu_check.OXFORD_IMAGES.values())
-    assert len(sizes["mscoco"]) == 15 and {t.modality for t in sizes["mscoco"]} == {"image"}
-    assert {(t.train, t.test) for t in sizes["mscoco"]} == {(4936, 1176)}
+# ---- the story, with the measurements faked ------------------------------------------------------------------
+def fake_measure(size, device, rounds, steps, amp, *, eval_batch=None, **kwargs):
+    per_s = {"baseline trainer": 100.0, "CPG target trainer": 50.0} | ({"evaluation": 1000.0} if eval_batch else {})
+    return {"samples_per_s": per_s, "flops_per_sample": 1e6, "peak_memory": None, "forward2_s": 0.01}
 
 
-def test_sizes_are_counted_where_the_data_is_prepared(demo_root):
-    from utils.config import load_dataset_config
-    tasks, source = gpu_check.task_sizes(load_dataset_config("demo", demo_root, check_folders=False))
-    assert "counted" in source and {(t.train, t.test) for t in tasks} == {(48, 18)}
-    with pytest.raises(gpu_check.UserError, match="no prepared data"):
-        gpu_check.task_sizes(load_dataset_config("digits", demo_root, check_folders=False))
+def test_a_rehearsal_measures_each_shape_then_projects_the_selected_tasks(demo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check_runs, "measure", fake_measure)
+    monkeypatch.setattr(gpu_check_runs, "matmul_rate", lambda *a: 1e10)
+    monkeypatch.setattr(benchmark_attention, "run_child", lambda mode, args: {"step_s": 1.0, "peak": 1})
+    monkeypatch.setenv("MMPAB_DATA_ROOT", str(demo.data_root))
+    monkeypatch.setenv("MMPAB_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("TASK_IDS", "1,2,5")
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))   # main sets it for its processes
+    argv = ["--device", "cpu", "--configs", "demo", "--quick", "--skip-stages", "--out", str(tmp_path / "out")]
+    assert gpu_check.main(argv) == 0
+    out = capsys.readouterr().out
+    checks = [ln for ln in out.splitlines() if ln.startswith(("train ", "resume", "attention cub", "stages "))]
+    assert [ln.split()[-1] for ln in checks] == ["ok"] * 13 + ["(--skip-stages)"]
+    assert sum(ln.startswith("train demo text") for ln in checks) == 4           # the text tasks' own shape
+    assert "demo: tasks 1, 2, 5 (TASK_IDS); train/test samples per task 6/3, 12/3, 30/3 (counted" in out
+    assert "demo    3 (2 image, 1 text)" in out
 
 
+# ---- running checks ------------------------------------------------------------------------------------------
 def test_stage_environment(tmp_path):
-    from utils.config import load_dataset_config
-    ids = gpu_check.image_task_ids(load_dataset_config("demo", tmp_path, check_folders=False))
+    ids = gpu_check_stages.image_task_ids(load_dataset_config("demo", tmp_path, check_folders=False))
     assert ids == [1, 2, 3, 4]
-    env = gpu_check.stage_env({"NPROC": "4", "GPUS": "0 1", "EPOCHS": "100", "PYTHONPATH": "elsewhere"},
-                              tmp_path / "data", tmp_path / "work", "cuda:0", ids, NPROC="2")
-    assert env["NPROC"] == "2" and "GPUS" not in env and env["EPOCHS"] == gpu_check.TINY["EPOCHS"]
+    env = gpu_check_stages.stage_env({"NPROC": "4", "GPUS": "0 1", "EPOCHS": "100", "PYTHONPATH": "elsewhere"},
+                                     tmp_path / "data", tmp_path / "work", "cuda:0", ids, NPROC="2")
+    assert env["NPROC"] == "2" and "GPUS" not in env and env["EPOCHS"] == gpu_check_stages.TINY["EPOCHS"]
     assert env["TASK_IDS"] == "1 2 3 4" and env["CANDIDATES"] == "same" and env["DEVICE"] == "cuda:0"
     assert env["PYTHONPATH"].split(":") == [str(REPO), "elsewhere"]
     assert env["MMPAB_WORK_DIR"] == str(tmp_path / "work")
 
 
 def test_a_failed_check_is_one_line_naming_its_log(tmp_path, capsys):
-    checks = gpu_check.Checks(tmp_path / "logs")
+    checks = gpu_check_runs.Checks(tmp_path / "logs")
     assert checks.run("fine", lambda: ("1.0 samples/s", 42)) == 42
 
     def broken():
@@ -194,14 +242,14 @@ def test_a_failed_check_is_one_line_naming_its_log(tmp_path, capsys):
 def test_a_failed_stage_run_names_its_error_line(tmp_path, monkeypatch):
     def fake_run(command, **kwargs):
         return SimpleNamespace(returncode=3, stdout="training...\n", stderr="error: stage wo_backbone, task 1: bad.\n")
-    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
-    with pytest.raises(gpu_check.CheckError) as e:
-        gpu_check.stage_check({}, tmp_path, [1, 2], 10)
+    monkeypatch.setattr(gpu_check_stages.subprocess, "run", fake_run)
+    with pytest.raises(gpu_check_runs.CheckError) as e:
+        gpu_check_stages.stage_check({}, tmp_path, [1, 2], 10)
     assert e.value.reason == "exit 3: error: stage wo_backbone, task 1: bad." and "training..." in e.value.output
 
     def slow(command, **kwargs):
         raise subprocess.TimeoutExpired(command, 10, output=b"half way")
-    monkeypatch.setattr(gpu_check.subprocess, "run", slow)
-    with pytest.raises(gpu_check.CheckError, match="within 10 s") as e:
-        gpu_check.stage_check({}, tmp_path, [1, 2], 10)
+    monkeypatch.setattr(gpu_check_stages.subprocess, "run", slow)
+    with pytest.raises(gpu_check_runs.CheckError, match="within 10 s") as e:
+        gpu_check_stages.stage_check({}, tmp_path, [1, 2], 10)
     assert e.value.output == "half way"

@@ -94,17 +94,19 @@ def finetune_at(net, data, step, width, baseline, csv_path=None, resume=None, cu
     return outcome, acc, width
 
 
-def finetune_with_growth(make_net, data, step, width, width_step, baseline, csv_path, resume, curves=None):
+def finetune_with_growth(make_net, data, step, width, width_step, baseline, csv_path, resume, curves=None,
+                         finetune=finetune_at):
     """Finetune at `width`; while the task stays below its baseline, start again `width_step` wider, up to the
     step's max width. Returns (net, outcome, accuracy, width). A resume state saved at some width continues there
-    (the narrower attempts had ended in widening). `curves`: the task's tracking.TaskRuns (None: not tracked)."""
+    (the narrower attempts had ended in widening). `curves`: the task's tracking.TaskRuns (None: not tracked).
+    `finetune` is one attempt (the GPU check's projection passes one that trains nothing, to count the attempts)."""
     saved = resume.load()
     if saved and saved["phase"]["kind"] == "finetune":
         width = saved["phase"]["width"]
     while True:
         begin(data, step.seed)                                    # the initial weights depend on the seed only
         net = make_net()
-        outcome, acc, width = finetune_at(net, data, step, width, baseline, csv_path, resume, curves)
+        outcome, acc, width = finetune(net, data, step, width, baseline, csv_path, resume, curves)
         if outcome is not Outcome.EXPAND:
             return net, outcome, acc, width
         width = round(min(width + width_step, step.max_width), 4)
