@@ -17,7 +17,8 @@ from models import cpg
 from models.build import Network
 from packnet_models_pickaback import InferenceModel, kv_layer_name
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.layout import Layout, task_checkpoint
+from utils.layout import Layout
+from utils.manifest import task_checkpoint
 from utils.config import load_dataset_config
 from utils.data import model_config, task_dataset
 from utils_pickaback.modeldiff import (class_balanced_sample, collate, mutation_search, output_diversity,
@@ -31,7 +32,7 @@ def checkpoint_in(folder):
 
 
 def baseline_folder(checkpoint_root, group):
-    return Layout(Path("."), "demo", checkpoint_root=Path(checkpoint_root)).baseline_dir(group)
+    return Layout(Path("."), "demo", checkpoint_root=Path(checkpoint_root)).baseline(group).root
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
