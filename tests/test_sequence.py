@@ -17,7 +17,7 @@ from utils.checkpoint import read_json
 from utils.config import load_dataset_config
 from utils.data import load_task
 from utils.errors import UserError
-from utils.layout import Layout
+from utils.layout import Layout, TaskFolder
 from utils.manifest import Manifest
 from utils.pipeline import run_stage
 from utils.pipeline import sequence as sequence_module
@@ -175,3 +175,18 @@ def test_no_free_weight_at_the_maximum_width_is_one_sentence_keeping_the_earlier
     assert Manifest(lay.sequence_step("default", 1).manifest).read() is not None
     assert Manifest(lay.sequence_step("default", 2).manifest).read() is None
     assert pd.read_csv(lay.sequence_csv).step.tolist() == [1]               # the rows of the task learned are kept
+
+
+def test_sequence_step_alone_reproduces_a_step_of_the_sequence_run(sequence_run, demo_root, tmp_path, one_thread):
+    """The step as a function, as a client would call it: step 2 of the run, from step 1's kept checkpoint into a
+    folder of its own, keeps the same checkpoint with the same results."""
+    work = Path(shutil.copytree(sequence_run, tmp_path / "work"))
+    env = sequence_env(demo_root, work, EPOCHS="2")
+    run, s = Run.from_environment("demo", env), stage_settings("sequence", env)
+    plan = sequence_module.sequence_plan(run, s)
+    step = sequence_module.sequence_step(run, s, TaskFolder(tmp_path / "step2"), plan.order[:2], kept(work, 1),
+                                         plan.criteria[plan.order[1]], max(s.total_num_tasks, len(plan.order)))
+    assert step.kept.is_relative_to((tmp_path / "step2").resolve())
+    assert step.kept.read_bytes() == kept(sequence_run, 2).read_bytes()
+    recorded = Manifest(Layout(sequence_run, "demo").sequence_step("default", 2).manifest).results()
+    assert {**step.results, "seconds": 0} == {**recorded, "seconds": 0}
