@@ -168,7 +168,7 @@ def sequence_step(run, s, folder, order, start, criterion, total_num_tasks, eval
     the pruning leaves room for, `evaluate` an Evaluation (which keeps each task's test data loaded from one step to
     the next) and `position` (step, steps of the run). Returns the step's StepResult."""
     j, t = len(order), order[-1]
-    group, position = run.cfg.task_name(t), position or (len(order), len(order))
+    group, position = run.cfg.task_name(t), position or (j, j)
     data_settings = run.data_settings(group)
     task = Task(run, s, f"step {j}/{position[1]}: task {t} ({group}, {run.cfg.modality(group)})", folder.manifest,
                 inputs={"order": list(order), "start": file_digest(start) if start else None, "baseline": criterion,
