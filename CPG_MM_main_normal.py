@@ -33,7 +33,8 @@ from models.build import Network
 from utils.checkpoint import baseline_accuracy, read_record, update_json
 from utils.data import load_task, model_config
 from utils.errors import UserError, report_user_errors
-from utils.layout import sparsity_key, task_checkpoint
+from utils.layout import sparsity_key
+from utils.manifest import task_checkpoint
 from utils.pipeline.cli import SPARSITY, add_settings_arguments, add_task_arguments, entry_run, parser, settings_from
 from utils.pipeline.cpg_steps import FinetuneStep, PruneStep, finetune_at, prune_stage, step_resume
 from utils.pipeline.lifecycle import task_curves, task_log

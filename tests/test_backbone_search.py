@@ -18,7 +18,8 @@ from models import cpg
 from models.build import Network
 from packnet_models_pickaback import InferenceModel, kv_layer_name, load_network
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.layout import Layout, task_checkpoint
+from utils.layout import Layout
+from utils.manifest import task_checkpoint
 from utils.config import load_dataset_config
 from utils.data import model_config, task_dataset
 from utils_pickaback.candidates import Candidate, Networks, Target, pick, profile_targets, search
@@ -33,7 +34,7 @@ def checkpoint_in(folder):
 
 
 def baseline_folder(checkpoint_root, group):
-    return Layout(Path("."), "demo", checkpoint_root=Path(checkpoint_root)).baseline_dir(group)
+    return Layout(Path("."), "demo", checkpoint_root=Path(checkpoint_root)).baseline(group).root
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -27,7 +27,8 @@ from utils.config import load_dataset_config
 from utils.data import model_config
 from utils.errors import UserError
 from utils.images import unreadable_images
-from utils.layout import Layout, Manifest
+from utils.layout import Layout
+from utils.manifest import Manifest
 from utils.pipeline import run_stage
 from utils_pickaback.results import RESULT_COLUMNS, TABLE_COLUMNS, read_rows, write_results
 
@@ -230,14 +231,14 @@ def backbone_with_record(work, record):
     lay = Layout(work, "demo")
     lay.logs.mkdir(parents=True)
     lay.baseline_acc_file.write_text('{"group1": "0.5000"}')
-    scratch = lay.scratch_dir("group1") / "checkpoint-1.pth.tar"
+    scratch = lay.backbone("group1").scratch / "checkpoint-1.pth.tar"
     scratch.parent.mkdir(parents=True)
     scratch.write_bytes(b"backbone")
-    lay.gradual_prune_dir("group1").mkdir()
-    lay.record("group1").write_text(json.dumps(record))
-    Manifest(lay.backbone_dir("group1") / "stage.json").write({"settings": {"max_network_width_multiplier": 1.0}},
-                                                              {"0.0": scratch, "record": lay.record("group1")})
-    chosen = lay.gradual_prune_dir("group1") / "checkpoint-1.pth.tar"
+    lay.backbone("group1").gradual_prune.mkdir()
+    lay.backbone("group1").record.write_text(json.dumps(record))
+    Manifest(lay.backbone("group1").manifest).write({"settings": {"max_network_width_multiplier": 1.0}},
+                                                    {"0.0": scratch, "record": lay.backbone("group1").record})
+    chosen = lay.backbone("group1").gradual_prune / "checkpoint-1.pth.tar"
     chosen.write_bytes(b"earlier choice")
     Manifest(lay.choice_manifest("group1")).write({"stage": "earlier", "settings": {}}, {"checkpoint": chosen})
     return lay
@@ -249,8 +250,8 @@ def test_a_record_with_a_non_numeric_accuracy_stops_the_chooser(demo_root, tmp_p
     before = contents(work)
     with pytest.raises(UserError) as e:
         run_stage("select_pruning_ratio_of_backbone", "demo", env_for(demo_root, work, TASK_IDS="1"))
-    assert f"the accuracy of sparsity 0.5 in {lay.record('group1')} is 'n/a', not a finite number in [0, 1]" in \
-        str(e.value)
+    assert f"the accuracy of sparsity 0.5 in {lay.backbone('group1').record} is 'n/a', not a finite number in " \
+           f"[0, 1]" in str(e.value)
     assert_unchanged(before)
 
 

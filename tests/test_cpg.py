@@ -9,9 +9,10 @@ from CPG_MM_main_normal import main as cpg_main
 from models import cpg
 from models.build import Network
 from tests.conftest import REPO, run_main, run_script, unreachable_copy
-from utils.pipeline.choice import choose_ratio
+from utils.pipeline.compacting import choose_ratio
 from utils.checkpoint import load_checkpoint, read_json
-from utils.layout import Layout, task_checkpoint
+from utils.layout import Layout
+from utils.manifest import task_checkpoint
 from utils.config import load_dataset_config
 from utils.data import task_loaders
 from utils.trainer import GradualPruner, Trainer, make_optimizers
@@ -183,25 +184,25 @@ def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):
     env = {"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "TASK_IDS": "1", "EPOCHS": "6",
            "NR_EPOCH_FOR_EACH_PRUNE": "1", "PRUNING_INTERVAL": "1", "BATCH_SIZE": "8"}
     run_script(["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"], cwd=tmp_path, env=env, check=True)
-    record = read_json(lay.record("group1"))
+    record = read_json(lay.backbone("group1").record)
     keys = ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"]
     assert list(record) == keys
     for key in keys[1:]:
-        net = Network.from_checkpoint(load_checkpoint(checkpoint_in(lay.prune_stage_dir("group1", key))))
+        net = Network.from_checkpoint(load_checkpoint(checkpoint_in(lay.backbone("group1").prune_stage(key))))
         assert all(abs(s - float(key)) <= 0.01 for s in cpg.layer_sparsity(net.model, "image", 1).values())
-    assert "In validate()-> Val Ep. #1 loss:" in lay.train_log("group1").read_text()
+    assert "In validate()-> Val Ep. #1 loss:" in lay.backbone("group1").log.read_text()
     run_script(["bash", str(REPO / "run_pickaback" / "select_pruning_ratio_of_backbone.sh"), "demo"], cwd=tmp_path,
                env=env, check=True)
-    assert "We choose pruning ratio" in lay.train_log("group1").read_text()
-    chosen = task_checkpoint(lay.gradual_prune_dir("group1"), "-", manifest=lay.choice_manifest("group1"))
-    assert chosen.parent == lay.gradual_prune_dir("group1").resolve()
+    assert "We choose pruning ratio" in lay.backbone("group1").log.read_text()
+    chosen = task_checkpoint(lay.backbone("group1").gradual_prune, "-", manifest=lay.choice_manifest("group1"))
+    assert chosen.parent == lay.backbone("group1").gradual_prune.resolve()
 
 
 def test_target_script_widens_on_exit_2_up_to_max_width(demo_root, backbone, tmp_path):
     """w_backbone_MM.sh acts on exit code 2: 1.0 -> 1.5 -> 2.0, and the final checkpoint really is wider."""
     work = tmp_path / "work"
     lay = Layout(work, "demo")
-    gp = lay.gradual_prune_dir("group1")
+    gp = lay.backbone("group1").gradual_prune
     gp.mkdir(parents=True)
     (gp / backbone["ckpt"].name).write_bytes(backbone["ckpt"].read_bytes())
     lay.result_csv.write_text("target_id,task_id\n2,1\n")
@@ -211,7 +212,7 @@ def test_target_script_widens_on_exit_2_up_to_max_width(demo_root, backbone, tmp
                       env={"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "EPOCHS": "1",
                            "BATCH_SIZE": "8"})
     assert "expanding the network to width x1.5" in proc.stdout and "expanding the network to width x2.0" in proc.stdout
-    net = Network.from_checkpoint(load_checkpoint(checkpoint_in(lay.target_scratch_dir("group1", "group2"))))
+    net = Network.from_checkpoint(load_checkpoint(checkpoint_in(lay.target("group1", "group2").scratch)))
     assert net.model.width_multiplier == 2.0 and net.history == ["group1", "group2"]
     summary = lay.target_acc_csv.read_text().splitlines()
     assert summary[0] == "target,backbone,width,target_acc,baseline_acc" and summary[1].startswith("group2,group1,2.0,")

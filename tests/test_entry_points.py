@@ -12,7 +12,8 @@ from CPG_MM_main_normal import main as cpg_main
 from packnet_main_normal import main as baseline_main
 from tests.conftest import env_for, run_main
 from utils import trainer
-from utils.layout import Layout, Manifest, task_checkpoint
+from utils.layout import Layout
+from utils.manifest import Manifest, task_checkpoint
 from utils.pipeline import run_stage
 
 
@@ -55,16 +56,16 @@ def test_a_baseline_interrupted_in_the_stage_is_finished_by_the_entry_point(refe
     interrupt_at(monkeypatch, 2)
     with pytest.raises(KilledError):
         run_stage("baseline", "demo", env)
-    assert (lay.baseline_dir("group1") / "resume.pt").is_file()
+    assert lay.baseline("group1").resume.is_file()
     capsys.readouterr()
     monkeypatch.setenv("MMPAB_WORK_DIR", str(tmp_path))
     run_main(baseline_main, ["--dataset_config", "demo", "--data_root", str(demo_root), "--dataset", "group1",
                              "--epochs", "3", "--batch_size", "16", "--device", "cpu",
-                             "--save_folder", str(lay.baseline_dir("group1")),
+                             "--save_folder", str(lay.baseline("group1").root),
                              "--logfile", str(lay.baseline_acc_file)])
     assert "resuming {'kind': 'baseline'} after epoch 1" in capsys.readouterr().out   # (the entry point's log)
-    done = task_checkpoint(lay.baseline_dir("group1"), "-")
-    assert sha(done) == sha(task_checkpoint(ref.baseline_dir("group1"), "-"))
+    done = task_checkpoint(lay.baseline("group1").root, "-")
+    assert sha(done) == sha(task_checkpoint(ref.baseline("group1").root, "-"))
     assert json.loads(lay.baseline_acc_file.read_text()) == json.loads(ref.baseline_acc_file.read_text())
     run_stage("baseline", "demo", env)                        # the entry point's stage.json is the stage's own
     assert "baseline task 1 (group1): finished with these settings, skipped" in capsys.readouterr().out
@@ -74,21 +75,21 @@ def test_a_cpg_finetune_interrupted_in_the_entry_point_is_finished_by_the_stage(
                                                                                 monkeypatch, capsys):
     torch.set_num_threads(1)
     lay, ref = Layout(tmp_path, "demo"), Layout(reference, "demo")
-    for part in (ref.baseline_dir("group1"), ref.logs):
+    for part in (ref.baseline("group1").root, ref.logs):
         shutil.copytree(part, tmp_path / part.relative_to(reference))
     interrupt_at(monkeypatch, 2)
     with pytest.raises(KilledError):
         cpg_main(["--mode", "finetune", "--dataset_config", "demo", "--data_root", str(demo_root), "--dataset",
                   "group1", "--epochs", "3", "--batch_size", "16", "--device", "cpu",
-                  "--save_folder", str(lay.scratch_dir("group1")), "--jsonfile", str(lay.baseline_acc_file),
-                  "--pruning_ratio_to_acc_record_file", str(lay.record("group1")),
-                  "--log_path", str(lay.train_log("group1"))])
-    assert (lay.scratch_dir("group1") / "resume.pt").is_file()
+                  "--save_folder", str(lay.backbone("group1").scratch), "--jsonfile", str(lay.baseline_acc_file),
+                  "--pruning_ratio_to_acc_record_file", str(lay.backbone("group1").record),
+                  "--log_path", str(lay.backbone("group1").log)])
+    assert (lay.backbone("group1").scratch / "resume.pt").is_file()
     capsys.readouterr()
     run_stage("wo_backbone", "demo", env_for(demo_root, tmp_path, TASK_IDS="1", EPOCHS="3"))
     assert "resuming {'kind': 'finetune', 'width': 1.0} after epoch 1" in capsys.readouterr().out
-    finished = Manifest(lay.backbone_dir("group1") / "stage.json")
-    reference_manifest = Manifest(ref.backbone_dir("group1") / "stage.json")
+    finished = Manifest(lay.backbone("group1").manifest)
+    reference_manifest = Manifest(ref.backbone("group1").manifest)
     assert sha(finished.output("0.0")) == sha(reference_manifest.output("0.0"))
     assert finished.results() == reference_manifest.results()
-    assert not (lay.scratch_dir("group1") / "resume.pt").exists()
+    assert not (lay.backbone("group1").scratch / "resume.pt").exists()

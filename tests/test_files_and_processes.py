@@ -7,7 +7,8 @@ import torch
 
 from tests.conftest import REPO, curves, env_for, run_script
 from utils.checkpoint import atomic_write, load_checkpoint
-from utils.layout import Layout, task_checkpoint
+from utils.layout import Layout
+from utils.manifest import task_checkpoint
 from utils.pipeline import run_stage
 
 
@@ -30,7 +31,7 @@ def test_progress_in_a_file_is_one_line_per_epoch_not_a_redrawn_bar(demo_root, t
     run_stage("baseline", "demo", env_for(demo_root, tmp_path, TASK_IDS="1", FINETUNE_EPOCHS="3"))
     out, err = capfd.readouterr()
     assert "\r" not in out and "\r" not in err                    # no bar redrawn into the file
-    log = (Layout(tmp_path, "demo").baseline_dir("group1") / "train.log").read_text()
+    log = Layout(tmp_path, "demo").baseline("group1").log.read_text()
     assert log.count("In train()-> Train Ep. #") == 3
 
 
@@ -41,12 +42,12 @@ def test_two_processes_under_torchrun_match_one_process_with_the_same_global_bat
                       check=True)
     assert "Traceback" not in proc.stderr
     for group in ("group1", "group5"):
-        two = load_checkpoint(task_checkpoint(Layout(tmp_path, "demo").baseline_dir(group), "-"))
-        one = load_checkpoint(task_checkpoint(Layout(tiny_run, "demo").baseline_dir(group), "-"))
+        two = load_checkpoint(task_checkpoint(Layout(tmp_path, "demo").baseline(group).root, "-"))
+        one = load_checkpoint(task_checkpoint(Layout(tiny_run, "demo").baseline(group).root, "-"))
         for key, tensor in one["model_state_dict"].items():
             assert torch.allclose(two["model_state_dict"][key].float(), tensor.float(), atol=1e-5), key
     # only rank 0 wrote: one log line per epoch in the task's train.log, not two
-    log = (Layout(tmp_path, "demo").baseline_dir("group1") / "train.log").read_text()
+    log = Layout(tmp_path, "demo").baseline("group1").log.read_text()
     assert log.count("In train()-> Train Ep. #1 ") == 1
     for group in ("group1", "group5"):                             # and one training curve per step, by rank 0
         step = Layout(tmp_path, "demo").logs / "tensorboard" / "baseline" / "demo" / group / "baseline"

@@ -214,7 +214,7 @@ def test_new_image_only_config_section_trains_with_baseline_script(demo_root, tm
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lay = Layout(work, "shapes")
     assert set(read_json(lay.baseline_acc_file)) == {"group1", "group3"}
-    ckpt = load_checkpoint(lay.baseline_dir("group3") / "checkpoint-1.pth.tar")
+    ckpt = load_checkpoint(lay.baseline("group3").root / "checkpoint-1.pth.tar")
     assert ckpt["model_config"]["depth"] == 3 and ckpt["model_config"]["latent_dim"] == 32   # defaults filled in
 
 

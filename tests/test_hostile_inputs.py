@@ -18,7 +18,8 @@ from utils.checkpoint import read_json, update_csv, update_json
 from utils.data import text_samples
 from utils.errors import UserError
 from utils.images import image_samples
-from utils.layout import Layout, SearchManifest
+from utils.layout import Layout
+from utils.manifest import SearchManifest
 from utils.pipeline import executor, run_stage
 from utils.pipeline.context import Run
 
@@ -85,7 +86,7 @@ def test_a_json_file_that_is_not_an_object_is_named_by_every_reader(tmp_path, te
 def test_a_baseline_file_of_another_shape_stops_the_stage_before_task_1_is_touched(data_root, work, monkeypatch,
                                                                                  capsys, stage, text):
     work.baseline_acc_file.write_text(text)
-    finished = work.baseline_dir("group1") / "stage.json"                 # what a retrained task 1 would lose
+    finished = work.baseline("group1").manifest                 # what a retrained task 1 would lose
     stage_record(finished, {})
     before = contents(work.work_dir)
     for k, v in env_for(data_root, work.work_dir).items():
@@ -97,7 +98,7 @@ def test_a_baseline_file_of_another_shape_stops_the_stage_before_task_1_is_touch
 
 @pytest.mark.parametrize("text", NOT_OBJECTS)
 def test_a_stage_record_of_another_shape_is_named_before_the_task_is_redone(data_root, work, text):
-    record = work.baseline_dir("group1") / "stage.json"
+    record = work.baseline("group1").manifest
     record.parent.mkdir(parents=True)
     record.write_text(text)
     stops("baseline", data_root, work, [record, NOT_OBJECTS[text]], TASK_IDS="1")
@@ -105,12 +106,12 @@ def test_a_stage_record_of_another_shape_is_named_before_the_task_is_redone(data
 
 @pytest.mark.parametrize("text", NOT_OBJECTS)
 def test_a_record_txt_of_another_shape_stops_the_chooser(data_root, work, text):
-    scratch = work.scratch_dir("group1") / "checkpoint-1.pth.tar"
+    scratch = work.backbone("group1").scratch / "checkpoint-1.pth.tar"
     scratch.parent.mkdir(parents=True)
     scratch.write_bytes(b"backbone")
     work.record("group1").parent.mkdir(parents=True)
     work.record("group1").write_text(text)
-    stage_record(work.backbone_dir("group1") / "stage.json", {"0.0": scratch, "record": work.record("group1")})
+    stage_record(work.backbone("group1").manifest, {"0.0": scratch, "record": work.record("group1")})
     stops("select_pruning_ratio_of_backbone", data_root, work, [work.record("group1"), NOT_OBJECTS[text]],
           TASK_IDS="1")
     assert scratch.read_bytes() == b"backbone"
@@ -219,7 +220,7 @@ def test_a_rerun_with_a_loop_in_a_finished_tasks_data_stops_before_training(data
     41 times the images. Now both name it, and nothing is trained or removed."""
     link = image_folder(data_root) / "blue" / "loopdir"
     link.symlink_to(".")
-    stage_record(work.baseline_dir("group1") / "stage.json", {})
+    stage_record(work.baseline("group1").manifest, {})
     before = contents(work.work_dir)
     for k, v in env_for(data_root, work.work_dir, TASK_IDS="1", FORCE="1").items():
         monkeypatch.setenv(k, v)

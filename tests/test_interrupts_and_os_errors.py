@@ -197,7 +197,7 @@ def test_a_stage_whose_log_file_fills_the_disk_stops_with_one_sentence(demo_root
     for name, value in env_for(demo_root, tmp_path, TASK_IDS="1").items():
         monkeypatch.setenv(name, value)
     rc = run_main(main, ["baseline", "demo"])
-    log = Layout(tmp_path, "demo").baseline_dir("group1") / "train.log"
+    log = Layout(tmp_path, "demo").baseline("group1").log
     assert_one_sentence(capsys.readouterr().err, rc, "stage baseline, task 1 (group1): cannot write the log file", log,
                "(No space left on device)", "free space")
     assert rc == 1
@@ -221,7 +221,7 @@ def data_root_ro_args(demo_root, tmp_path, read_only):
 
 
 def test_a_read_only_task_folder_stops_the_stage_with_one_sentence(demo_root, tmp_path, read_only):
-    folder = read_only(Layout(tmp_path, "demo").baseline_dir("group1"))
+    folder = read_only(Layout(tmp_path, "demo").baseline("group1").root)
     with pytest.raises(UserError) as e:
         run_stage("baseline", "demo", env_for(demo_root, tmp_path, TASK_IDS="1"))
     assert str(e.value).startswith(f"stage baseline, task 1 (group1): cannot open the log file {folder / 'train.log'}"
@@ -275,7 +275,7 @@ def test_ctrl_c_during_a_stage_is_one_line_and_exit_130_and_the_rerun_finishes(d
                                            script_env(**settings), tmp_path)
     assert "Train Ep. #" in out and "Train Ep. #80 " not in out                # interrupted while training
     assert rc == 130 and err == INTERRUPTED + "\n", (rc, err)
-    checkpoint = Layout(tmp_path, "demo").baseline_dir("group1") / "checkpoint-80.pth.tar"
+    checkpoint = Layout(tmp_path, "demo").baseline("group1").root / "checkpoint-80.pth.tar"
     assert not checkpoint.exists()
     run_stage("baseline", "demo", settings)                    # the rerun (in this process: no second start-up)
     assert checkpoint.is_file()

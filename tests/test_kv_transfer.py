@@ -24,7 +24,7 @@ MODALITY = {f"group{i}": "image" if i <= 4 else "text" for i in range(1, 9)}    
 
 def folder(root, stage, group):
     layout = Layout(Path("."), "demo", checkpoint_root=Path(root))
-    return layout.gradual_prune_dir(group) if stage == "backbone" else layout.baseline_dir(group)
+    return layout.backbone(group).gradual_prune if stage == "backbone" else layout.baseline(group).root
 
 
 def make_model(root, group, stage="backbone", epoch=20, sparsity=0.5):

@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import env_for
 from utils.errors import UserError
-from utils.layout import Layout, Manifest
+from utils.layout import Layout
+from utils.manifest import Manifest
 from utils.pipeline import SETTINGS, run_stage, stage_settings
 from utils.pipeline.settings import BaselineSettings, script_defaults
 
@@ -19,7 +20,7 @@ def work(tiny_run, tmp_path):
 
 
 def baseline_manifest(work):
-    return Manifest(Layout(work, "demo").baseline_dir("group1") / "stage.json")
+    return Manifest(Layout(work, "demo").baseline("group1").manifest)
 
 
 def test_every_stage_variable_has_its_default_in_its_script_and_nowhere_else():

@@ -14,7 +14,8 @@ import torch
 from tests.conftest import REPO, curves, env_for, run_main, run_script
 from utils.checkpoint import read_json
 from utils.errors import UserError
-from utils.layout import Layout, task_checkpoint
+from utils.layout import Layout
+from utils.manifest import task_checkpoint
 from utils.pipeline.executor import entry_device, gpu_entries
 from utils.pipeline import run_stage
 
@@ -68,8 +69,8 @@ def test_baseline_tasks_run_at_once_and_give_the_sequential_results(tiny_run, de
     groups = [f"group{i}" for i in ids]
     assert read_json(mine.baseline_acc_file) == {g: read_json(seq.baseline_acc_file)[g] for g in groups}
     for g in groups:
-        assert_same_checkpoint(task_checkpoint(mine.baseline_dir(g), "-"), task_checkpoint(seq.baseline_dir(g), "-"))
-        assert manifest(mine.baseline_dir(g)) == manifest(seq.baseline_dir(g))
+        assert_same_checkpoint(task_checkpoint(mine.baseline(g).root, "-"), task_checkpoint(seq.baseline(g).root, "-"))
+        assert manifest(mine.baseline(g).root) == manifest(seq.baseline(g).root)
         # each worker wrote the curves of the tasks it ran: the sequential run's values
         step = Path("tensorboard") / "baseline" / "demo" / g / "baseline"
         assert curves(mine.logs / step) == curves(seq.logs / step) != {}
@@ -89,7 +90,7 @@ def test_targets_run_at_once_and_the_shared_csv_keeps_every_row(tiny_run, demo_r
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
     for t in ids:
         backbone = f"group{int(pairs.set_index('target_id').task_id[t])}"
-        folder, reference = mine.target_dir(backbone, f"group{t}"), seq.target_dir(backbone, f"group{t}")
+        folder, reference = mine.target(backbone, f"group{t}").root, seq.target(backbone, f"group{t}").root
         assert_same_checkpoint(task_checkpoint(folder / "scratch", "-", manifest=folder / "stage.json"),
                                task_checkpoint(reference / "scratch", "-", manifest=reference / "stage.json"))
         assert manifest(folder) == manifest(reference)
@@ -133,7 +134,7 @@ def test_one_gpus_entry_without_cuda_runs_the_stage_on_the_cpu(demo_root, tmp_pa
     """GPUS="7" (one entry: it only picks the device) on a machine without CUDA: the stage trains on the CPU, even
     with DEVICE=cuda:7, which alone would be refused."""
     run_stage("baseline", "demo", env_for(demo_root, tmp_path, GPUS="7", DEVICE="cuda:7", TASK_IDS="1"))
-    assert task_checkpoint(Layout(tmp_path, "demo").baseline_dir("group1"), "-").is_file()
+    assert task_checkpoint(Layout(tmp_path, "demo").baseline("group1").root, "-").is_file()
     with pytest.raises(UserError, match="no CUDA GPU is available"):
         run_stage("baseline", "demo", env_for(demo_root, tmp_path, DEVICE="cuda:7", TASK_IDS="2"))
 

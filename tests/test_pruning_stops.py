@@ -17,7 +17,8 @@ from tests.conftest import env_for, unreachable_copy
 from utils.checkpoint import read_json
 from utils.config import load_dataset_config
 from utils.data import model_config
-from utils.layout import Layout, Manifest
+from utils.layout import Layout
+from utils.manifest import Manifest
 from utils.pipeline import run_stage
 from utils.trainer import upper_bound_reached
 
@@ -79,10 +80,10 @@ def test_the_stage_stops_pruning_at_the_upper_bound_and_keeps_that_step(demo_roo
                               PRUNING_SCHEDULE="0.5 0.9", TOTAL_NUM_TASKS="2", NETWORK_WIDTH_MULTIPLIER="1.0",
                               MAX_NETWORK_WIDTH_MULTIPLIER="1.0")
     lay = Layout(tmp_path, "demo")
-    assert set(read_json(lay.record("group1"))) == {"0.0", "0.5"}
+    assert set(read_json(lay.backbone("group1").record)) == {"0.0", "0.5"}
     assert "stop pruning group1 at sparsity 0.5" in messages
-    assert any(lay.prune_stage_dir("group1", 0.5).glob("checkpoint-*.pth.tar"))
-    assert not lay.prune_stage_dir("group1", 0.9).exists()
+    assert any(lay.backbone("group1").prune_stage(0.5).glob("checkpoint-*.pth.tar"))
+    assert not lay.backbone("group1").prune_stage(0.9).exists()
     # the premise: group1 trains above 95 % at sparsity 0.5, so the accuracy rule would have gone on to 0.9
     assert train_accuracies(messages)[-1] > 95
 
@@ -95,10 +96,10 @@ def test_pruning_stops_after_the_step_whose_training_accuracy_is_95_percent_or_b
                               PRUNING_SCHEDULE="0.5 0.9")
     lay = Layout(tmp_path, "demo")
     assert train_accuracies(messages)[-1] <= 95                               # the premise: the 0.5 step's epoch
-    assert set(read_json(lay.record("group3"))) == {"0.0", "0.5"}
+    assert set(read_json(lay.backbone("group3").record)) == {"0.0", "0.5"}
     assert "stop pruning group3 at sparsity 0.5" in messages
-    assert any(lay.prune_stage_dir("group3", 0.5).glob("checkpoint-*.pth.tar"))
-    assert not lay.prune_stage_dir("group3", 0.9).exists()
+    assert any(lay.backbone("group3").prune_stage(0.5).glob("checkpoint-*.pth.tar"))
+    assert not lay.backbone("group3").prune_stage(0.9).exists()
     assert "Sparsity range: 0.5 -> 0.9" not in messages
 
 
@@ -112,10 +113,10 @@ def test_a_task_that_owns_no_weights_is_not_pruned(demo_root, tmp_path, caplog, 
     messages = backbone_stage(demo_root, tmp_path, {"group1": 0.0}, caplog, TASK_IDS="1", PRUNING_SCHEDULE="0.5 0.9")
     lay = Layout(tmp_path, "demo")
     assert "group1 owns no weights: nothing to prune" in messages
-    assert set(read_json(lay.record("group1"))) == {"0.0"}
+    assert set(read_json(lay.backbone("group1").record)) == {"0.0"}
     assert not any(m.startswith("Sparsity range:") for m in messages)
-    assert not lay.prune_stage_dir("group1", 0.5).exists()
-    assert set(Manifest(lay.backbone_dir("group1") / "stage.json").outputs()) == {"0.0", "record"}
+    assert not lay.backbone("group1").prune_stage(0.5).exists()
+    assert set(Manifest(lay.backbone("group1").manifest).outputs()) == {"0.0", "record"}
 
 
 def test_a_shorter_schedule_removes_the_pruning_stages_of_the_longer_one(demo_root, tmp_path, caplog):
@@ -123,11 +124,11 @@ def test_a_shorter_schedule_removes_the_pruning_stages_of_the_longer_one(demo_ro
     gone and neither the record nor the manifest names it, so no later stage can read it."""
     lay = Layout(tmp_path, "demo")
     backbone_stage(demo_root, tmp_path, {"group1": 0.0}, caplog, TASK_IDS="1", PRUNING_SCHEDULE="0.5 0.9")
-    assert set(read_json(lay.record("group1"))) == {"0.0", "0.5", "0.9"}     # the premise: 0.9 was written
-    assert any(lay.prune_stage_dir("group1", 0.9).glob("checkpoint-*.pth.tar"))
+    assert set(read_json(lay.backbone("group1").record)) == {"0.0", "0.5", "0.9"}     # the premise: 0.9 was written
+    assert any(lay.backbone("group1").prune_stage(0.9).glob("checkpoint-*.pth.tar"))
     backbone_stage(demo_root, tmp_path, {"group1": 0.0}, caplog, TASK_IDS="1", PRUNING_SCHEDULE="0.5", FORCE="1")
-    assert not lay.prune_stage_dir("group1", 0.9).exists()
-    assert set(read_json(lay.record("group1"))) == {"0.0", "0.5"}
-    outputs = Manifest(lay.backbone_dir("group1") / "stage.json").outputs()
+    assert not lay.backbone("group1").prune_stage(0.9).exists()
+    assert set(read_json(lay.backbone("group1").record)) == {"0.0", "0.5"}
+    outputs = Manifest(lay.backbone("group1").manifest).outputs()
     assert set(outputs) == {"0.0", "0.5", "record"} and all(p.is_file() for p in outputs.values())
-    assert sorted(p.name for p in lay.gradual_prune_dir("group1").iterdir()) == ["0.5", "record.txt"]
+    assert sorted(p.name for p in lay.backbone("group1").gradual_prune.iterdir()) == ["0.5", "record.txt"]

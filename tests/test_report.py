@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import run_main
 from tools import report
 from utils.config import load_dataset_config
-from utils.layout import MANIFEST, Layout
+from utils.layout import Layout
 from utils.pipeline import STAGES
 from utils.report import collect, figures, markdown, metrics, verdicts, write_report
 
@@ -106,7 +106,7 @@ def test_report_with_only_baselines(tiny_run, demo_root, tmp_path):
     only.logs.mkdir(parents=True)
     shutil.copy(full.baseline_acc_file, only.baseline_acc_file)
     for group in load_dataset_config("demo", demo_root, check_folders=False).groups:
-        shutil.copytree(full.baseline_dir(group), only.baseline_dir(group))
+        shutil.copytree(full.baseline(group).root, only.baseline(group).root)
     path, c = write_report("demo", tmp_path, demo_root)
     text = read(path)
     assert "| baseline | done |" in text
@@ -203,7 +203,7 @@ def test_an_unreadable_record_is_listed_with_its_reason(tmp_path, demo_root):
     layout = Layout(tmp_path, "demo")
     layout.logs.mkdir(parents=True)
     layout.baseline_acc_file.write_text('{"group1": 0.5}')
-    record = layout.baseline_dir("group1") / MANIFEST
+    record = layout.baseline("group1").manifest
     record.parent.mkdir(parents=True)
     record.write_text("{not json")
     path, _ = write_report("demo", tmp_path, demo_root, evaluate=False)

@@ -17,7 +17,8 @@ from utils.checkpoint import read_json
 from utils.config import load_dataset_config
 from utils.data import load_task
 from utils.errors import UserError
-from utils.layout import Layout, Manifest
+from utils.layout import Layout, TaskFolder
+from utils.manifest import Manifest
 from utils.pipeline import run_stage
 from utils.pipeline import sequence as sequence_module
 from utils.pipeline.context import Run
@@ -42,7 +43,7 @@ def sequence_run(tiny_run, demo_root, tmp_path_factory):
 
 
 def kept(work, step, run="default"):
-    return Manifest(Layout(work, "demo").sequence_dir(run, step) / "stage.json").output("kept")
+    return Manifest(Layout(work, "demo").sequence_step(run, step).manifest).output("kept")
 
 
 def logits_and_accuracy(checkpoint, group, demo_root):
@@ -113,7 +114,7 @@ def test_a_step_killed_inside_resumes_bit_identical(sequence_run, demo_root, tmp
     with pytest.raises(KilledError):
         run_stage("sequence", "demo", sequence_env(demo_root, work, EPOCHS="2"))
     monkeypatch.setattr(trainer.Trainer, "validate", validate)
-    assert (Layout(work, "demo").sequence_dir("default", 2) / "scratch" / "resume.pt").is_file()
+    assert (Layout(work, "demo").sequence_step("default", 2).scratch / "resume.pt").is_file()
     run_stage("sequence", "demo", sequence_env(demo_root, work, EPOCHS="2"))
     for step in (1, 2, 3):
         assert kept(work, step).read_bytes() == kept(sequence_run, step).read_bytes(), step
@@ -171,6 +172,21 @@ def test_no_free_weight_at_the_maximum_width_is_one_sentence_keeping_the_earlier
     with pytest.raises(UserError, match=r"task 2 \(group2\) found no free weight in the network at its maximum width "
                                         r"x1.0 .* raise MAX_NETWORK_WIDTH_MULTIPLIER"):
         run_stage("sequence", "demo", env_for(data, work, ORDER="1 2", MAX_NETWORK_WIDTH_MULTIPLIER="1.0"))
-    assert Manifest(lay.sequence_dir("default", 1) / "stage.json").read() is not None
-    assert Manifest(lay.sequence_dir("default", 2) / "stage.json").read() is None
+    assert Manifest(lay.sequence_step("default", 1).manifest).read() is not None
+    assert Manifest(lay.sequence_step("default", 2).manifest).read() is None
     assert pd.read_csv(lay.sequence_csv).step.tolist() == [1]               # the rows of the task learned are kept
+
+
+def test_sequence_step_alone_reproduces_a_step_of_the_sequence_run(sequence_run, demo_root, tmp_path, one_thread):
+    """The step as a function, as a client would call it: step 2 of the run, from step 1's kept checkpoint into a
+    folder of its own, keeps the same checkpoint with the same results."""
+    work = Path(shutil.copytree(sequence_run, tmp_path / "work"))
+    env = sequence_env(demo_root, work, EPOCHS="2")
+    run, s = Run.from_environment("demo", env), stage_settings("sequence", env)
+    plan = sequence_module.sequence_plan(run, s)
+    step = sequence_module.sequence_step(run, s, TaskFolder(tmp_path / "step2"), plan.order[:2], kept(work, 1),
+                                         plan.criteria[plan.order[1]], max(s.total_num_tasks, len(plan.order)))
+    assert step.kept.is_relative_to((tmp_path / "step2").resolve())
+    assert step.kept.read_bytes() == kept(sequence_run, 2).read_bytes()
+    recorded = Manifest(Layout(sequence_run, "demo").sequence_step("default", 2).manifest).results()
+    assert {**step.results, "seconds": 0} == {**recorded, "seconds": 0}

@@ -10,7 +10,8 @@ from models import cpg
 from models.build import Network
 from utils.runtime import autocast
 from utils.pipeline import run_stage
-from utils.layout import Layout, Manifest
+from utils.layout import Layout
+from utils.manifest import Manifest
 from utils.trainer import FAST_PEAK_LR, FAST_WARMUP, lr_schedule
 from tests.conftest import env_for
 
@@ -113,7 +114,7 @@ def test_amp_and_fast_recipe_through_the_stage_and_recorded(demo_root, tmp_path)
     torch.set_num_threads(1)
     env = env_for(demo_root, tmp_path, TASK_IDS="1", FINETUNE_EPOCHS="2")
     run_stage("baseline", "demo", {**env, "AMP": "1", "RECIPE": "fast"})
-    manifest = Manifest(Layout(tmp_path, "demo", "perceiver_io").baseline_dir("group1") / "stage.json")
+    manifest = Manifest(Layout(tmp_path, "demo", "perceiver_io").baseline("group1").manifest)
     first = manifest.read()
     assert first["settings"]["amp"] is True and first["settings"]["recipe"] == "fast"
     run_stage("baseline", "demo", env)

@@ -23,12 +23,13 @@ from tests.conftest import REPO, env_for, run_main, run_script
 from utils.checkpoint import load_checkpoint, read_json
 from utils.config import load_dataset_config
 from utils.errors import UserError
-from utils.layout import Layout, Manifest, task_checkpoint
+from utils.layout import Layout
+from utils.manifest import Manifest, task_checkpoint
 from utils.pipeline import run_stage, stage_settings
 
 HERE = Layout(Path("."), "demo")
-BACKBONES = str(HERE.backbone_dir("group1").parent)            # every task's CPG backbone folder
-TARGETS = str(HERE.target_dir("group1", "group2").parent.parent)  # every target's folder
+BACKBONES = str(HERE.backbone("group1").root.parent)            # every task's CPG backbone folder
+TARGETS = str(HERE.target("group1", "group2").root.parent.parent)  # every target's folder
 
 
 def checksums(root, below=""):
@@ -54,7 +55,7 @@ def test_every_stage_writes_its_outputs_and_manifests(tiny_run):
     chosen = set()
     for i in range(1, 9):
         group = f"group{i}"
-        record = read_json(lay.record(group))
+        record = read_json(lay.backbone(group).record)
         assert set(record) == {"0.0", "0.5"}
         # the chooser's rule on the record's own numbers (ALLOW_ACC_LOSS 0.001; every backbone is at its max width
         # x1.0, so below the baseline the unpruned accuracy is the criterion)
@@ -81,15 +82,15 @@ def test_rerun_skips_every_finished_task_and_changes_no_file(tiny_run, demo_root
 
 def test_a_task_depends_only_on_its_own_seed_not_on_the_tasks_before_it(tiny_run, demo_root, tmp_path):
     run_stage("baseline", "demo", env_for(demo_root, tmp_path, TASK_IDS="3"))
-    alone = load_checkpoint(task_checkpoint(layout(tmp_path).baseline_dir("group3"), "-"))
-    after_others = load_checkpoint(task_checkpoint(layout(tiny_run).baseline_dir("group3"), "-"))
+    alone = load_checkpoint(task_checkpoint(layout(tmp_path).baseline("group3").root, "-"))
+    after_others = load_checkpoint(task_checkpoint(layout(tiny_run).baseline("group3").root, "-"))
     for key, tensor in after_others["model_state_dict"].items():
         assert torch.equal(alone["model_state_dict"][key], tensor), key
 
 
 def test_changed_settings_redo_the_task_and_the_next_stage_reads_the_new_checkpoint(copy_of, demo_root):
     lay = layout(copy_of)
-    folder = lay.baseline_dir("group1")
+    folder = lay.baseline("group1").root
     assert [p.name for p in folder.glob("checkpoint-*")] == ["checkpoint-1.pth.tar"]
     run_stage("baseline", "demo", env_for(demo_root, copy_of, TASK_IDS="1", FINETUNE_EPOCHS="2"))
     assert [p.name for p in folder.glob("checkpoint-*")] == ["checkpoint-2.pth.tar"]     # the old one is replaced
@@ -110,7 +111,7 @@ def test_a_changed_training_file_redoes_exactly_that_task(copy_of, demo_root, tm
     image = sorted(load_dataset_config("demo", data).task_folder("group2", "train").rglob("*.png"))[0]
     with open(image, "ab") as f:
         f.write(b"\0" * 8)
-    baselines = str(HERE.baseline_dir("group1").parent)
+    baselines = str(HERE.baseline("group1").root.parent)
     before = checksums(copy_of, baselines)
     caplog.set_level("INFO")
     run_stage("baseline", "demo", env_for(data, copy_of))
@@ -127,26 +128,27 @@ def test_a_changed_training_file_redoes_exactly_that_task(copy_of, demo_root, tm
 
 def test_chooser_checks_the_record_before_replacing_its_choice(copy_of, demo_root):
     lay = layout(copy_of)
-    gradual_prune = lay.gradual_prune_dir("group1")
+    gradual_prune = lay.backbone("group1").gradual_prune
     (gradual_prune / "checkpoint-1_kv_transfer_9.pth.tar").write_bytes(b"k/v file of an earlier choice")
     before = checksums(gradual_prune.parent)
-    lay.record("group1").write_bytes(b"")
+    lay.backbone("group1").record.write_bytes(b"")
     with pytest.raises(UserError, match="record file .*record.txt is empty") as error:
         run_stage("select_pruning_ratio_of_backbone", "demo", env_for(demo_root, copy_of, FORCE="1"))
     assert "select_pruning_ratio_of_backbone, task 1 (group1)" in str(error.value)
-    lay.record("group1").write_text(json.dumps(read_json(lay.backbone_dir("group1") / "stage.json")["results"]
+    lay.backbone("group1").record.write_text(json.dumps(read_json(lay.backbone("group1").manifest)["results"]
                                                ["record"]))
     assert checksums(gradual_prune.parent) == before                           # nothing was deleted or replaced
     # the one-task tool refuses the same way
-    lay.record("group1").write_bytes(b"")
+    lay.backbone("group1").record.write_bytes(b"")
     tool = REPO / "tools" / "choose_appropriate_pruning_ratio_for_next_task_notrmfiles.py"
     proc = run_script([sys.executable, str(tool), "--dataset", "group1", "--pruning_ratio_to_acc_record_file",
-                       str(lay.record("group1")), "--baseline_acc_file", str(lay.baseline_acc_file)], cwd=copy_of)
+                       str(lay.backbone("group1").record), "--baseline_acc_file", str(lay.baseline_acc_file)],
+                      cwd=copy_of)
     assert proc.returncode == 1 and "is empty" in proc.stderr and "Traceback" not in proc.stderr
     assert (gradual_prune / "checkpoint-1_kv_transfer_9.pth.tar").is_file()
 
 
-@pytest.mark.parametrize("stage, record", [("wo_backbone", str(HERE.gradual_prune_dir("group1"))),
+@pytest.mark.parametrize("stage, record", [("wo_backbone", str(HERE.backbone("group1").gradual_prune)),
                                            ("w_backbone_MM", TARGETS)])
 def test_a_missing_baseline_stops_the_stage_before_any_record_is_touched(copy_of, demo_root, stage, record):
     before = checksums(copy_of, record)
@@ -196,20 +198,20 @@ def test_stage_scripts_run_alone_with_the_original_variables(copy_of, demo_root)
 
 def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run(tiny_run, demo_root, tmp_path):
     work = tmp_path / "work"
-    for part in (HERE.baseline_dir("group1").parent, HERE.logs):
+    for part in (HERE.baseline("group1").root.parent, HERE.logs):
         shutil.copytree(tiny_run / part, work / part)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1", **env_for(demo_root, work)}          # one thread, as the fixture's run
     script = ["bash", str(REPO / "run_pickaback" / "run_all.sh"), "demo"]
     proc = subprocess.Popen(script, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    third = layout(work).backbone_dir("group3")
+    third = layout(work).backbone("group3").root
     deadline = time.time() + 120
     while not (third / "train.log").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)                          # in the middle of the backbone stage, task 3
     proc.wait()
-    assert not (third / "stage.json").exists() and (layout(work).backbone_dir("group2") / "stage.json").exists()
+    assert not (third / "stage.json").exists() and layout(work).backbone("group2").manifest.exists()
 
     rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env_for(demo_root, work)}, check=True)
     log = rerun.stdout
@@ -259,7 +261,7 @@ def test_selection_rules_are_compared_apart_from_the_default_run(copy_of, demo_r
     assert len(trained) == 2 * 8
     for target, group in rows.groupby("target"):
         # each training's own record (its stage.json), read apart from the comparison table
-        seed_dir = lay.comparison_dir(1, "scratch", target).parent.parent
+        seed_dir = lay.comparison(1, "scratch", target).root.parent.parent
         acc = {folder.name: Manifest(folder / target / "stage.json").results()["target_acc"]
                for folder in seed_dir.iterdir() if (folder / target / "stage.json").is_file()}
         candidates = {f"group{k}" for k in range(1, 9)} - {target}
@@ -288,14 +290,14 @@ def test_killed_inside_a_task_twice_resumes_to_bit_identical_outputs(demo_root, 
     torch.set_num_threads(1)
     run_stage("baseline", "demo", env_for(demo_root, reference, TASK_IDS="1"))
     run_stage("wo_backbone", "demo", env_for(demo_root, reference, **longer))
-    for part in (HERE.baseline_dir("group1"), HERE.logs):
+    for part in (HERE.baseline("group1").root, HERE.logs):
         shutil.copytree(reference / part, work / part)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1", **env_for(demo_root, work, **longer)}
     script = ["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"]
     lay = layout(work)
-    finetuning = lay.scratch_dir("group1") / "resume.pt"            # each step's resume state, in its own folder
-    pruning = lay.prune_stage_dir("group1", 0.6) / "resume.pt"
+    finetuning = lay.backbone("group1").scratch / "resume.pt"            # each step's resume state, in its own folder
+    pruning = lay.backbone("group1").prune_stage(0.6) / "resume.pt"
 
     def kill_when(ready):
         proc = subprocess.Popen(script, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -312,9 +314,9 @@ def test_killed_inside_a_task_twice_resumes_to_bit_identical_outputs(demo_root, 
     rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env_for(demo_root, work, **longer)},
                        check=True)
     assert "resuming {'kind': 'prune', 'initial': 0.3, 'target': 0.6}" in rerun.stdout
-    leftovers = [p.name for p in lay.backbone_dir("group1").rglob("*") if p.name in ("resume.pt", "progress.json")]
+    leftovers = [p.name for p in lay.backbone("group1").root.rglob("*") if p.name in ("resume.pt", "progress.json")]
     assert not leftovers                                         # removed once the task is finished
-    backbone = str(HERE.backbone_dir("group1"))
+    backbone = str(HERE.backbone("group1").root)
     assert checksums(work, backbone) == checksums(reference, backbone)
 
 

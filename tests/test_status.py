@@ -12,7 +12,8 @@ import pandas as pd
 
 from tests.conftest import REPO, env_for, run_script
 from utils.checkpoint import read_json
-from utils.layout import Layout, Manifest
+from utils.layout import Layout
+from utils.manifest import Manifest
 from utils.pipeline.context import Clock, Run
 from utils.pipeline.status import run_states
 
@@ -47,7 +48,7 @@ def test_a_finished_demo_is_finished_everywhere_with_each_tasks_figure(tiny_run,
         assert by_task(found["baseline"])[f"task {i} ({group})"].detail == f"accuracy {accuracies[group]}"
         ratio = Manifest(lay.choice_manifest(group)).results()["ratio"]
         assert by_task(found["select_pruning_ratio_of_backbone"])[f"task {i} ({group})"].detail == f"ratio {ratio}"
-        record = read_json(lay.record(group))
+        record = read_json(lay.backbone(group).record)
         assert by_task(found["wo_backbone"])[f"task {i} ({group})"].detail.startswith(f"record {json.dumps(record)}")
     picks = pd.read_csv(lay.result_csv)
     targets = pd.read_csv(lay.target_acc_csv)
@@ -71,13 +72,13 @@ def test_a_changed_variable_names_the_finished_tasks_the_stages_would_redo(tiny_
 
 def test_a_run_killed_during_wo_backbone_shows_running_then_resumable(tiny_run, demo_root, tmp_path):
     work = tmp_path / "work"
-    for part in (HERE.baseline_dir("group1").parent, HERE.logs):         # the baselines are done
+    for part in (HERE.baseline("group1").root.parent, HERE.logs):         # the baselines are done
         shutil.copytree(tiny_run / part, work / part)
     longer = dict(EPOCHS="40")
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
            **env_for(demo_root, work, **longer)}
     lay = Layout(work, "demo")
-    resume = lay.scratch_dir("group2") / "resume.pt"
+    resume = lay.backbone("group2").scratch / "resume.pt"
     proc = subprocess.Popen(["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"], cwd=work, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -106,7 +107,7 @@ def test_a_run_killed_during_wo_backbone_shows_running_then_resumable(tiny_run, 
     # a marker whose process is gone and no resume state: interrupted before its first epoch was saved
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    marker = Manifest(lay.backbone_dir("group4") / "stage.json").running
+    marker = Manifest(lay.backbone("group4").manifest).running
     marker.parent.mkdir(parents=True)
     marker.write_text(json.dumps({"pid": gone.pid, "host": os.uname().nodename, "started": time.time()}))
     assert by_task(states(work, demo_root, **longer)["wo_backbone"])["task 4 (group4)"].state == "interrupted"

@@ -12,7 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import curves, env_for
 from utils import tracking
 from utils.errors import UserError
-from utils.layout import Layout, file_digest
+from utils.layout import Layout
+from utils.manifest import file_digest
 from utils.pipeline import run_stage
 from utils.resume import Resume
 
@@ -56,15 +57,15 @@ def test_every_trainer_step_of_the_demo_run_has_its_curve_with_the_logged_values
     for i in range(1, 9):
         group = f"group{i}"
         assert [p.name for p in step_runs(board / "baseline" / "demo" / group)] == ["baseline"]
-        assert_curves_are_the_log(board / "baseline" / "demo" / group, lay.baseline_dir(group) / "train.log")
+        assert_curves_are_the_log(board / "baseline" / "demo" / group, lay.baseline(group).log)
         backbone = board / "wo_backbone" / "demo" / group
         assert [p.name for p in step_runs(backbone)][-1] == "prune_0.5"       # after the finetuning at each width
-        assert_curves_are_the_log(backbone, lay.train_log(group))
+        assert_curves_are_the_log(backbone, lay.backbone(group).log)
     targets = sorted((board / "w_backbone_MM" / "demo").glob("*/*"))
     assert len(targets) == 8
     for task_dir in targets:
         assert all(p.name.startswith("finetune_x") for p in step_runs(task_dir))
-        assert_curves_are_the_log(task_dir, lay.target_dir(task_dir.parent.name, task_dir.name) / "train.log")
+        assert_curves_are_the_log(task_dir, lay.target(task_dir.parent.name, task_dir.name).log)
     # the piggymask's share of earlier weights it keeps: on a second task only
     assert "val/shared_ratio" in curves(step_runs(targets[0])[0])
     assert "val/shared_ratio" not in curves(board / "baseline" / "demo" / "group1" / "baseline")
@@ -176,7 +177,7 @@ def test_wandb_runs_offline_with_the_original_project_name_group_and_tags(demo_r
         ("mm-pick-a-back", "baseline_group3_perceiver_io", "baseline_perceiver_io", ["group3", "baseline"])
     history = [{i.key or "/".join(i.nested_key): float(i.value_json) for i in r.history.item} for r in records
                if r.WhichOneof("record_type") == "history"]
-    train, val = logged((Layout(tmp_path, "demo").baseline_dir("group3") / "train.log").read_text())
+    train, val = logged(Layout(tmp_path, "demo").baseline("group3").log.read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     for h, t, v in zip(history, train, val, strict=True):
         assert h["train/accuracy"] == pytest.approx(t[2], abs=6e-3) and h["val/accuracy"] == pytest.approx(v[2],

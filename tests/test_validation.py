@@ -14,7 +14,8 @@ import yaml
 from tests.conftest import REPO, env_for
 from utils.checkpoint import read_json
 from utils.errors import UserError
-from utils.layout import Layout, Manifest
+from utils.layout import Layout
+from utils.manifest import Manifest
 from utils.pipeline import SETTINGS, run_stage
 from utils.pipeline.settings import ANYTHING
 
@@ -114,7 +115,7 @@ def test_a_baseline_accuracy_out_of_range_stops_the_chooser_before_it_replaces_a
 
 @pytest.mark.parametrize("value", ["NaN", "1e9"])
 def test_a_record_accuracy_out_of_range_stops_the_chooser_before_it_replaces_anything(work, demo_root, value):
-    record = layout(work).record("group2")
+    record = layout(work).backbone("group2").record
     data = read_json(record)
     record.write_text(json.dumps({**data, "0.5": value}))
     before = snapshot(work)
@@ -156,7 +157,7 @@ def test_a_truncated_finished_checkpoint_is_redone_by_its_own_stage_with_a_line_
                                                                                           one_thread):
     lay = layout(work)
     caplog.set_level("INFO")
-    baseline = Manifest(lay.baseline_dir("group3") / "stage.json").output("checkpoint")
+    baseline = Manifest(lay.baseline("group3").manifest).output("checkpoint")
     placed = Manifest(lay.choice_manifest("group3")).output("checkpoint")
     pick = int(pd.read_csv(lay.result_csv).set_index("target_id").task_id[4])
     kv = Manifest(lay.kv_manifest(f"group{pick}", 4)).output("checkpoint")
@@ -174,7 +175,7 @@ def test_a_damaged_kv_file_is_named_before_the_targets_record_is_removed(work, d
     lay = layout(work)
     pick = int(pd.read_csv(lay.result_csv).set_index("target_id").task_id[4])
     kv = Manifest(lay.kv_manifest(f"group{pick}", 4)).output("checkpoint")
-    record = lay.target_dir(f"group{pick}", "group4") / "stage.json"
+    record = lay.target(f"group{pick}", "group4").manifest
     truncate(kv)
     with pytest.raises(UserError, match="is not a readable checkpoint"):
         run_stage("w_backbone_MM", "demo", env_for(demo_root, work, TASK_IDS="4", FORCE="1"))

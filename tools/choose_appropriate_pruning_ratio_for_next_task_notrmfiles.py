@@ -18,7 +18,8 @@ from pathlib import Path
 
 from utils.checkpoint import baseline_accuracy, read_record
 from utils.errors import report_user_errors
-from utils.layout import task_checkpoint
+from utils.layout import TaskFolder
+from utils.manifest import task_checkpoint
 from utils.pipeline.choice import choose
 from utils.pipeline.cli import add_settings_arguments, settings_from
 from utils.pipeline.lifecycle import task_log
@@ -48,7 +49,7 @@ def main(argv=None):
     gradual_prune = record_file.parent
 
     def checkpoint_of(key):
-        folder = gradual_prune / key if key != "0.0" else gradual_prune.parent / "scratch"
+        folder = gradual_prune / key if key != "0.0" else TaskFolder(gradual_prune.parent).scratch
         return task_checkpoint(folder, "run run_pickaback/wo_backbone.sh first")
 
     setup_logging()

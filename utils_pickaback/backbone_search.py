@@ -9,7 +9,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from packnet_models_pickaback import load_network
 from utils.data import task_dataset
 from utils.errors import UserError
-from utils.layout import task_checkpoint
+from utils.manifest import task_checkpoint
 from utils_pickaback.candidates import Candidate, Networks, Target, pick, search
 
 log = logging.getLogger("root")
@@ -53,7 +53,7 @@ def plan(cfg, layout, targets, which):
     paths, missing = {}, []
     for k in needed:
         try:
-            paths[k] = task_checkpoint(layout.baseline_dir(cfg.task_name(k)),
+            paths[k] = task_checkpoint(layout.baseline(cfg.task_name(k)).root,
                                        f"run run_pickaback/baseline.sh {cfg.name} first")
         except UserError as e:
             missing.append(str(e))

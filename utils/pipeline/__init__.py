@@ -1,7 +1,8 @@
 """The Pick-a-back pipeline: typed stage settings (settings), the run (context), the task lifecycle (lifecycle),
-one module per stage (baseline, backbone, choice, search, transfer, target) with the CPG training steps they share
-(cpg_steps), the selection-rule experiment (experiments), the parallel executor (executor), the stage graph that
-runs them in order (graph) and the status of a run read from its files (status).
+one module per stage (baseline, backbone, choice, search, transfer, target, and the sequence run), none importing
+another: what they read of each other's outputs (inputs), compacting a task and the chooser's rule (compacting),
+the CPG training steps (cpg_steps); the selection-rule experiment (experiments), the parallel executor (executor),
+the stage graph that runs them in order (graph) and the status of a run read from its files (status).
 
 The graph's names are re-exported lazily (PEP 562), so that importing one module of the package (tools/status.py
 imports only what it reads) does not import every stage."""

@@ -7,6 +7,8 @@ import logging
 from packnet_models import baseline_network
 from utils.checkpoint import read_json, update_json
 from utils.data import load_task
+from utils.layout import TaskFolder
+from utils.pipeline.executor import Unit
 from utils.pipeline.lifecycle import Task
 from utils.trainer import begin, finish_task, save_task_checkpoint, train_baseline
 
@@ -22,25 +24,25 @@ def baseline_task(run, s, task_id, folder=None, acc_file=None, log_path=None, po
     finished with these settings and data. Returns its accuracy."""
     layout = run.layout(s.arch)
     group = run.cfg.task_name(task_id)
-    folder = folder or layout.baseline_dir(group)
+    folder = TaskFolder(folder) if folder else layout.baseline(group)
     acc_file = acc_file or layout.baseline_acc_file
-    task = Task(run, s, f"task {task_id} ({group})", folder / "stage.json",
+    task = Task(run, s, f"task {task_id} ({group})", folder.manifest,
                 inputs={"data": run.data_settings(group)}, group=group, position=position)
     recorded = task.manifest.results().get("accuracy")
     if task.skip(also=recorded is not None and (read_json(acc_file) or {}).get(group) == recorded):
         return float(recorded)
     log.info(f"== baseline: {run.cfg.name} task {task_id} ({group}, {run.cfg.modality(group)})")
-    with task.working(log_path or folder / "train.log"):
+    with task.working(log_path or folder.log):
         data = load_task(run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
                          num_classes=s.num_classes, amp=s.amp, epochs=s.finetune_epochs, **run.loader)
         begin(data, s.seed)                                       # the initial weights depend on the seed only
         net = baseline_network(run.cfg, data)
-        task.replacing(folder)
+        task.replacing(folder.root)
         acc = train_baseline(net, data, epochs=s.finetune_epochs, lr=s.init_lr, weight_decay=s.weight_decay,
-                             seed=s.seed, recipe=s.recipe, resume=task.resume(folder / "resume.pt"),
+                             seed=s.seed, recipe=s.recipe, resume=task.resume(folder.resume),
                              curves=task.curves())
         finish_task(net, group)
-        path = save_task_checkpoint(net, run.cfg, folder, s.finetune_epochs)
+        path = save_task_checkpoint(net, run.cfg, folder.root, s.finetune_epochs)
         update_json(acc_file, {group: "%.4f" % acc})
         task.finish({"checkpoint": path}, {"accuracy": "%.4f" % acc})
         log.info(f"saved {path}; {acc_file.name}[{group}] = {acc:.4f}")
@@ -57,4 +59,4 @@ def baseline(run, s):
 def units(run, s, workers):
     """The stage's independent units for parallel workers, after checking its inputs."""
     check_inputs(run.layout(s.arch).baseline_acc_file)
-    return [(f"task {t} ({group})", {"TASK_IDS": str(t)}) for t, group in run.tasks()]
+    return [Unit(f"task {t} ({group})", {"TASK_IDS": str(t)}) for t, group in run.tasks()]

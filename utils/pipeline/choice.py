@@ -1,31 +1,20 @@
 """Stage 3, select_pruning_ratio_of_backbone: per task, the largest pruning ratio whose accuracy stays within
 ALLOW_ACC_LOSS of the baseline; that stage's checkpoint is placed in R/gradual_prune/ for the later stages (the
-original's tools/choose_appropriate_pruning_ratio_for_next_task_notrmfiles.py, which calls `choose_task` too)."""
+original's tools/choose_appropriate_pruning_ratio_for_next_task_notrmfiles.py, which calls `choose` too). The rule
+itself, `choose_ratio`, is in utils/pipeline/compacting.py: the sequence run keeps each task by it too."""
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from utils.checkpoint import CHECKPOINT_RE, atomic_write, baseline_accuracy, read_record
 from utils.distributed import is_main_process
-from utils.errors import UserError
-from utils.layout import Manifest, file_digest, task_checkpoint
+from utils.manifest import Manifest, file_digest
+from utils.pipeline.compacting import choose_ratio
+from utils.pipeline.inputs import finished_backbone
 from utils.pipeline.lifecycle import Task, failing_task
+from utils.trainer import WIDTH_TOLERANCE
 
 log = logging.getLogger("root")
-
-
-def choose_ratio(record, criterion, allow_acc_loss, at_max_width):
-    """The largest recorded ratio whose accuracy is within `allow_acc_loss` of the criterion, or None (scratch).
-    The criterion is the baseline accuracy, except when the backbone is at its maximum width and its unpruned
-    accuracy is below the baseline: then no ratio could reach the baseline, and pruning may cost at most
-    `allow_acc_loss` of what the task reached (the original chose 0.95 outright)."""
-    record = dict(record)
-    acc0 = float(record.pop("0.0", 0.0))
-    if at_max_width and acc0 < criterion:
-        criterion = acc0
-    for key in sorted(record, key=float, reverse=True):
-        if float(record[key]) + allow_acc_loss >= criterion:
-            return key
-    return None
 
 
 def place_choice(source, gradual_prune):
@@ -56,44 +45,45 @@ def backbone_width(ckpt, group):
     return float(info.get("network_width_multiplier", 1.0))
 
 
+@dataclass(frozen=True)
+class ChoiceJob:
+    """One task of the stage: its lifecycle, its finished backbone's manifest and its checked inputs (record,
+    baseline, width, max width, ...)."""
+    group: str
+    task: Task
+    backbone: Manifest
+    inputs: dict
+
+
 def choice_task(run, s, task_id, group, position=(1, 1)):
-    """(Task, its inputs) of one task, every input checked: the finished backbone, its record, the baseline."""
+    """The ChoiceJob of one task, every input checked: the finished backbone, its record, the baseline."""
     layout = run.layout(s.arch)
     with failing_task(s.STAGE, f"task {task_id} ({group})"):
-        backbone = Manifest(layout.backbone_dir(group) / "stage.json")
-        if not backbone.read() or backbone.missing_outputs():
-            raise UserError(f"the CPG backbone in {layout.backbone_dir(group)} is not finished: run "
-                            f"run_pickaback/wo_backbone.sh {run.cfg.name} first.")
-        record = read_record(layout.record(group))
+        backbone = finished_backbone(run, layout, group)
+        record = read_record(layout.backbone(group).record)
         criterion = baseline_accuracy(layout.baseline_acc_file, group)
         width = backbone_width(run.check_checkpoint(backbone.output("0.0")), group)
         max_width = float(backbone.read()["settings"]["max_network_width_multiplier"])
     inputs = {"record": record, "baseline": criterion, "width": width, "max_width": max_width,
               "backbone": file_digest(backbone.path), "model": run.cfg.model}
     task = Task(run, s, f"task {task_id} ({group})", layout.choice_manifest(group), inputs=inputs, position=position)
-    return task, backbone, inputs
+    return ChoiceJob(group, task, backbone, inputs)
 
 
 def select_pruning_ratio_of_backbone(run, s):
     """Per task: choose the backbone's pruning ratio from its record and place that checkpoint in gradual_prune/.
     Every task's inputs are checked before any choice is replaced."""
     layout = run.layout(s.arch)
-    jobs = [(group, *choice_task(run, s, task_id, group, (n, len(run.task_ids))))
+    jobs = [choice_task(run, s, task_id, group, (n, len(run.task_ids)))
             for n, (task_id, group) in enumerate(run.tasks(), 1)]
-    for group, task, backbone, inputs in jobs:
-        if task.skip():
+    for job in jobs:
+        if job.task.skip():
             continue
-        with task.working(layout.train_log(group)):
-            task.replacing()
-            ratio, placed = choose(group, inputs["record"], inputs["baseline"], s.allow_acc_loss,
-                                   inputs["width"] >= inputs["max_width"] - 1e-9, backbone.output,
-                                   layout.gradual_prune_dir(group))
-            task.finish({"checkpoint": placed}, {"ratio": ratio})
+        folder, inputs = layout.backbone(job.group), job.inputs
+        with job.task.working(folder.log):
+            job.task.replacing()
+            ratio, placed = choose(job.group, inputs["record"], inputs["baseline"], s.allow_acc_loss,
+                                   inputs["width"] >= inputs["max_width"] - WIDTH_TOLERANCE, job.backbone.output,
+                                   folder.gradual_prune)
+            job.task.finish({"checkpoint": placed}, {"ratio": ratio})
 
-
-def chosen_backbone(run, layout, group):
-    """The checkpoint the chooser placed for `group`; a UserError naming the stages to run when there is none."""
-    return task_checkpoint(layout.gradual_prune_dir(group),
-                           f"run run_pickaback/wo_backbone.sh {run.cfg.name} and then "
-                           f"run_pickaback/select_pruning_ratio_of_backbone.sh {run.cfg.name} first",
-                           manifest=layout.choice_manifest(group))

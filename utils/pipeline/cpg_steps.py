@@ -11,12 +11,12 @@ import logging
 from dataclasses import dataclass
 
 from models.build import Network
-from utils.layout import file_digest
+from utils.layout import resume_file
+from utils.manifest import file_digest
 from utils.resume import Resume
 from utils.trainer import Outcome, begin, cpg_finetune, cpg_prune, start_cpg_task
 
 log = logging.getLogger("root")
-RESUME = "resume.pt"            # a step's resume state, in the folder it writes its checkpoint to
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def step_resume(folder, step, baseline, start, data_settings):
     start checkpoint (its content) and data."""
     identity = {"step": type(step).__name__, **dataclasses.asdict(step), "baseline": baseline,
                 "start": file_digest(start) if start else None, "data": data_settings}
-    return Resume(folder / RESUME, identity)
+    return Resume(resume_file(folder), identity)
 
 
 def network_from(start, config):

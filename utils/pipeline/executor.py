@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +27,14 @@ log = logging.getLogger("root")
 # per task.
 
 WORKER_MARK = "\x1emmpab-worker "            # starts the line a worker reports a task's end with (never a log line)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of a stage's work: what it is in the log and errors (`label`, e.g. "task 3 (group3)") and the
+    environment variables that select it for the worker (`env`, e.g. {"TASK_IDS": "3"})."""
+    label: str
+    env: dict
 
 
 def gpu_entries(env):
@@ -68,7 +77,7 @@ def worker_environment(env, device, workers, own=()):
 
 
 def run_parallel(name, units, command, env, entries, own=(), clock=None):
-    """Run `units` ([(what, environment of the unit)]) of stage `name` on one worker per GPUS entry, each worker
+    """Run `units` ([Unit]) of stage `name` on one worker per GPUS entry, each worker
     started with `command` and taking the next unit when it is free. Each worker's output lines are printed whole,
     prefixed [gpu <entry>]. The first failing unit stops the stage: the other workers are terminated (their
     unfinished tasks are redone by a rerun) and a UserError names the stage, the unit and the worker's error, with
@@ -116,10 +125,11 @@ def run_parallel(name, units, command, env, entries, own=(), clock=None):
             if pending:
                 if clock is not None:
                     log.info(clock.line(len(units) - len(pending) + 1, len(units), workers=len(procs)))
-                current[slot] = (*pending.pop(0), time.time())
-                log.info(f"[gpu {labels[slot]}] {name} {current[slot][0]}: started")
+                unit = pending.pop(0)
+                current[slot] = (unit, time.time())
+                log.info(f"[gpu {labels[slot]}] {name} {unit.label}: started")
                 try:
-                    procs[slot].stdin.write(json.dumps(current[slot][1]) + "\n")
+                    procs[slot].stdin.write(json.dumps(unit.env) + "\n")
                     procs[slot].stdin.flush()
                 except BrokenPipeError:                           # it died: its exit is reported next
                     pass
@@ -132,8 +142,8 @@ def run_parallel(name, units, command, env, entries, own=(), clock=None):
         while running:
             slot, event = events.get()
             if event.get("ok"):
-                what, _, started = current.pop(slot)
-                log.info(f"[gpu {labels[slot]}] {name} {what}: done in {time.time() - started:.0f} s")
+                unit, started = current.pop(slot)
+                log.info(f"[gpu {labels[slot]}] {name} {unit.label}: done in {time.time() - started:.0f} s")
                 if clock is not None:
                     clock.finished(time.time() - started)
                 hand_out(slot)
@@ -146,7 +156,7 @@ def run_parallel(name, units, command, env, entries, own=(), clock=None):
                 detail = next((line for line in reversed(tails[slot]) if line.strip()), f"exit code {code}")
             else:
                 code, detail = event.get("exit_code", 1) or 1, event["error"]
-            what = current[slot][0] if slot in current else "after its last unit"
+            what = current[slot][0].label if slot in current else "after its last unit"
             prefix = f"stage {name}, {what}: "
             detail = detail[len(prefix):] if detail.startswith(prefix) else detail.removeprefix(f"stage {name}, ")
             raise UserError(f"stage {name}, {what} on gpu {labels[slot]}: {detail.removeprefix('error: ')}",

@@ -17,9 +17,10 @@ from utils.errors import UserError
 from utils.pipeline.backbone import wo_backbone
 from utils.pipeline.baseline import baseline
 from utils.pipeline.choice import select_pruning_ratio_of_backbone
+from utils.pipeline.inputs import target_start
 from utils.pipeline.search import find_backbone
 from utils.pipeline.settings import stage_settings
-from utils.pipeline.target import target_start, train_target
+from utils.pipeline.target import train_target
 from utils.pipeline.transfer import transfer_kv
 from utils_pickaback.results import SELECTION_RULES, TABLE_COLUMNS, read_rows
 
@@ -70,7 +71,7 @@ def compare_selection(run, s, env=None):
         what = (f"compare_selection {n}/{len(trainings)}: seed {seed}, target {t} ({target}) "
                 f"{'on backbone ' + str(k) + ' (' + backbone + ')' if k else 'alone'}")
         results[seed, k, t] = train_target(run, target_settings.replace(seed=seed), target, start, criteria[t],
-                                           layout.comparison_dir(seed, backbone or "scratch", target), what,
+                                           layout.comparison(seed, backbone, target), what,
                                            s.target_train_per_class, position=(n, len(trainings)))
     rows = []
     for (rule, seed, t), ks in plan_of.items():

@@ -1,7 +1,7 @@
 """The lifecycle of one task of a stage, written once for every stage (in the spirit of Avalanche's
 `before_training_exp` / `after_training_exp`):
 
-    task = Task(run, settings, "baseline task 3 (group3)", folder / "stage.json", inputs={...})
+    task = Task(run, settings, "baseline task 3 (group3)", folder.manifest, inputs={...})
     if task.skip():                 # before: finished with these settings and inputs, files intact -> one line
         continue
     with task.working(log_path):    # the task's log file; a UserError names the stage and the task
@@ -11,7 +11,7 @@
         task.finish(outputs, results)   # after: the manifest written last, the resume states removed
 
 A task's identity is its stage, the identity fields of its settings and its inputs (fingerprints of the files and
-data it reads); its manifest records the settings whole (utils/layout.py, `Manifest`).
+data it reads); its manifest records the settings whole (utils/manifest.py, `Manifest`).
 """
 import json
 import logging
@@ -25,7 +25,7 @@ from utils import tracking
 from utils.checkpoint import atomic_write
 from utils.distributed import is_main_process
 from utils.errors import UserError
-from utils.layout import Manifest
+from utils.manifest import Manifest
 from utils.runtime import LOG_FORMAT, LogFile
 from utils.resume import Resume
 

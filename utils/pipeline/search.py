@@ -4,7 +4,8 @@ rows of the targets searched, and one manifest entry per target in pickaback_<cf
 pickaback_perceiverIO.py searches through the same function."""
 import logging
 
-from utils.layout import SearchManifest, file_digest
+from utils.manifest import SearchManifest, file_digest
+from utils.pipeline.executor import Unit
 from utils.pipeline.lifecycle import Task, failing_task, marked_running, task_log
 from utils.runtime import select_device
 from utils_pickaback.backbone_search import plan, run_search, target_ids
@@ -73,4 +74,4 @@ def units(run, s, workers):
     """The targets split over the workers (round robin): each worker loads every candidate once for its part."""
     targets = search_plan(run, run.layout(s.arch), s)[0]
     parts = [targets[i::workers] for i in range(workers)]
-    return [(f"targets {part}", {"TARGET_ID": ",".join(map(str, part))}) for part in parts if part]
+    return [Unit(f"targets {part}", {"TARGET_ID": ",".join(map(str, part))}) for part in parts if part]

@@ -14,6 +14,8 @@ step that differs. Every number goes to logs_perceiver_io/sequence_<cfg>.csv (on
 import logging
 import random
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
@@ -23,12 +25,11 @@ from packnet_models_pickaback.kv_transfer import read_pairs
 from utils.checkpoint import baseline_accuracy, update_csv
 from utils.data import load_task
 from utils.errors import UserError
-from utils.layout import file_digest, task_checkpoint
-from utils.pipeline.backbone import Folders, Progress, remove_stale_stages, train_and_compact
-from utils.pipeline.choice import choose_ratio
+from utils.manifest import file_digest
+from utils.pipeline.compacting import Progress, choose_ratio, remove_stale_stages, train_and_compact
+from utils.pipeline.inputs import baseline_checkpoint, target_start
 from utils.pipeline.lifecycle import Task, failing_task
-from utils.pipeline.target import target_start
-from utils.trainer import evaluate_task
+from utils.trainer import WIDTH_TOLERANCE, evaluate_task
 from utils_pickaback.results import TABLE_COLUMNS, read_rows
 
 log = logging.getLogger("root")
@@ -104,7 +105,7 @@ def first_start(run, layout, first):
 
 def separate_parameters(run, layout, group):
     """The parameters of the task's separate baseline model."""
-    path = task_checkpoint(layout.baseline_dir(group), f"run run_pickaback/baseline.sh {run.cfg.name} first")
+    path = baseline_checkpoint(run, layout, group)
     return Network.from_checkpoint(run.check_checkpoint(path), path).num_parameters()
 
 
@@ -125,8 +126,19 @@ class Evaluation:
         return evaluate_task(net, self.loaded(group))[1]
 
 
+@dataclass(frozen=True)
+class SequencePlan:
+    """What a sequence run needs before its first step, every input checked: the task ids in order, each task's
+    baseline accuracy and the parameters of its separate baseline model, and the checkpoint the first task starts
+    from (None: a new network)."""
+    order: list
+    criteria: dict
+    separate: dict
+    start: Path = None
+
+
 def sequence_plan(run, s):
-    """(order, baselines, separate parameters, start checkpoint) of a sequence run, every input checked."""
+    """The SequencePlan of a sequence run, every input checked."""
     layout = run.layout(s.arch)
     with failing_task(s.STAGE, f"ORDER={s.order}"):
         order = sequence_order(run, s, search_table(run, layout, s))
@@ -136,60 +148,89 @@ def sequence_plan(run, s):
             criteria[t] = baseline_accuracy(layout.baseline_acc_file, group)
             separate[t] = separate_parameters(run, layout, group)
         start = first_start(run, layout, order[0]) if s.start == "similar" else None
-    return order, criteria, separate, start
+    return SequencePlan(order, criteria, separate, start)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step of a sequence run leaves: the checkpoint it keeps (the next step's start) and its results as
+    its manifest records them (the ratio kept, every learned task's accuracy and owned share, the free share, the
+    parameters, the width, the seconds it took)."""
+    kept: Path
+    results: dict
+
+
+def sequence_step(run, s, folder, order, start, criterion, total_num_tasks, evaluate=None, position=None):
+    """One step of a sequence run, unless it is finished with these inputs: learn task order[-1] on top of the
+    checkpoint `start` (None: a new network) in the TaskFolder `folder`, compact it, keep it at the chooser's ratio,
+    evaluate every task of `order` (the tasks learned so far, in order, this one last) from the kept checkpoint and
+    finish the step's lifecycle task. `criterion` is the task's baseline accuracy, `total_num_tasks` how many tasks
+    the pruning leaves room for, `evaluate` an Evaluation (which keeps each task's test data loaded from one step to
+    the next) and `position` (step, steps of the run). Returns the step's StepResult."""
+    j, t = len(order), order[-1]
+    group, position = run.cfg.task_name(t), position or (j, j)
+    data_settings = run.data_settings(group)
+    task = Task(run, s, f"step {j}/{position[1]}: task {t} ({group}, {run.cfg.modality(group)})", folder.manifest,
+                inputs={"order": list(order), "start": file_digest(start) if start else None, "baseline": criterion,
+                        "data": data_settings, "total_num_tasks": total_num_tasks}, group=group, position=position)
+    if not task.skip():
+        evaluate = evaluate or Evaluation(run, s)
+        with task.working(folder.log):
+            data = evaluate.loaded(group)
+            task.replacing(folder.root)
+            began = time.time()
+            progress = task.track(Progress(folder.progress, task.identity))
+            outputs, record, width = train_and_compact(run, folder, s, data, data_settings, criterion, progress,
+                                                       start=start, total_num_tasks=total_num_tasks,
+                                                       curves=task.curves())
+            remove_stale_stages(folder, outputs)
+            key, net, shares = kept_network(run, s, order, outputs, record, width, criterion)
+            names = [run.cfg.task_name(i) for i in order]
+            accuracies = {name: round(evaluate(net, name), 4) for name in names}
+            task.finish({**outputs, "kept": outputs[key]},
+                        {"ratio": key, "accuracies": accuracies, "params": net.num_parameters(),
+                         "width": net.model.width_multiplier, "seconds": round(time.time() - began, 1),
+                         "owned": {name: shares.get(net.task_id(name), 0.0) for name in names},
+                         "free": shares.get(0, 0.0)})
+            log.info(f"sequence step {j}: {group} kept at ratio {key}; accuracies {accuracies}; "
+                     f"{net.num_parameters()} parameters, width x{net.model.width_multiplier}")
+    return StepResult(task.manifest.output("kept"), task.manifest.results())
+
+
+def kept_network(run, s, order, outputs, record, width, criterion):
+    """(ratio, network, {task id: share of the weights it owns}) of the pruning stage the step keeps: the largest
+    ratio within ALLOW_ACC_LOSS of the baseline (the chooser's rule). A UserError when the task found no free weight
+    at the maximum width and stays below its baseline."""
+    t, group = order[-1], run.cfg.task_name(order[-1])
+    at_max = width >= s.max_network_width_multiplier - WIDTH_TOLERANCE
+    key = choose_ratio(record, criterion, s.allow_acc_loss, at_max) or "0.0"
+    net = Network.load(outputs[key])
+    shares = cpg.ownership_shares(net.model)
+    if at_max and not shares.get(net.task_id(group)) and record[key] + s.allow_acc_loss < criterion:
+        raise UserError(f"task {t} ({group}) found no free weight in the network at its maximum width "
+                        f"x{s.max_network_width_multiplier} and stays below its baseline ({record[key]} "
+                        f"< {criterion}): raise MAX_NETWORK_WIDTH_MULTIPLIER in the environment or at "
+                        f"the top of run_pickaback/sequence.sh; the {len(order) - 1} task(s) learned before it "
+                        f"are kept.")
+    return key, net, shares
 
 
 def sequence(run, s, name="default"):
-    """Learn the tasks of ORDER in one network, one step each, and write the run's rows of sequence_<cfg>.csv;
-    returns them (a DataFrame)."""
+    """Learn the tasks of ORDER in one network, one step each (sequence_step), and write the run's rows of
+    sequence_<cfg>.csv; returns them (a DataFrame)."""
     layout = run.layout(s.arch)
-    order, criteria, separate, start = sequence_plan(run, s)
+    plan = sequence_plan(run, s)
+    order, start = plan.order, plan.start
     total = max(s.total_num_tasks, len(order) + (start is not None))
     log.info(f"==== sequence '{name}' of '{run.cfg.name}': tasks {order} in one network"
              f"{' on ' + str(start) if start else ''}")
     evaluate, previous, rows = Evaluation(run, s), start, []
+    keys = {"run": name, "rule": s.order if s.order in RULES else "config", "seed": s.seed}
     for j, t in enumerate(order, 1):
-        group = run.cfg.task_name(t)
-        folder = layout.sequence_dir(name, j)
-        data_settings = run.data_settings(group)
-        task = Task(run, s, f"step {j}/{len(order)}: task {t} ({group}, {run.cfg.modality(group)})",
-                    folder / "stage.json",
-                    inputs={"order": order[:j], "start": file_digest(previous) if previous else None,
-                            "baseline": criteria[t], "data": data_settings, "total_num_tasks": total}, group=group,
-                    position=(j, len(order)))
-        if not task.skip():
-            with task.working(folder / "train.log"):
-                data = evaluate.loaded(group)
-                task.replacing(folder)
-                began = time.time()
-                progress = task.track(Progress(Folders(folder).progress, task.identity))
-                outputs, record, width = train_and_compact(run, Folders(folder), s, data, data_settings,
-                                                           criteria[t], progress, start=previous,
-                                                           total_num_tasks=total, curves=task.curves())
-                remove_stale_stages(Folders(folder).gradual_prune, outputs)
-                at_max = width >= s.max_network_width_multiplier - 1e-9
-                key = choose_ratio(record, criteria[t], s.allow_acc_loss, at_max) or "0.0"
-                net = Network.load(outputs[key])
-                shares = cpg.ownership_shares(net.model)
-                if at_max and not shares.get(net.task_id(group)) and record[key] + s.allow_acc_loss < criteria[t]:
-                    raise UserError(f"task {t} ({group}) found no free weight in the network at its maximum width "
-                                    f"x{s.max_network_width_multiplier} and stays below its baseline ({record[key]} "
-                                    f"< {criteria[t]}): raise MAX_NETWORK_WIDTH_MULTIPLIER in the environment or at "
-                                    f"the top of run_pickaback/sequence.sh; the {j - 1} task(s) learned before it "
-                                    f"are kept.")
-                accuracies = {run.cfg.task_name(i): round(evaluate(net, run.cfg.task_name(i)), 4)
-                              for i in order[:j]}
-                task.finish({**outputs, "kept": outputs[key]},
-                            {"ratio": key, "accuracies": accuracies, "params": net.num_parameters(),
-                             "width": net.model.width_multiplier, "seconds": round(time.time() - began, 1),
-                             "owned": {run.cfg.task_name(i): shares.get(net.task_id(run.cfg.task_name(i)), 0.0)
-                                       for i in order[:j]},
-                             "free": shares.get(0, 0.0)})
-                log.info(f"sequence step {j}: {group} kept at ratio {key}; accuracies {accuracies}; "
-                         f"{net.num_parameters()} parameters, width x{net.model.width_multiplier}")
-        previous = task.manifest.output("kept")
-        rows += step_rows(run, task.manifest.results(), order, j, criteria, separate,
-                          {"run": name, "rule": s.order if s.order in RULES else "config", "seed": s.seed})
+        step = sequence_step(run, s, layout.sequence_step(name, j), order[:j], previous, plan.criteria[t], total,
+                             evaluate, position=(j, len(order)))
+        previous = step.kept
+        rows += step_rows(run, step.results, order, j, plan.criteria, plan.separate, keys)
         record_rows(layout.sequence_csv, name, rows)              # after every step: a stopped run keeps its rows
     final = pd.DataFrame(rows).query(f"step == {len(order)}")[["task", "accuracy", "baseline_acc", "params",
                                                                 "separate_params", "width"]]

@@ -19,7 +19,7 @@ from typing import Callable, ClassVar
 
 from utils.config import REPO_ROOT
 from utils.errors import UserError
-from utils.trainer import RECIPES
+from utils.trainer import RECIPES, WIDTH_TOLERANCE
 from utils_pickaback.backbone_search import CANDIDATE_CHOICES
 from utils_pickaback.results import SELECTION_RULES
 
@@ -274,7 +274,7 @@ class GrowthSettings(Settings):
     width_step: float = setting(float, "--width_step", valid=above(0), help="how much wider each new attempt is")
 
     def check(self):
-        if self.max_network_width_multiplier < self.network_width_multiplier - 1e-9:
+        if self.max_network_width_multiplier < self.network_width_multiplier - WIDTH_TOLERANCE:
             raise UserError(f"MAX_NETWORK_WIDTH_MULTIPLIER={self.max_network_width_multiplier} must be >= "
                             f"NETWORK_WIDTH_MULTIPLIER={self.network_width_multiplier} (the width the task starts "
                             f"at): raise the maximum or lower the start, in the environment or at the top of "

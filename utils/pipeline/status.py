@@ -24,7 +24,7 @@ from pathlib import Path
 from packnet_models_pickaback.kv_transfer import read_pairs
 from utils.checkpoint import load_checkpoint, read_json
 from utils.errors import UserError
-from utils.layout import Manifest, SearchManifest
+from utils.manifest import Manifest, SearchManifest
 from utils.pipeline.settings import RUN_ALL, stage_settings
 
 STATES = ("finished", "running", "resumable", "interrupted", "not started")
@@ -114,9 +114,9 @@ def epochs(s, **by_kind):
 
 def baseline_states(run, s, layout):
     for t, group in run.tasks():
-        folder = layout.baseline_dir(group)
-        yield state_of(s.STAGE, f"task {t} ({group})", Manifest(folder / "stage.json"), s,
-                       lambda r: f"accuracy {r.get('accuracy')}", [folder / "resume.pt"],
+        folder = layout.baseline(group)
+        yield state_of(s.STAGE, f"task {t} ({group})", Manifest(folder.manifest), s,
+                       lambda r: f"accuracy {r.get('accuracy')}", [folder.resume],
                        epochs_of=epochs(s, baseline="finetune_epochs"))
 
 
@@ -127,10 +127,9 @@ def record_text(r):
 
 def backbone_states(run, s, layout):
     for t, group in run.tasks():
-        folder = layout.backbone_dir(group)
-        resumes = [folder / "scratch" / "resume.pt", *sorted((folder / "gradual_prune").glob("*/resume.pt"))]
-        yield state_of(s.STAGE, f"task {t} ({group})", Manifest(folder / "stage.json"), s, record_text, resumes,
-                       folder / "progress.json", epochs(s, prune="nr_epoch_for_each_prune"))
+        folder = layout.backbone(group)
+        yield state_of(s.STAGE, f"task {t} ({group})", Manifest(folder.manifest), s, record_text,
+                       folder.step_resumes(), folder.progress, epochs(s, prune="nr_epoch_for_each_prune"))
 
 
 def choice_states(run, s, layout):
@@ -168,11 +167,11 @@ def transfer_states(run, s, layout):
 def target_states(run, s, layout):
     def state(t, k):
         target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)
-        folder = layout.target_dir(backbone, target)
+        folder = layout.target(backbone, target)
         return state_of(s.STAGE, f"target {t} ({target}) on backbone {k} ({backbone})",
-                        Manifest(folder / "stage.json"), s,
+                        Manifest(folder.manifest), s,
                         lambda r: f"accuracy {r.get('target_acc')} (baseline {r.get('baseline_acc')}), width "
-                                  f"x{r.get('width')}", [folder / "scratch" / "resume.pt"], epochs_of=epochs(s))
+                                  f"x{r.get('width')}", folder.step_resumes(), epochs_of=epochs(s))
     return pair_states(run, layout, s.STAGE, state)
 
 

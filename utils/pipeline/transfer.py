@@ -3,43 +3,29 @@ with the target's input adapter and k/v projection grafted in (cross-modal pairs
 <backbone>/gradual_prune/checkpoint-<e>_kv_transfer_<target>.pth.tar. transfer_kv_perceiver_io.py calls the same
 function."""
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from packnet_models_pickaback.kv_transfer import read_pairs, transfer
-from utils.errors import UserError
-from utils.layout import file_digest, task_checkpoint
-from utils.pipeline.choice import chosen_backbone
+from packnet_models_pickaback.kv_transfer import transfer
+from utils.manifest import file_digest
+from utils.pipeline.inputs import chosen_backbone, selected_pairs, target_source
 from utils.pipeline.lifecycle import Task, failing_task
 
 log = logging.getLogger("root")
 
 
-def target_source(run, layout, group):
-    """The target's own earlier model: its chosen CPG backbone if there is one, else its baseline."""
-    try:
-        return chosen_backbone(run, layout, group), "CPG backbone"
-    except UserError:
-        pass
-    return task_checkpoint(layout.baseline_dir(group), f"task {group} has neither a CPG backbone nor a baseline: "
-                           f"run run_pickaback/baseline.sh {run.cfg.name} first"), "baseline"
-
-
-def selected_pairs(run, csv_path):
-    """The (target, backbone) rows of a search result whose target the run selects (TASK_IDS)."""
-    pairs = read_pairs(csv_path, run.cfg)
-    missing = sorted(set(run.task_ids) - {t for t, _ in pairs})
-    if missing and len(run.task_ids) < len(run.cfg.groups):        # TASK_IDS named targets the CSV lacks
-        raise UserError(f"{csv_path} has no row for target(s) {', '.join(map(str, missing))}: run "
-                        f"run_pickaback/find_backbone.sh {run.cfg.name} for them, or drop them from TASK_IDS.")
-    if missing:
-        log.info(f"{csv_path} has no row for target(s) {', '.join(map(str, missing))}: nothing to do for them "
-                 f"(run run_pickaback/find_backbone.sh {run.cfg.name} for them first)")
-    return [(t, k) for t, k in pairs if t in run.task_ids]
+@dataclass(frozen=True)
+class KvJob:
+    """One (target, backbone) pair of the stage: the backbone's chosen checkpoint and, for a cross-modal pair,
+    (the target's own earlier model, its stage); (None, None) for a same-modality pair."""
+    target_id: int
+    backbone_id: int
+    backbone_checkpoint: Path
+    source: tuple
 
 
 def kv_jobs(run, layout, pairs):
-    """[(target id, backbone id, the backbone's chosen checkpoint, (the target's own model, its stage) or (None,
-    None) for a same-modality pair)], every pair checked before any file is written."""
+    """[KvJob] of the pairs, every pair checked before any file is written."""
     jobs = []
     for t, k in pairs:
         target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)
@@ -50,7 +36,7 @@ def kv_jobs(run, layout, pairs):
             for path in (k_path, source[0]):                      # of the network the config asks for
                 if path is not None:
                     run.check_checkpoint(path)
-            jobs.append((t, k, k_path, source))
+            jobs.append(KvJob(t, k, k_path, source))
     return jobs
 
 
@@ -64,7 +50,8 @@ def transfer_kv(run, s, pairs=None, layout=None):
             pairs = selected_pairs(run, csv_path)
     outs = []
     jobs = kv_jobs(run, layout, pairs)                            # every pair is checked before anything is written
-    for n, (t, k, k_path, source) in enumerate(jobs, 1):
+    for n, job in enumerate(jobs, 1):
+        t, k, k_path, source = job.target_id, job.backbone_id, job.backbone_checkpoint, job.source
         task = Task(run, s, f"target {t} on backbone {k}", layout.kv_manifest(run.cfg.task_name(k), t),
                     inputs={"target": t, "backbone": k, "backbone_checkpoint": file_digest(k_path),
                             "model": run.cfg.model,

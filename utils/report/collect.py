@@ -1,6 +1,6 @@
 """What the stages of a run wrote, gathered for the report in one `Collected`.
 
-Every file is found through the stages' own records (utils/layout.py: `Manifest` for stage.json, choice.json and
+Every file is found through the stages' own records (utils/manifest.py: `Manifest` for stage.json, choice.json and
 the k/v transfer's records, `SearchManifest` for the search's), never by guessing paths. A task whose record or
 files are absent is listed as missing (`Collected.miss`) and the report goes on; so is a file the user can break (an
 unreadable record or checkpoint: `UserError`; a torn or empty CSV). Any other exception is a bug and propagates.
@@ -15,7 +15,8 @@ from models import cpg
 from models.build import Network
 from utils.checkpoint import accuracy, checked_columns, load_checkpoint, number, read_json
 from utils.errors import UserError
-from utils.layout import MANIFEST, Layout, Manifest, SearchManifest
+from utils.layout import Layout
+from utils.manifest import Manifest, SearchManifest
 from utils.report import metrics
 
 MISSING = "missing"
@@ -115,7 +116,7 @@ def collect_baselines(c):
         if acc is None:
             c.miss("baseline", group, f"no accuracy in {c.layout.baseline_acc_file}")
         try:
-            manifest = finished(c.layout.baseline_dir(group) / MANIFEST)
+            manifest = finished(c.layout.baseline(group).manifest)
         except NOT_DONE as e:
             manifest = None
             if acc is not None:            # one reason per task: a missing accuracy is listed first
@@ -134,7 +135,7 @@ def collect_baselines(c):
 def collect_backbones(c):
     for group in c.cfg.groups:
         try:
-            manifest = finished(c.layout.backbone_dir(group) / MANIFEST)
+            manifest = finished(c.layout.backbone(group).manifest)
         except NOT_DONE as e:
             c.miss("wo_backbone", group, e)
             c.miss("select_pruning_ratio_of_backbone", group, "no CPG backbone to choose a ratio of")
@@ -196,7 +197,7 @@ def collect_targets(c):
         except NOT_DONE as e:
             c.miss("transfer_kv", target, e)
         try:
-            manifest = finished(c.layout.target_dir(backbone, target) / MANIFEST)
+            manifest = finished(c.layout.target(backbone, target).manifest)
         except NOT_DONE as e:
             c.miss("w_backbone_MM", target, e)
             continue
