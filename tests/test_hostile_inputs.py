@@ -109,10 +109,10 @@ def test_a_record_txt_of_another_shape_stops_the_chooser(data_root, work, text):
     scratch = work.backbone("group1").scratch / "checkpoint-1.pth.tar"
     scratch.parent.mkdir(parents=True)
     scratch.write_bytes(b"backbone")
-    work.record("group1").parent.mkdir(parents=True)
-    work.record("group1").write_text(text)
-    stage_record(work.backbone("group1").manifest, {"0.0": scratch, "record": work.record("group1")})
-    stops("select_pruning_ratio_of_backbone", data_root, work, [work.record("group1"), NOT_OBJECTS[text]],
+    work.backbone("group1").record.parent.mkdir(parents=True)
+    work.backbone("group1").record.write_text(text)
+    stage_record(work.backbone("group1").manifest, {"0.0": scratch, "record": work.backbone("group1").record})
+    stops("select_pruning_ratio_of_backbone", data_root, work, [work.backbone("group1").record, NOT_OBJECTS[text]],
           TASK_IDS="1")
     assert scratch.read_bytes() == b"backbone"
 
