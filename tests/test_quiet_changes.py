@@ -5,26 +5,34 @@ and tools/status.py finds the inputs the stages compare (the config's model sect
 The stage runs here are tiny (one epoch per step on the small demo data) and in-process."""
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, demo_config_file, env_for
+import tools.run_stage
+from tests.conftest import REPO, assert_one_sentence, demo_config_file, env_for, run_main
+from tools.run_stage import main as run_stage_main
 from utils.checkpoint import remove_stale_checkpoints
+from utils.errors import UserError
 from utils.layout import Layout, TaskFolder
 from utils.pipeline import run_stage, stage_settings
 from utils.pipeline.choice import place_choice
 from utils.pipeline.compacting import remove_stale_stages
 from utils.pipeline.context import Run
 from utils.pipeline.cpg_steps import FinetuneStep, finetune_with_growth
+from utils.pipeline.runlock import HELD, holding
 from utils.pipeline.sequence import sequence_step
 from utils.pipeline.status import report, run_states
 from utils.pipeline.target import train_target
 from utils.trainer import Outcome
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "root_logging")   # (tools/run_stage.py replaces the handlers)
 
 ACCURACIES = {"group1": "0.5000", "group2": "0.5000", "group5": "0.5000"}
 
@@ -35,6 +43,10 @@ def work(tmp_path):
     lay.logs.mkdir(parents=True)
     lay.baseline_acc_file.write_text(json.dumps(ACCURACIES))
     return lay
+
+
+def contents(root):
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.name.endswith(".log")}
 
 
 def lines(caplog, words):
@@ -165,3 +177,81 @@ def test_status_finds_a_changed_baseline_accuracy_as_the_stage_does(demo_root, w
     assert run_states(run, env)["wo_backbone"][0].redo == ""
     work.baseline_acc_file.write_text(json.dumps({**ACCURACIES, "group1": "0.6000"}))
     assert run_states(run, env)["wo_backbone"][0].redo == "inputs changed: baseline"
+
+
+# ---- one run at a time on a folder ---------------------------------------------------------------------------------
+HOLD = """import sys, time
+from utils.pipeline.runlock import holding
+with holding(sys.argv[1], "wo_backbone"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def python(code, *args, env=None):
+    """A Python process of this repository running `code`, its environment without a run's hold but for `env`'s."""
+    env = {**{k: v for k, v in os.environ.items() if k != HELD}, **(env or {})}
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=REPO, text=True,
+                            env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_a_second_run_on_a_held_folder_names_the_holder_and_stops(demo_root, work, monkeypatch, capsys):
+    holder = python(HOLD, work.run_lock, 60)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = contents(work.work_dir)
+        env = env_for(demo_root, work.work_dir, TASK_IDS="1")
+        with pytest.raises(UserError) as e:
+            run_stage("wo_backbone", "demo", env)
+        message = str(e.value)
+        assert message.startswith(f"another run of this config works on {work.work_dir}: pid {holder.pid} on "
+                                  f"{socket.gethostname()}, running wo_backbone since ")
+        assert f"holds {work.run_lock}; wait for it to end or stop it, then rerun" in message and "\n" not in message
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert run_main(run_stage_main, ["run_all", "demo"]) == 1                   # the script: exit 1
+        assert_one_sentence(capsys.readouterr().err, 1, f"pid {holder.pid}", "running wo_backbone since")
+        run = Run.from_environment("demo", env)                                # status reads it, takes nothing
+        assert f"\na run holds this folder: pid {holder.pid} on {socket.gethostname()} since " in report(run, {})
+        assert contents(work.work_dir) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert work.run_lock.is_file() and "a run holds" not in report(run, {})   # a dead process holds nothing
+    with holding(work.run_lock, "baseline"):
+        assert json.loads(work.run_lock.read_text())["pid"] == os.getpid()
+    assert not work.run_lock.exists()                                         # a run leaves no lock file behind
+
+
+def test_the_processes_of_one_run_share_its_hold(work):
+    """GPUS workers and torchrun ranks inherit the hold through the environment; another process does not."""
+    child = """import os, sys
+from utils.errors import UserError
+from utils.pipeline.runlock import HELD, holding
+with holding(sys.argv[1], "worker"):
+    print("inherited", flush=True)
+os.environ.pop(HELD)
+try:
+    with holding(sys.argv[1], "another run"):
+        print("taken")
+except UserError as e:
+    print(e)
+"""
+    with holding(work.run_lock, "baseline"):
+        out, _ = python(child, work.run_lock, env={HELD: os.environ[HELD]}).communicate(timeout=60)
+    assert out.splitlines()[0] == "inherited"
+    assert f"pid {os.getpid()} on {socket.gethostname()}, running baseline since" in out.splitlines()[1]
+
+
+def test_nproc_holds_the_lock_while_the_ranks_run(demo_root, work, monkeypatch):
+    seen = []
+
+    def launch(nproc, command):
+        seen.append((os.environ.get(HELD), json.loads(work.run_lock.read_text())["pid"]))
+        return 0
+
+    monkeypatch.setattr(tools.run_stage, "launch", launch)
+    for k, v in env_for(demo_root, work.work_dir, NPROC="2").items():
+        monkeypatch.setenv(k, v)
+    assert run_main(run_stage_main, ["baseline", "demo"]) == 0
+    assert seen == [(str(work.run_lock.resolve()), os.getpid())] and not work.run_lock.exists()

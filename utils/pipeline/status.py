@@ -27,6 +27,7 @@ from packnet_models_pickaback.kv_transfer import read_pairs
 from utils.checkpoint import accuracy, load_checkpoint, read_json
 from utils.errors import UserError
 from utils.manifest import Manifest, SearchManifest
+from utils.pipeline import runlock
 from utils.pipeline.settings import RUN_ALL, stage_settings
 
 MISSING = object()
@@ -235,9 +236,22 @@ def run_states(run, env):
     return out
 
 
+def run_holder(run):
+    """The line saying which live run holds the folder's run lock (utils/pipeline/runlock.py), or "" when none does
+    (a run that died holds nothing: its record stays, its process is gone)."""
+    path = run.layout().run_lock
+    record = runlock.holder(path) if path.is_file() else None
+    if record is None or not alive(record):
+        return ""
+    return (f"a run holds this folder: pid {record['pid']} on {record.get('host')} since {runlock.since(record)} "
+            f"({record.get('what')})")
+
+
 def report(run, states):
-    """The status as text: a header, then per stage a count of each state and one line per task."""
+    """The status as text: a header (and which run holds the folder, if one does), then per stage a count of each
+    state and one line per task."""
     lines = [f"status of '{run.cfg.name}' in {run.work_dir} ({time.strftime('%Y-%m-%d %H:%M:%S')})"]
+    lines += [holder for holder in (run_holder(run),) if holder]
     for k, (stage, tasks) in enumerate(states.items(), 1):
         counts = ", ".join(f"{sum(t.state == state for t in tasks)} {state}" for state in STATES
                            if any(t.state == state for t in tasks))
