@@ -19,7 +19,7 @@ from utils.data import text_samples
 from utils.errors import UserError
 from utils.images import image_samples
 from utils.layout import Layout
-from utils.manifest import SearchManifest
+from utils.manifest import Manifest, SearchManifest
 from utils.pipeline import executor, run_stage
 from utils.pipeline.context import Run
 
@@ -128,7 +128,23 @@ def test_a_choice_or_kv_transfer_record_of_another_shape_is_named(data_root, wor
     stops(stage, data_root, work, [bad, NOT_OBJECTS[text]], TASK_IDS="2")
 
 
-@pytest.mark.parametrize("text", [*NOT_OBJECTS, '{"1": 5}'])
+INNER_SHAPES = ['{"settings": 1, "outputs": [1]}', '{"settings": {}, "outputs": {"checkpoint": 1}}',
+                '{"settings": {}, "outputs": {}, "files": {"checkpoint": 5}}', '{"settings": {}, "outputs": {}, '
+                '"results": []}']
+
+
+@pytest.mark.parametrize("text", INNER_SHAPES)
+def test_a_stage_record_whose_parts_have_another_shape_is_named(data_root, work, text):
+    record = work.baseline("group1").manifest
+    record.parent.mkdir(parents=True)
+    record.write_text(text)
+    for read in (Manifest(record).outputs, Manifest(record).results, lambda: Manifest(record).damaged_outputs()):
+        with pytest.raises(UserError, match=f"{record} is not a stage record"):
+            read()
+    stops("baseline", data_root, work, [record, "is not a stage record", "values of another kind"], TASK_IDS="1")
+
+
+@pytest.mark.parametrize("text", [*NOT_OBJECTS, '{"1": 5}', *(f'{{"1": {inner}}}' for inner in INNER_SHAPES)])
 def test_the_search_record_of_another_shape_is_named_and_kept(tmp_path, text):
     path = tmp_path / "pickaback_demo_stage.json"
     path.write_text(text)
@@ -169,6 +185,15 @@ def test_a_malformed_csv_the_project_updates_is_named_and_left_as_it_is(tmp_path
     assert str(e.value).endswith(f"correct the file or move it away, then rerun; {path} was not changed.")
     assert path.read_bytes() == (content.encode() if isinstance(content, str) else content)
     assert [p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")] == [path.name]
+
+
+@pytest.mark.parametrize("stage", ["w_backbone_MM", "sequence"])
+def test_a_malformed_csv_stops_its_stage_before_any_training(data_root, work, stage):
+    """The stage would train first and fail on the CSV afterwards: it is checked with the other inputs."""
+    work.result_csv.write_text("target_id,task_id\n2,1\n")
+    path = work.target_acc_csv if stage == "w_backbone_MM" else work.sequence_csv
+    path.write_text(BROKEN_CSVS["an extra field"][0])
+    stops(stage, data_root, work, [f"stage {stage}, ", path, "Expected 5 fields in line 3, saw 6"], TASK_IDS="2")
 
 
 def test_a_well_formed_csv_is_still_updated(tmp_path):
@@ -225,7 +250,8 @@ def test_a_rerun_with_a_loop_in_a_finished_tasks_data_stops_before_training(data
     for k, v in env_for(data_root, work.work_dir, TASK_IDS="1", FORCE="1").items():
         monkeypatch.setenv(k, v)
     rc = run_main(run_stage_main, ["baseline", "demo"])
-    assert_one_sentence(capsys.readouterr().err, rc, link, "leads back into")
+    assert_one_sentence(capsys.readouterr().err, rc, f"error: stage baseline, task 1 (group1): the link {link}",
+                        "leads back into")
     assert contents(work.work_dir) == before
 
 

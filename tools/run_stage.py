@@ -24,7 +24,10 @@ from utils.distributed import init_from_environment, is_main_process, launch, sh
 from utils.errors import UserError, report_user_errors
 from utils.pipeline import PARALLEL_STAGES, SETTINGS, run_stage, settings_of
 from utils.pipeline.executor import serve_units
+from utils.layout import Layout
+from utils.pipeline.context import work_dir
 from utils.pipeline.graph import run_unit
+from utils.pipeline.runlock import holding
 from utils.runtime import setup_logging
 
 
@@ -70,7 +73,9 @@ def main(argv=None):
     nproc = processes(os.environ)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:         # NPROC=N: this stage again, under torchrun
         check_batch_sizes(args.stage, nproc, os.environ)
-        sys.exit(launch(nproc, [__file__, *(argv if argv is not None else sys.argv[1:])]))
+        with holding(Layout(work_dir(), args.dataset_config).run_lock, args.stage):     # the ranks inherit it
+            code = launch(nproc, [__file__, *(argv if argv is not None else sys.argv[1:])])
+        sys.exit(code)
     init_from_environment()
     setup_logging()
     stage = "all" if args.stage == "run_all" else args.stage

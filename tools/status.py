@@ -8,9 +8,9 @@ finished task's recorded settings still match the scripts' current variables (if
     EPOCHS=200 python tools/status.py oxford        # which finished tasks a rerun with EPOCHS=200 would redo
 
 It reads the run's files only (the records beside the outputs, the .running.json markers of tasks being worked on,
-the resume states memory-mapped): nothing is trained, locked or written. The settings are read as the stages read
-them: the variables at the top of run_pickaback/<stage>.sh, overridden by the environment; TASK_IDS,
-MMPAB_WORK_DIR and MMPAB_DATA_ROOT as for the stages."""
+the resume states memory-mapped, the run lock's holder): nothing is trained, locked or written. The settings are
+read as the stages read them: the variables at the top of run_pickaback/<stage>.sh, overridden by the environment;
+TASK_IDS, MMPAB_WORK_DIR and MMPAB_DATA_ROOT as for the stages."""
 import argparse
 import os
 

@@ -134,13 +134,16 @@ def not_a_checkpoint(path):
 
 def remove_stale_checkpoints(path):
     """After `path` is written: remove the folder's other checkpoint-<epoch>.pth.tar files (earlier runs with other
-    epochs), so that nothing can load a stale one in its place."""
+    epochs), so that nothing can load a stale one in its place, naming them in the log."""
     if not is_main_process():
         return
     path = Path(path)
-    for old in path.parent.iterdir():
-        if CHECKPOINT_RE.match(old.name) and old.name != path.name:
-            old.unlink()
+    stale = sorted(old for old in path.parent.iterdir() if CHECKPOINT_RE.match(old.name) and old.name != path.name)
+    for old in stale:
+        old.unlink()
+    if stale:
+        log.info(f"removed the checkpoint(s) of an earlier run beside {path.name} in {path.parent}: "
+                 f"{', '.join(p.name for p in stale)}")
 
 
 # ---- JSON records shared by concurrent runs -----------------------------------------------------------------------

@@ -105,6 +105,11 @@ class Layout:
     def target_acc_csv(self):
         return self.logs / f"w_backbone_{self.config}_acc.csv"
 
+    @property
+    def run_lock(self):
+        """Held by the run working on this folder and config (utils/pipeline/runlock.py), only while it runs."""
+        return self.logs / f"run_{self.config}.lock"
+
     def stage_log(self, stage):
         return self.logs / f"{stage}_{self.config}.log"
 

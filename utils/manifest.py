@@ -53,8 +53,9 @@ class Manifest:
     def checked(self, entry, what, stage):
         """`entry` (None: no record) when it is a stage record, else a UserError saying `what` and to rerun
         `stage`."""
-        if entry is not None and not (isinstance(entry, dict) and {"settings", "outputs"} <= set(entry)):
-            raise UserError(f"{what} (it lacks settings/outputs): delete it and rerun {stage}.")
+        if entry is not None and not well_formed(entry):
+            raise UserError(f"{what} (it lacks settings/outputs or holds values of another kind): delete it and rerun "
+                            f"{stage}.")
         return entry
 
     def outputs(self):
@@ -144,6 +145,16 @@ class Manifest:
         atomic_write(self.path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
 
 
+def well_formed(entry):
+    """Whether `entry` has a stage record's shape: settings and outputs ({name: path}) objects, and results, inputs
+    and files ({name: {size, sha256}}) objects where it has them; a reader then never meets a value it does not
+    expect."""
+    def objects(value, inner=object):
+        return isinstance(value, dict) and all(isinstance(v, inner) for v in value.values())
+    return isinstance(entry, dict) and objects(entry.get("settings")) and objects(entry.get("outputs"), str) and \
+        all(objects(entry.get(k, {})) for k in ("results", "inputs")) and objects(entry.get("files", {}), dict)
+
+
 class SearchManifest(Manifest):
     """The search's manifests, one entry per target in one JSON file beside the result CSVs."""
 
@@ -153,9 +164,6 @@ class SearchManifest(Manifest):
 
     def read(self):
         data = read_json(self.path) or {}
-        if not isinstance(data, dict):
-            raise UserError(f"{self.path} is not the search's record (a JSON object of targets): delete it and rerun "
-                            f"the backbone search.")
         return self.checked(data.get(self.target), f"{self.path} holds no stage record for target {self.target}",
                             "the backbone search")
 

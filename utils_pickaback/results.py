@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.checkpoint import atomic_write, checked_columns, locked
+from utils.checkpoint import atomic_write, checked_columns, locked, read_table
 from utils.errors import UserError
 
 SELECTION_RULES = {"similar": "sim_euc", "original": "ddv_euc"}   # rule -> column whose maximum is picked
@@ -26,16 +26,12 @@ SCORES = {c: (-math.inf, math.inf) for c in TABLE_COLUMNS[2:]}      # finite: a 
 
 def read_rows(path, columns, num_tasks=None):
     """The rows of an existing result or table CSV, checked: a UserError naming the file when it cannot be merged
-    into (so that nothing is written when either file is broken), or, given the config's `num_tasks`, when a row
+    into (it does not parse, has another header or holds other than task ids: nothing is written when either file
+    is broken), or, given the config's `num_tasks`, when a row
     names a task id outside 1..num_tasks (a file of another config), or a score that is not a finite number."""
     path = Path(path)
-    if not path.is_file():
-        return pd.DataFrame(columns=columns)
-    try:
-        old = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        raise UserError(f"{path} is not a CSV: delete it or restore it, then rerun the backbone search.") from None
-    if list(old.columns) != columns or not all(pd.api.types.is_integer_dtype(old[c]) for c in columns[:2]):
+    old = read_table(path, columns)                   # parsed, with this header (an empty table when there is none)
+    if path.is_file() and not all(pd.api.types.is_integer_dtype(old[c]) for c in columns[:2]):
         raise UserError(f"{path} does not hold {','.join(columns)} rows of task ids: delete it or restore it, then "
                         f"rerun the backbone search.")
     if num_tasks is not None:

@@ -39,9 +39,10 @@ def backbone_jobs(run, layout):
 
 def backbone_task(run, s, task_id, group, criterion, position=(1, 1)):
     """Finetune (with growth) and prune task `task_id`, unless it is finished with these settings and inputs."""
-    folder = run.layout(s.arch).backbone(group)
-    data_settings = run.data_settings(group)                      # (lists every data file: once per task)
-    task = Task(run, s, f"task {task_id} ({group})", folder.manifest,
+    folder, what = run.layout(s.arch).backbone(group), f"task {task_id} ({group})"
+    with failing_task(s.STAGE, what):
+        data_settings = run.data_settings(group)                  # (lists every data file: once per task)
+    task = Task(run, s, what, folder.manifest,
                 inputs={"baseline": criterion, "data": data_settings}, group=group, position=position)
     if task.skip():
         return

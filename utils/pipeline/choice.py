@@ -19,12 +19,17 @@ log = logging.getLogger("root")
 
 def place_choice(source, gradual_prune):
     """Copy the chosen checkpoint into gradual_prune/ (atomically), then remove an earlier choice and the k/v
-    files made from it. Returns the placed path."""
+    files made from it, naming them in the log. Returns the placed path."""
     placed = Path(gradual_prune) / Path(source).name
     atomic_write(placed, lambda f: f.write(Path(source).read_bytes()))
-    for old in (Path(gradual_prune).iterdir() if is_main_process() else ()):
-        if old.is_file() and old != placed and (CHECKPOINT_RE.match(old.name) or "_kv_transfer_" in old.name):
-            old.unlink()
+    stale = sorted(old for old in (Path(gradual_prune).iterdir() if is_main_process() else ())
+                   if old.is_file() and old != placed and (CHECKPOINT_RE.match(old.name) or
+                                                           "_kv_transfer_" in old.name))
+    for old in stale:
+        old.unlink()
+    if stale:
+        log.info(f"removed the earlier choice and the k/v transfer files built on it from {gradual_prune}: "
+                 f"{', '.join(p.name for p in stale)} (transfer_kv makes them again from the new choice)")
     return placed
 
 

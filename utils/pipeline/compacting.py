@@ -102,16 +102,20 @@ def save_progress(progress, outputs, record, width, index, last, outcome):
 
 
 def remove_stale_stages(folder, outputs):
-    """Pruning-stage checkpoints in the TaskFolder `folder` of earlier runs that this run did not write (e.g. a
-    longer schedule)."""
-    keep = {Path(p).resolve() for p in outputs.values()}
-    for stage in (folder.gradual_prune.iterdir() if is_main_process() else ()):
+    """Remove the pruning-stage checkpoints in the TaskFolder `folder` of earlier runs that this run did not write
+    (e.g. a longer schedule), naming them in the log."""
+    keep, removed = {Path(p).resolve() for p in outputs.values()}, []
+    for stage in sorted(folder.gradual_prune.iterdir() if is_main_process() else ()):
         if stage.is_dir() and re.fullmatch(r"\d+\.\d+", stage.name):
-            for f in stage.iterdir():
+            for f in sorted(stage.iterdir()):
                 if CHECKPOINT_RE.match(f.name) and f.resolve() not in keep:
                     f.unlink()
+                    removed.append(f"{stage.name}/{f.name}")
             if not any(stage.iterdir()):
                 stage.rmdir()
+    if removed:
+        log.info(f"removed the pruning stages of an earlier run that this run did not reach from "
+                 f"{folder.gradual_prune}: {', '.join(removed)}")
 
 
 def choose_ratio(record, criterion, allow_acc_loss, at_max_width):

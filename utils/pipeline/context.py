@@ -124,15 +124,20 @@ class Run:
         check_model_config(ckpt, self.model_config, path)
         return ckpt
 
-    def data_settings(self, group):
-        """What a task's data depends on: the config (without its task list) and the names and sizes of the files,
-        found by the walk the loaders make (links followed; one that loops is refused, naming it)."""
+    def data_config(self, group):
+        """What a task's data depends on besides its files: the config (without its task list), its model section
+        and the task's modality; cheap to compute (tools/status.py compares it)."""
         raw = {k: v for k, v in self.cfg.raw.items()
                if k not in ("DATASETS", "num_groups", "modality", "original_task_ids")}
+        return {"config": raw, "model": self.cfg.model, "modality": self.cfg.modality(group)}
+
+    def data_settings(self, group):
+        """What a task's data depends on: its data_config and the names and sizes of the files, found by the walk
+        the loaders make (links followed; one that loops is refused, naming it)."""
         listing = []
         for split in ("train", "test"):
             folder = self.cfg.task_folder(group, split)
             files = [Path(top, f) for top, _, names in walk(folder) for f in names]
             listing += sorted(f"{p.relative_to(folder)}:{p.stat().st_size}" for p in files if p.is_file())
         digest = hashlib.sha256("\n".join(listing).encode()).hexdigest()
-        return {"config": raw, "model": self.cfg.model, "modality": self.cfg.modality(group), "files": digest}
+        return {**self.data_config(group), "files": digest}

@@ -9,8 +9,10 @@ step writes, so a step started by a stage script is continued by the entry point
 import dataclasses
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from models.build import Network
+from utils.distributed import is_main_process
 from utils.layout import resume_file
 from utils.manifest import file_digest
 from utils.resume import Resume
@@ -99,8 +101,11 @@ def finetune_with_growth(make_net, data, step, width, width_step, baseline, csv_
     """Finetune at `width`; while the task stays below its baseline, start again `width_step` wider, up to the
     step's max width. Returns (net, outcome, accuracy, width). A resume state saved at some width continues there
     (the narrower attempts had ended in widening). `curves`: the task's tracking.TaskRuns (None: not tracked).
-    `finetune` is one attempt (the GPU check's projection passes one that trains nothing, to count the attempts)."""
+    `finetune` is one attempt (the GPU check's projection passes one that trains nothing, to count the attempts).
+    Without a resume state to continue, the task starts over, and so does its train.csv (`csv_path`)."""
     saved = resume.load()
+    if saved is None:
+        start_csv(csv_path)
     if saved and saved["phase"]["kind"] == "finetune":
         width = saved["phase"]["width"]
     while True:
@@ -111,6 +116,16 @@ def finetune_with_growth(make_net, data, step, width, width_step, baseline, csv_
             return net, outcome, acc, width
         width = round(min(width + width_step, step.max_width), 4)
         log.info(f"expanding the network to width x{width}")
+
+
+def start_csv(csv_path):
+    """A task started over starts its train.csv afresh: an earlier attempt's rows (a redone task, or one restarted
+    after it was interrupted before its first epoch was saved) are removed, with a line naming the file; a resumed
+    attempt keeps them and appends."""
+    path = Path(csv_path) if csv_path else None
+    if path is not None and is_main_process() and path.is_file():
+        path.unlink()
+        log.info(f"removed {path}, the rows of an earlier attempt: the task starts over")
 
 
 def prune_stage(net, data, step, baseline, unpruned_acc, csv_path=None, resume=None, curves=None):

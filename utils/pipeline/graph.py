@@ -29,6 +29,7 @@ from utils.pipeline import backbone, baseline, search, target
 from utils.pipeline.choice import select_pruning_ratio_of_backbone
 from utils.pipeline.context import Run
 from utils.pipeline.executor import entry_device, gpu_entries, run_parallel
+from utils.pipeline.runlock import holding
 from utils.pipeline.experiments import compare_selection
 from utils.pipeline.sequence import sequence, sequence_compare
 from utils.pipeline.settings import RUN_ALL, RUN_VARIABLES, all_variables, stage_settings
@@ -92,13 +93,19 @@ def run_stage(stage, config, env=None):
     """Run one stage (or `all`, every stage in order, or the `compare_selection` experiment) of a dataset config,
     with the settings of its script(s) and the environment. With two or more GPUS entries, the independent units of
     baseline, wo_backbone, find_backbone and w_backbone_MM run in parallel, one worker per entry; one entry just
-    picks the device."""
+    picks the device. The run holds the folder's run lock throughout (utils/pipeline/runlock.py)."""
     env = os.environ if env is None else env
     run = Run.from_environment(config, env)
     entries = gpu_entries(env)
     if len(entries) == 1:
         env = {**env, "GPUS": "", "DEVICE": entry_device(entries[0])}
     settings = settings_of(stage, env)                            # every value checked before any work
+    with holding(run.layout().run_lock, stage):
+        return run_stages(run, stage, config, settings, env, entries)
+
+
+def run_stages(run, stage, config, settings, env, entries):
+    """The work of run_stage once its settings are checked and the run lock is held."""
     run.clock.begin_stage(stage)
     if stage == "compare_selection":
         compare_selection(run, stage_settings(stage, env), env)

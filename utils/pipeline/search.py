@@ -42,11 +42,14 @@ def find_backbone(run, s, layout=None, batch_size=32):
     entry point's --out_dir and --checkpoint_root)."""
     layout = layout or run.layout(s.arch)
     targets, candidates_of, checkpoints, frames = search_plan(run, layout, s)
-    tasks = {t: Task(run, s, f"target {t}", SearchManifest(layout.search_manifest, t),
-                     inputs={"candidates": candidates_of[t], "data": run.data_settings(run.cfg.task_name(t)),
-                             "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}},
-                     position=(n, len(targets)))
-             for n, t in enumerate(targets, 1)}
+    tasks = {}
+    for n, t in enumerate(targets, 1):
+        with failing_task(s.STAGE, f"target {t}"):
+            data = run.data_settings(run.cfg.task_name(t))
+        tasks[t] = Task(run, s, f"target {t}", SearchManifest(layout.search_manifest, t),
+                        inputs={"candidates": candidates_of[t], "data": data,
+                                "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}},
+                        position=(n, len(targets)))
     todo = [t for t in targets
             if not tasks[t].skip(also=in_results(frames, t, candidates_of[t], tasks[t].manifest.results().get(
                 "backbone")))]

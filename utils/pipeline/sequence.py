@@ -22,7 +22,7 @@ import pandas as pd
 from models import cpg
 from models.build import Network
 from packnet_models_pickaback.kv_transfer import read_pairs
-from utils.checkpoint import baseline_accuracy, update_csv
+from utils.checkpoint import baseline_accuracy, read_table, update_csv
 from utils.data import load_task
 from utils.errors import UserError
 from utils.manifest import file_digest
@@ -141,6 +141,7 @@ def sequence_plan(run, s):
     """The SequencePlan of a sequence run, every input checked."""
     layout = run.layout(s.arch)
     with failing_task(s.STAGE, f"ORDER={s.order}"):
+        read_table(layout.sequence_csv, COLUMNS)                 # it must take the rows of every step
         order = sequence_order(run, s, search_table(run, layout, s))
         criteria, separate = {}, {}
         for t in order:
@@ -169,8 +170,10 @@ def sequence_step(run, s, folder, order, start, criterion, total_num_tasks, eval
     the next) and `position` (step, steps of the run). Returns the step's StepResult."""
     j, t = len(order), order[-1]
     group, position = run.cfg.task_name(t), position or (j, j)
-    data_settings = run.data_settings(group)
-    task = Task(run, s, f"step {j}/{position[1]}: task {t} ({group}, {run.cfg.modality(group)})", folder.manifest,
+    what = f"step {j}/{position[1]}: task {t} ({group}, {run.cfg.modality(group)})"
+    with failing_task(s.STAGE, what):
+        data_settings = run.data_settings(group)
+    task = Task(run, s, what, folder.manifest,
                 inputs={"order": list(order), "start": file_digest(start) if start else None, "baseline": criterion,
                         "data": data_settings, "total_num_tasks": total_num_tasks}, group=group, position=position)
     if not task.skip():
@@ -250,9 +253,8 @@ def step_rows(run, results, order, j, criteria, separate, keys):
 
 
 def record_rows(path, name, rows):
-    """Replace the rows of run `name` in the sequence CSV (a file without a run column is replaced whole)."""
-    update_csv(path, rows, lambda t: t["run"] == name if "run" in t.columns else pd.Series(True, index=t.index),
-               COLUMNS)
+    """Replace the rows of run `name` in the sequence CSV."""
+    update_csv(path, rows, lambda t: t["run"] == name, COLUMNS)
 
 
 def sequence_compare(run, s):

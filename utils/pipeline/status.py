@@ -11,8 +11,10 @@ For each stage of run_all and each task the run selects (TASK_IDS), one of
     interrupted   a process began it and is gone, before any epoch was saved: a rerun starts it again
     not started   nothing of it is there
 
-The settings compared are those that decide whether finished work holds (the stage also compares the inputs and
-the files' sha256; this reads only the files' sizes, so it stays fast on a long run).
+The settings compared are those that decide whether finished work holds, and so are the inputs that cost nothing
+to compute: the config's model section, its other settings and the task's modality (the data's fingerprint without
+its file listing), the baseline accuracy and the pair. The stage also compares the data files, the checkpoints'
+contents and the files' sha256; this reads only the files' sizes, so it stays fast on a long run.
 """
 import json
 import os
@@ -22,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packnet_models_pickaback.kv_transfer import read_pairs
-from utils.checkpoint import load_checkpoint, read_json
+from utils.checkpoint import accuracy, load_checkpoint, read_json
 from utils.errors import UserError
 from utils.manifest import Manifest, SearchManifest
+from utils.pipeline import runlock
 from utils.pipeline.settings import RUN_ALL, stage_settings
 
+MISSING = object()
 STATES = ("finished", "running", "resumable", "interrupted", "not started")
 
 
@@ -76,8 +80,26 @@ def resume_epoch(path, epochs_of):
     return f"{step}, after epoch {epoch} of {epochs_of(phase['kind'])}"
 
 
-def state_of(stage, what, manifest, settings, figure, resumes=(), progress=None, epochs_of=lambda kind: "?"):
-    """The TaskState of one task from its manifest, running marker, resume states and progress file."""
+def input_changes(recorded, now):
+    """[name] of the inputs in `now` (those that cost nothing to compute) that differ from the `recorded` ones, as
+    the stage compares them. Of the data's fingerprint (Run.data_settings), every part but the file listing: the
+    config's settings ("data config"), its model section ("model", named once) and the task's "modality"."""
+    def parts(inputs):
+        inputs = dict(inputs)
+        data = inputs.pop("data", None)
+        if isinstance(data, dict):
+            config = data.get("config") if isinstance(data.get("config"), dict) else {}
+            inputs.update({"data config": {k: v for k, v in config.items() if k != "model"},
+                           "model": data.get("model"), "modality": data.get("modality")})
+        return inputs
+    was = parts(recorded)
+    return [k for k, v in parts(json.loads(json.dumps(now))).items() if was.get(k, MISSING) != v]
+
+
+def state_of(stage, what, manifest, settings, figure, resumes=(), progress=None, epochs_of=lambda kind: "?",
+             inputs=None):
+    """The TaskState of one task from its manifest, running marker, resume states and progress file; `inputs` are
+    the task's inputs that status computes (input_changes)."""
     marker = read_marker(manifest)
     resumed = [r for r in (resume_epoch(Path(p), epochs_of) for p in resumes) if r]
     done = read_json(progress) if progress is not None and Path(progress).is_file() else None
@@ -95,8 +117,10 @@ def state_of(stage, what, manifest, settings, figure, resumes=(), progress=None,
     if data:
         figure_text = figure(data.get("results", {}))
         changes = manifest.settings_changes(settings.identity(), data)
+        changed_inputs = input_changes(data.get("inputs", {}), inputs or {})
         bad = [Path(p).name for p in manifest.damaged_outputs(digests=False)]
         redo = (f"settings changed: {', '.join(changes)}" if changes else
+                f"inputs changed: {', '.join(changed_inputs)}" if changed_inputs else
                 f"files missing or changed: {', '.join(bad)}" if bad else "")
         return TaskState(stage, what, "finished", figure_text, redo)
     if at:
@@ -112,12 +136,27 @@ def epochs(s, **by_kind):
     return lambda kind: getattr(s, by_kind.get(kind, "epochs"))
 
 
+def baselines(layout):
+    """{group: accuracy} of the baseline accuracy file, as the stages read it; {} when it cannot be read (the stage
+    says why)."""
+    try:
+        accs = read_json(layout.baseline_acc_file) or {}
+        return {group: accuracy(acc, group) for group, acc in accs.items()}
+    except UserError:
+        return {}
+
+
+def with_baseline(inputs, accs, group):
+    """`inputs` and the task's baseline accuracy, where the accuracy file holds it."""
+    return {**inputs, "baseline": accs[group]} if group in accs else inputs
+
+
 def baseline_states(run, s, layout):
     for t, group in run.tasks():
         folder = layout.baseline(group)
         yield state_of(s.STAGE, f"task {t} ({group})", Manifest(folder.manifest), s,
                        lambda r: f"accuracy {r.get('accuracy')}", [folder.resume],
-                       epochs_of=epochs(s, baseline="finetune_epochs"))
+                       epochs_of=epochs(s, baseline="finetune_epochs"), inputs={"data": run.data_config(group)})
 
 
 def record_text(r):
@@ -126,16 +165,19 @@ def record_text(r):
 
 
 def backbone_states(run, s, layout):
+    accs = baselines(layout)
     for t, group in run.tasks():
         folder = layout.backbone(group)
         yield state_of(s.STAGE, f"task {t} ({group})", Manifest(folder.manifest), s, record_text,
-                       folder.step_resumes(), folder.progress, epochs(s, prune="nr_epoch_for_each_prune"))
+                       folder.step_resumes(), folder.progress, epochs(s, prune="nr_epoch_for_each_prune"),
+                       with_baseline({"data": run.data_config(group)}, accs, group))
 
 
 def choice_states(run, s, layout):
+    accs = baselines(layout)
     for t, group in run.tasks():
         yield state_of(s.STAGE, f"task {t} ({group})", Manifest(layout.choice_manifest(group)), s,
-                       lambda r: f"ratio {r.get('ratio')}")
+                       lambda r: f"ratio {r.get('ratio')}", inputs=with_baseline({"model": run.cfg.model}, accs, group))
 
 
 def search_states(run, s, layout):
@@ -143,7 +185,8 @@ def search_states(run, s, layout):
         def pick(r):
             k = r.get("backbone")
             return f"backbone {k} ({run.cfg.task_name(k)})" if isinstance(k, int) else f"backbone {k}"
-        yield state_of(s.STAGE, f"target {t} ({group})", SearchManifest(layout.search_manifest, t), s, pick)
+        yield state_of(s.STAGE, f"target {t} ({group})", SearchManifest(layout.search_manifest, t), s, pick,
+                       inputs={"data": run.data_config(group)})
 
 
 def pair_states(run, layout, stage, state):
@@ -160,18 +203,22 @@ def transfer_states(run, s, layout):
     def state(t, k):
         return state_of(s.STAGE, f"target {t} on backbone {k} ({run.cfg.task_name(k)})",
                         Manifest(layout.kv_manifest(run.cfg.task_name(k), t)), s,
-                        lambda r: f"{'copied ' + str(r.get('copied')) if r.get('copied') else 'same modality'}")
+                        lambda r: f"{'copied ' + str(r.get('copied')) if r.get('copied') else 'same modality'}",
+                        inputs={"target": t, "backbone": k, "model": run.cfg.model})
     return pair_states(run, layout, s.STAGE, state)
 
 
 def target_states(run, s, layout):
+    accs = baselines(layout)
+
     def state(t, k):
         target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)
         folder = layout.target(backbone, target)
         return state_of(s.STAGE, f"target {t} ({target}) on backbone {k} ({backbone})",
                         Manifest(folder.manifest), s,
                         lambda r: f"accuracy {r.get('target_acc')} (baseline {r.get('baseline_acc')}), width "
-                                  f"x{r.get('width')}", folder.step_resumes(), epochs_of=epochs(s))
+                                  f"x{r.get('width')}", folder.step_resumes(), epochs_of=epochs(s),
+                        inputs=with_baseline({"data": run.data_config(target), "train_per_class": 0}, accs, target))
     return pair_states(run, layout, s.STAGE, state)
 
 
@@ -189,9 +236,22 @@ def run_states(run, env):
     return out
 
 
+def run_holder(run):
+    """The line saying which live run holds the folder's run lock (utils/pipeline/runlock.py), or "" when none does
+    (a run that died holds nothing: its record stays, its process is gone)."""
+    path = run.layout().run_lock
+    record = runlock.holder(path) if path.is_file() else None
+    if record is None or not alive(record):
+        return ""
+    return (f"a run holds this folder: pid {record['pid']} on {record.get('host')} since {runlock.since(record)} "
+            f"({record.get('what')})")
+
+
 def report(run, states):
-    """The status as text: a header, then per stage a count of each state and one line per task."""
+    """The status as text: a header (and which run holds the folder, if one does), then per stage a count of each
+    state and one line per task."""
     lines = [f"status of '{run.cfg.name}' in {run.work_dir} ({time.strftime('%Y-%m-%d %H:%M:%S')})"]
+    lines += [holder for holder in (run_holder(run),) if holder]
     for k, (stage, tasks) in enumerate(states.items(), 1):
         counts = ", ".join(f"{sum(t.state == state for t in tasks)} {state}" for state in STATES
                            if any(t.state == state for t in tasks))

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.checkpoint import baseline_accuracy, update_csv
+from utils.checkpoint import baseline_accuracy, read_table, update_csv
 from utils.data import load_task
 from utils.manifest import file_digest
 from utils.pipeline.cpg_steps import FinetuneStep, finetune_with_growth, network_from, step_resume
@@ -19,17 +19,21 @@ from utils.trainer import finish_task, save_task_checkpoint
 log = logging.getLogger("root")
 
 
+COLUMNS = ["target", "backbone", "width", "target_acc", "baseline_acc"]       # of w_backbone_<cfg>_acc.csv
+
+
 def record_target(out, row):
     """Put the row of a (target, backbone) pair in w_backbone_<cfg>_acc.csv, replacing an earlier one."""
     return update_csv(out, [row], lambda t: (t.target == row["target"]) & (t.backbone == row["backbone"]),
-                      list(row))
+                      COLUMNS)
 
 
 def train_target(run, s, target, start, criterion, out, what, train_per_class=0, position=(1, 1)):
     """CPG-train `target` on the checkpoint `start` (None: alone, from scratch) into the TaskFolder `out`, widening
     while below its baseline, unless `out` already holds this task finished with the same settings. Returns the
     result row {target, backbone, width, target_acc, baseline_acc}."""
-    data_settings = run.data_settings(target)
+    with failing_task(s.STAGE, what):
+        data_settings = run.data_settings(target)
     task = Task(run, s, what, out.manifest,
                 inputs={"baseline": criterion, "start": file_digest(start) if start else None, "data": data_settings,
                         "train_per_class": train_per_class}, group=target, position=position)
@@ -74,6 +78,8 @@ def target_jobs(run, layout, s):
     csv_path = Path(s.result_csv) if s.result_csv else layout.result_csv
     with failing_task(s.STAGE, str(csv_path)):
         pairs = selected_pairs(run, csv_path)
+    with failing_task(s.STAGE, str(layout.target_acc_csv)):
+        read_table(layout.target_acc_csv, COLUMNS)               # it must take the new rows after the training
     jobs = []
     for t, k in pairs:
         target, backbone = run.cfg.task_name(t), run.cfg.task_name(k)

@@ -98,10 +98,7 @@ def read_csv(path, columns, stage, **kwargs):
 
 def baseline_accuracies(path):
     """{group: accuracy} of the baseline stage's JSON, {} when there is none; UserError when it cannot be read."""
-    accs = read_json(path)
-    if accs is not None and not isinstance(accs, dict):
-        raise UserError(f"{path} is not a JSON object of task: accuracy: fix or delete the file.")
-    return accs or {}
+    return read_json(path) or {}
 
 
 # ---- the stages --------------------------------------------------------------------------------------------------
