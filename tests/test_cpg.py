@@ -164,13 +164,25 @@ def test_exit_code_3_without_baseline_file_and_255_without_record(demo_root, tmp
                "--pruning_ratio_to_acc_record_file", tmp_path / "none.txt", "--load_folder", tmp_path) == 255
 
 
-def test_ratio_choice_rule():
-    record = {"0.0": 0.80, "0.1": 0.80, "0.5": 0.79, "0.9": 0.70, "0.95": 0.60}
-    assert choose_ratio(record, 0.795, 0.001, at_max_width=False) == "0.1"
-    assert choose_ratio(record, 0.789, 0.001, at_max_width=False) == "0.5"
-    assert choose_ratio(record, 0.90, 0.001, at_max_width=False) is None
+RECORD = {"0.0": 0.80, "0.1": 0.80, "0.5": 0.79, "0.9": 0.70, "0.95": 0.60}
+# The ratio rule's cases at ALLOW_ACC_LOSS 0.001: (record, baseline accuracy, backbone at its maximum width, the
+# ratio chosen; None: scratch). test_stages runs the chooser stage on those of a tiny backbone's two ratios.
+RATIO_CASES = [
+    (RECORD, 0.795, False, "0.1"),
+    (RECORD, 0.789, False, "0.5"),
+    (RECORD, 0.90, False, None),
     # below baseline at max width: the unpruned accuracy is the criterion (the original chose 0.95 outright)
-    assert choose_ratio(record, 0.90, 0.001, at_max_width=True) == "0.1"
+    (RECORD, 0.90, True, "0.1"),
+    ({"0.0": 0.80, "0.5": 0.7995}, 0.80, False, "0.5"),       # within ALLOW_ACC_LOSS of the baseline
+    ({"0.0": 0.80, "0.5": 0.79}, 0.80, True, None),            # beyond it: scratch (the unpruned 0.0)
+    ({"0.0": 0.80, "0.5": 0.7995}, 0.90, True, "0.5"),        # at max width: within 0.001 of the unpruned
+    ({"0.0": 0.80, "0.5": 0.7995}, 0.90, False, None),        # below it: the baseline is the criterion
+]
+
+
+@pytest.mark.parametrize("record, baseline, at_max_width, chosen", RATIO_CASES)
+def test_ratio_choice_rule(record, baseline, at_max_width, chosen):
+    assert choose_ratio(record, baseline, 0.001, at_max_width=at_max_width) == chosen
 
 
 def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):

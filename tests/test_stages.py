@@ -20,11 +20,13 @@ import pytest
 import torch
 
 from tests.conftest import REPO, env_for, run_main, run_script
+from tests.test_cpg import RATIO_CASES
 from utils.checkpoint import load_checkpoint, read_json
 from utils.config import load_dataset_config
 from utils.errors import UserError
 from utils.layout import Layout, Manifest, task_checkpoint
 from utils.pipeline import run_stage, stage_settings
+from utils.pipeline.choice import choose_ratio
 
 HERE = Layout(Path("."), "demo")
 BACKBONES = str(HERE.backbone_dir("group1").parent)            # every task's CPG backbone folder
@@ -56,10 +58,9 @@ def test_every_stage_writes_its_outputs_and_manifests(tiny_run):
         group = f"group{i}"
         record = read_json(lay.record(group))
         assert set(record) == {"0.0", "0.5"}
-        # the chooser's rule on the record's own numbers (ALLOW_ACC_LOSS 0.001; every backbone is at its max width
-        # x1.0, so below the baseline the unpruned accuracy is the criterion)
-        criterion = min(record["0.0"], float(read_json(lay.baseline_acc_file)[group]))
-        expected = "0.5" if record["0.5"] + 0.001 >= criterion else "0.0"
+        # the chooser's rule (test_cpg's cases) on the record's own numbers (ALLOW_ACC_LOSS 0.001; every backbone is
+        # at its max width x1.0)
+        expected = choose_ratio(record, float(read_json(lay.baseline_acc_file)[group]), 0.001, True) or "0.0"
         assert read_json(lay.choice_manifest(group))["results"]["ratio"] == expected, (group, record)
         chosen.add(expected)
     assert chosen == {"0.0", "0.5"}                    # the tiny run exercises both outcomes of the rule
@@ -144,6 +145,28 @@ def test_chooser_checks_the_record_before_replacing_its_choice(copy_of, demo_roo
                        str(lay.record("group1")), "--baseline_acc_file", str(lay.baseline_acc_file)], cwd=copy_of)
     assert proc.returncode == 1 and "is empty" in proc.stderr and "Traceback" not in proc.stderr
     assert (gradual_prune / "checkpoint-1_kv_transfer_9.pth.tar").is_file()
+
+
+def test_the_chooser_stage_chooses_as_the_ratio_rules_cases_say(copy_of, demo_root):
+    lay = layout(copy_of)
+    cases = [case for case in RATIO_CASES if set(case[0]) == {"0.0", "0.5"}]      # the tiny backbones' ratios
+    baselines = read_json(lay.baseline_acc_file)
+    for n, (record, baseline, at_max_width, _) in enumerate(cases, 1):
+        lay.record(f"group{n}").write_text(json.dumps(record))
+        baselines[f"group{n}"] = "%.4f" % baseline
+        backbone = lay.backbone_dir(f"group{n}") / "stage.json"              # every tiny backbone is at x1.0
+        recorded = read_json(backbone)
+        recorded["settings"]["max_network_width_multiplier"] = 1.0 if at_max_width else 2.0
+        backbone.write_text(json.dumps(recorded))
+    lay.baseline_acc_file.write_text(json.dumps(baselines))
+    run_stage("select_pruning_ratio_of_backbone", "demo",
+              env_for(demo_root, copy_of, TASK_IDS=" ".join(str(n) for n in range(1, len(cases) + 1))))
+    for n, (*_, chosen) in enumerate(cases, 1):
+        group = f"group{n}"
+        assert read_json(lay.choice_manifest(group))["results"]["ratio"] == (chosen or "0.0"), group
+        backbone = Manifest(lay.backbone_dir(group) / "stage.json").output(chosen or "0.0")
+        placed = lay.gradual_prune_dir(group) / backbone.name
+        assert placed.read_bytes() == backbone.read_bytes(), group
 
 
 @pytest.mark.parametrize("stage, record", [("wo_backbone", str(HERE.gradual_prune_dir("group1"))),
