@@ -61,6 +61,39 @@ def unreachable_copy(demo_root, dest):
     return root
 
 
+def run_killed(run, when, log_file):
+    """Run `run()` in a fork of this process (its interpreter already started: nothing to import again) that kills
+    itself with SIGKILL right after it writes a resume state for which `when(path, phase, epoch)` holds, as a kill at
+    the end of that epoch would; no cleanup runs. Its log lines (INFO) go to `log_file`; returns their text. Fails if
+    the run ends before the kill."""
+    import signal
+    import traceback
+    from utils.resume import Resume
+    pid = os.fork()
+    if pid == 0:                                            # the child never returns into pytest
+        code = 1
+        try:
+            save = Resume.save
+
+            def save_then_kill(self, phase, epoch, *args):
+                save(self, phase, epoch, *args)
+                if when(self.path, phase, epoch):
+                    os.kill(os.getpid(), signal.SIGKILL)
+            Resume.save = save_then_kill
+            root = logging.getLogger()
+            root.setLevel(logging.INFO)
+            root.addHandler(logging.FileHandler(log_file))
+            run()
+            code = 0
+        except BaseException:                               # reported by the parent's assertion (not killed)
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"not killed (wait status {status})"
+    return Path(log_file).read_text()
+
+
 @pytest.fixture
 def baseline_file(tmp_path):
     def write(accs):

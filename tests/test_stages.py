@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, env_for, run_main, run_script
+from tests.conftest import REPO, env_for, run_killed, run_main, run_script
 from tests.test_cpg import RATIO_CASES
 from utils.checkpoint import load_checkpoint, read_json
 from utils.config import load_dataset_config
@@ -303,38 +303,31 @@ def test_selection_rules_are_compared_apart_from_the_default_run(copy_of, demo_r
     assert not any("Train Ep." in r.message for r in caplog.records)
 
 
-def test_killed_inside_a_task_twice_resumes_to_bit_identical_outputs(demo_root, tmp_path):
-    """SIGKILL during the finetuning of a task, then during one of its pruning steps: each rerun continues from the
-    last epoch's resume state and the task ends exactly as an uninterrupted run."""
-    longer = dict(TASK_IDS="1", EPOCHS="8", NR_EPOCH_FOR_EACH_PRUNE="10", PRUNING_SCHEDULE="0.3 0.6")
+def test_killed_inside_a_task_twice_resumes_to_bit_identical_outputs(demo_root, tmp_path, caplog):
+    """SIGKILL during the finetuning of a task, then during one of its pruning steps (each after the first of three
+    epochs): each rerun continues from the last epoch's resume state and the task ends exactly as an uninterrupted
+    run."""
+    longer = dict(TASK_IDS="1", EPOCHS="3", NR_EPOCH_FOR_EACH_PRUNE="3", PRUNING_SCHEDULE="0.3 0.6")
     reference, work = tmp_path / "reference", tmp_path / "work"
     torch.set_num_threads(1)
     run_stage("baseline", "demo", env_for(demo_root, reference, TASK_IDS="1"))
     run_stage("wo_backbone", "demo", env_for(demo_root, reference, **longer))
     for part in (HERE.baseline_dir("group1"), HERE.logs):
         shutil.copytree(reference / part, work / part)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "PYTHON": sys.executable,
-           "OMP_NUM_THREADS": "1", **env_for(demo_root, work, **longer)}
-    script = ["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"]
     lay = layout(work)
     finetuning = lay.scratch_dir("group1") / "resume.pt"            # each step's resume state, in its own folder
     pruning = lay.prune_stage_dir("group1", 0.6) / "resume.pt"
+    env = env_for(demo_root, work, **longer)
 
-    def kill_when(ready):
-        proc = subprocess.Popen(script, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
-        deadline = time.time() + 120
-        while not ready() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.002)
-        os.killpg(proc.pid, signal.SIGKILL)
-        return proc.communicate()[0]
+    def wo_backbone():
+        run_stage("wo_backbone", "demo", env)
 
-    kill_when(finetuning.is_file)                                # inside the finetuning
-    out = kill_when(pruning.is_file)                             # inside pruning 0.3 -> 0.6
+    run_killed(wo_backbone, lambda path, phase, epoch: path == finetuning and epoch == 1, tmp_path / "1.log")
+    out = run_killed(wo_backbone, lambda path, phase, epoch: path == pruning and epoch == 1, tmp_path / "2.log")
     assert "resuming {'kind': 'finetune'" in out
-    rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env_for(demo_root, work, **longer)},
-                       check=True)
-    assert "resuming {'kind': 'prune', 'initial': 0.3, 'target': 0.6}" in rerun.stdout
+    caplog.set_level("INFO")
+    run_stage("wo_backbone", "demo", env)
+    assert "resuming {'kind': 'prune', 'initial': 0.3, 'target': 0.6}" in caplog.text
     leftovers = [p.name for p in lay.backbone_dir("group1").rglob("*") if p.name in ("resume.pt", "progress.json")]
     assert not leftovers                                         # removed once the task is finished
     backbone = str(HERE.backbone_dir("group1"))
