@@ -7,12 +7,8 @@ tests that change files work on a copy of it.
 """
 import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -221,26 +217,22 @@ def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run
     work = tmp_path / "work"
     for part in (HERE.baseline_dir("group1").parent, HERE.logs):
         shutil.copytree(tiny_run / part, work / part)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "PYTHON": sys.executable,
-           "OMP_NUM_THREADS": "1", **env_for(demo_root, work)}          # one thread, as the fixture's run
-    script = ["bash", str(REPO / "run_pickaback" / "run_all.sh"), "demo"]
-    proc = subprocess.Popen(script, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    env = env_for(demo_root, work)
     third = layout(work).backbone_dir("group3")
-    deadline = time.time() + 120
-    while not (third / "train.log").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)                          # in the middle of the backbone stage, task 3
-    proc.wait()
+    run_killed(lambda: run_stage("all", "demo", env),                # in the middle of the backbone stage, task 3
+               lambda path, phase, epoch: third in path.parents, tmp_path / "killed.log")
     assert not (third / "stage.json").exists() and (layout(work).backbone_dir("group2") / "stage.json").exists()
 
-    rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env_for(demo_root, work)}, check=True)
+    script = ["bash", str(REPO / "run_pickaback" / "run_all.sh"), "demo"]
+    rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env}, check=True)   # one thread, as tiny_run
     log = rerun.stdout
     assert "wo_backbone task 2 (group2): finished with these settings, skipped" in log
     assert "== wo_backbone: demo task 3" in log and "wo_backbone task 3 (group3): finished" not in log
     assert checksums(work, BACKBONES) == checksums(tiny_run, BACKBONES)
     assert checksums(work, TARGETS) == checksums(tiny_run, TARGETS)
     assert layout(work).result_csv.read_text() == layout(tiny_run).result_csv.read_text()
+    report = layout(work).report(".md")                               # the run ends with the report (tools/report.py)
+    assert log.splitlines()[-1] == f"report: {report}" and "| w_backbone_MM | done |" in report.read_text()
 
 
 def test_a_stage_script_without_baselines_exits_3_with_one_sentence(demo_root, tmp_path):
