@@ -1,9 +1,12 @@
 """Shared fixtures: a small copy of the demo data and helpers to run entry points in-process or as scripts."""
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -61,36 +64,49 @@ def unreachable_copy(demo_root, dest):
     return root
 
 
-def run_killed(run, when, log_file):
-    """Run `run()` in a fork of this process (its interpreter already started: nothing to import again) that kills
-    itself with SIGKILL right after it writes a resume state for which `when(path, phase, epoch)` holds, as a kill at
-    the end of that epoch would; no cleanup runs. Its log lines (INFO) go to `log_file`; returns their text. Fails if
-    the run ends before the kill."""
-    import signal
-    import traceback
+@contextlib.contextmanager
+def stopped_at(run, when, log_file):
+    """Run `run()` in a fork of this process (its interpreter already started: nothing to import again) that stops
+    right after it writes a resume state for which `when(path, phase, epoch)` holds; yields its pid while it waits
+    there, then kills it with SIGKILL: no cleanup runs, as for a kill at the end of that epoch. Its log lines (INFO)
+    go to `log_file`. Fails if the run ends before that point."""
     from utils.resume import Resume
+    ready, tell = os.pipe()
     pid = os.fork()
     if pid == 0:                                            # the child never returns into pytest
-        code = 1
         try:
+            os.close(ready)
             save = Resume.save
 
-            def save_then_kill(self, phase, epoch, *args):
+            def save_then_stop(self, phase, epoch, *args):
                 save(self, phase, epoch, *args)
                 if when(self.path, phase, epoch):
-                    os.kill(os.getpid(), signal.SIGKILL)
-            Resume.save = save_then_kill
+                    os.write(tell, b"1")
+                    while True:
+                        signal.pause()
+            Resume.save = save_then_stop
             root = logging.getLogger()
             root.setLevel(logging.INFO)
             root.addHandler(logging.FileHandler(log_file))
             run()
-            code = 0
-        except BaseException:                               # reported by the parent's assertion (not killed)
+        except BaseException:                               # reported by the parent: the run did not stop
             traceback.print_exc()
         finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"not killed (wait status {status})"
+            os._exit(1)
+    os.close(tell)
+    try:
+        assert os.read(ready, 1) == b"1", "the run ended before the point it was to stop at"
+        yield pid
+    finally:
+        os.close(ready)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def run_killed(run, when, log_file):
+    """`run()` in a fork killed with SIGKILL right after the resume state `when` names (stopped_at); returns its log."""
+    with stopped_at(run, when, log_file):
+        pass
     return Path(log_file).read_text()
 
 
