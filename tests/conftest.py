@@ -33,6 +33,15 @@ def run_script(args, cwd, env=None, check=False):
     return proc
 
 
+def run_stage_script(monkeypatch, argv, env):
+    """`bash run_pickaback/<stage>.sh <cfg>` in this process: tools/run_stage.py's main (what the script runs) with
+    `env` in the environment; returns its exit code (its lines are in capsys). Use with the root_logging fixture."""
+    from tools import run_stage
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    return run_main(run_stage.main, argv)
+
+
 def assert_one_sentence(err, rc, *words):
     """The one `error:` line of `err` (no traceback, a failing exit code), containing every one of `words`."""
     assert rc != 0 and "Traceback" not in err, err

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, env_for, run_killed, run_main, run_script
+from tests.conftest import REPO, env_for, run_killed, run_main, run_script, run_stage_script
 from tests.test_cpg import RATIO_CASES
 from utils.checkpoint import load_checkpoint, read_json
 from utils.config import load_dataset_config
@@ -235,12 +235,12 @@ def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run
     assert log.splitlines()[-1] == f"report: {report}" and "| w_backbone_MM | done |" in report.read_text()
 
 
-def test_a_stage_script_without_baselines_exits_3_with_one_sentence(demo_root, tmp_path):
-    proc = run_script(["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"], cwd=tmp_path,
-                      env=env_for(demo_root, tmp_path, TASK_IDS="1"))
-    assert proc.returncode == 3
-    assert proc.stderr.strip().startswith("error: stage wo_backbone, task 1 (group1): baseline accuracy file")
-    assert "Traceback" not in proc.stderr
+def test_a_stage_script_without_baselines_exits_3_with_one_sentence(demo_root, tmp_path, monkeypatch, capsys,
+                                                                     root_logging):
+    assert run_stage_script(monkeypatch, ["wo_backbone", "demo"], env_for(demo_root, tmp_path, TASK_IDS="1")) == 3
+    err = capsys.readouterr().err
+    assert err.strip().startswith("error: stage wo_backbone, task 1 (group1): baseline accuracy file")
+    assert "Traceback" not in err
 
 
 def test_entry_point_exit_codes_are_kept(demo_root, tmp_path):
