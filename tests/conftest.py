@@ -13,6 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TQDM_DISABLE", "1")
+# One thread per process, read by torch when it starts and passed to every script a test runs: the tiny models train
+# fastest on one, the tests compare runs made with the same thread count, and pytest-xdist's two workers (README
+# command 2: -n 2) do not spin against each other on two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_main(main, argv):

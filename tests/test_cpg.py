@@ -8,7 +8,7 @@ import torch
 from CPG_MM_main_normal import main as cpg_main
 from models import cpg
 from models.build import Network
-from tests.conftest import REPO, run_main, run_script, unreachable_copy
+from tests.conftest import REPO, run_main, run_script, run_stage_script, unreachable_copy
 from utils.pipeline.choice import choose_ratio
 from utils.checkpoint import load_checkpoint, read_json
 from utils.layout import Layout, task_checkpoint
@@ -209,8 +209,10 @@ def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):
     assert chosen.parent == lay.gradual_prune_dir("group1").resolve()
 
 
-def test_target_script_widens_on_exit_2_up_to_max_width(demo_root, backbone, tmp_path):
-    """w_backbone_MM.sh acts on exit code 2: 1.0 -> 1.5 -> 2.0, and the final checkpoint really is wider."""
+def test_target_script_widens_on_exit_2_up_to_max_width(demo_root, backbone, tmp_path, monkeypatch, capsys,
+                                                        root_logging):
+    """w_backbone_MM.sh (its Python side, in this process) acts on exit code 2: 1.0 -> 1.5 -> 2.0, and the final
+    checkpoint really is wider."""
     work = tmp_path / "work"
     lay = Layout(work, "demo")
     gp = lay.gradual_prune_dir("group1")
@@ -219,10 +221,11 @@ def test_target_script_widens_on_exit_2_up_to_max_width(demo_root, backbone, tmp
     lay.result_csv.write_text("target_id,task_id\n2,1\n")
     lay.logs.mkdir()
     lay.baseline_acc_file.write_text('{"group1": "0.5", "group2": "1.0"}')
-    proc = run_script(["bash", str(REPO / "run_pickaback" / "w_backbone_MM.sh"), "demo"], cwd=tmp_path, check=True,
-                      env={"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "EPOCHS": "1",
-                           "BATCH_SIZE": "8"})
-    assert "expanding the network to width x1.5" in proc.stdout and "expanding the network to width x2.0" in proc.stdout
+    assert run_stage_script(monkeypatch, ["w_backbone_MM", "demo"], {"MMPAB_DATA_ROOT": demo_root,
+                                                                      "MMPAB_WORK_DIR": work, "EPOCHS": "1",
+                                                                      "BATCH_SIZE": "8"}) == 0
+    out = capsys.readouterr().out
+    assert "expanding the network to width x1.5" in out and "expanding the network to width x2.0" in out
     net = Network.from_checkpoint(load_checkpoint(checkpoint_in(lay.target_scratch_dir("group1", "group2"))))
     assert net.model.width_multiplier == 2.0 and net.history == ["group1", "group2"]
     summary = lay.target_acc_csv.read_text().splitlines()
