@@ -19,6 +19,18 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def number_event_files_with_seven_digits():
+    """TensorBoard names a curve's event files by second, pid and a counter of the process, and reads a run's files in
+    name order: two files of one run written in the same second (a step interrupted and resumed in one test) sort in
+    writing order only while the counter keeps its number of digits (a file ...100 is read before ...99). Counting from
+    10**6 keeps seven digits, whichever tests ran before in this process (with pytest-xdist that changes)."""
+    from tensorboard.summary.writer import event_file_writer
+    event_file_writer._global_uid = event_file_writer.AtomicCounter(10 ** 6)
+
+
+number_event_files_with_seven_digits()
+
+
 def run_main(main, argv):
     """Run an entry point's main(argv) in-process; returns its exit code."""
     try:
