@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the pinned requirements and this checkout (pip install -e .), run the linters (ruff, then import-linter's
-# contracts: see pyproject.toml), then the test suite (the README's second quick-start command; CI runs it).
+# contracts: see pyproject.toml), then the test suite on two processes (the README's second quick-start command;
+# CI runs it).
 #
 #   bash run_pickaback/test.sh [pytest arguments]
 set -euo pipefail
@@ -16,4 +17,5 @@ PYTHON="${PYTHON:-python3}"
 "$PYTHON" -m ruff check .
 "$PYTHON" -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())'
 export TQDM_DISABLE=1
-exec "$PYTHON" -m pytest -q tests "$@"
+# two processes (pytest-xdist): each test uses one thread (tests/conftest.py) and its own folders
+exec "$PYTHON" -m pytest -q -n 2 tests "$@"

@@ -1,15 +1,34 @@
 """Shared fixtures: a small copy of the demo data and helpers to run entry points in-process or as scripts."""
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TQDM_DISABLE", "1")
+# One thread per process, read by torch when it starts and passed to every script a test runs: the tiny models train
+# fastest on one, the tests compare runs made with the same thread count, and pytest-xdist's two workers (README
+# command 2: -n 2) do not spin against each other on two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def number_event_files_with_seven_digits():
+    """TensorBoard names a curve's event files by second, pid and a counter of the process, and reads a run's files in
+    name order: two files of one run written in the same second (a step interrupted and resumed in one test) sort in
+    writing order only while the counter keeps its number of digits (a file ...100 is read before ...99). Counting from
+    10**6 keeps seven digits, whichever tests ran before in this process (with pytest-xdist that changes)."""
+    from tensorboard.summary.writer import event_file_writer
+    event_file_writer._global_uid = event_file_writer.AtomicCounter(10 ** 6)
+
+
+number_event_files_with_seven_digits()
 
 
 def run_main(main, argv):
@@ -28,6 +47,15 @@ def run_script(args, cwd, env=None, check=False):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def run_stage_script(monkeypatch, argv, env):
+    """`bash run_pickaback/<stage>.sh <cfg>` in this process: tools/run_stage.py's main (what the script runs) with
+    `env` in the environment; returns its exit code (its lines are in capsys). Use with the root_logging fixture."""
+    from tools import run_stage
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    return run_main(run_stage.main, argv)
 
 
 def assert_one_sentence(err, rc, *words):
@@ -59,6 +87,52 @@ def unreachable_copy(demo_root, dest):
         image = sorted(first.iterdir())[0]
         shutil.copy(image, second / f"also_{image.name}")
     return root
+
+
+@contextlib.contextmanager
+def stopped_at(run, when, log_file):
+    """Run `run()` in a fork of this process (its interpreter already started: nothing to import again) that stops
+    right after it writes a resume state for which `when(path, phase, epoch)` holds; yields its pid while it waits
+    there, then kills it with SIGKILL: no cleanup runs, as for a kill at the end of that epoch. Its log lines (INFO)
+    go to `log_file`. Fails if the run ends before that point."""
+    from utils.resume import Resume
+    ready, tell = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                            # the child never returns into pytest
+        try:
+            os.close(ready)
+            save = Resume.save
+
+            def save_then_stop(self, phase, epoch, *args):
+                save(self, phase, epoch, *args)
+                if when(self.path, phase, epoch):
+                    os.write(tell, b"1")
+                    while True:
+                        signal.pause()
+            Resume.save = save_then_stop
+            root = logging.getLogger()
+            root.setLevel(logging.INFO)
+            root.addHandler(logging.FileHandler(log_file))
+            run()
+        except BaseException:                               # reported by the parent: the run did not stop
+            traceback.print_exc()
+        finally:
+            os._exit(1)
+    os.close(tell)
+    try:
+        assert os.read(ready, 1) == b"1", "the run ended before the point it was to stop at"
+        yield pid
+    finally:
+        os.close(ready)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def run_killed(run, when, log_file):
+    """`run()` in a fork killed with SIGKILL right after the resume state `when` names (stopped_at); returns its log."""
+    with stopped_at(run, when, log_file):
+        pass
+    return Path(log_file).read_text()
 
 
 @pytest.fixture

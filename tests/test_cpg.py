@@ -8,7 +8,7 @@ import torch
 from CPG_MM_main_normal import main as cpg_main
 from models import cpg
 from models.build import Network
-from tests.conftest import REPO, run_main, run_script, unreachable_copy
+from tests.conftest import REPO, run_main, run_script, run_stage_script, unreachable_copy
 from utils.pipeline.compacting import choose_ratio
 from utils.checkpoint import load_checkpoint, read_json
 from utils.layout import Layout
@@ -165,13 +165,25 @@ def test_exit_code_3_without_baseline_file_and_255_without_record(demo_root, tmp
                "--pruning_ratio_to_acc_record_file", tmp_path / "none.txt", "--load_folder", tmp_path) == 255
 
 
-def test_ratio_choice_rule():
-    record = {"0.0": 0.80, "0.1": 0.80, "0.5": 0.79, "0.9": 0.70, "0.95": 0.60}
-    assert choose_ratio(record, 0.795, 0.001, at_max_width=False) == "0.1"
-    assert choose_ratio(record, 0.789, 0.001, at_max_width=False) == "0.5"
-    assert choose_ratio(record, 0.90, 0.001, at_max_width=False) is None
+RECORD = {"0.0": 0.80, "0.1": 0.80, "0.5": 0.79, "0.9": 0.70, "0.95": 0.60}
+# The ratio rule's cases at ALLOW_ACC_LOSS 0.001: (record, baseline accuracy, backbone at its maximum width, the
+# ratio chosen; None: scratch). test_stages runs the chooser stage on those of a tiny backbone's two ratios.
+RATIO_CASES = [
+    (RECORD, 0.795, False, "0.1"),
+    (RECORD, 0.789, False, "0.5"),
+    (RECORD, 0.90, False, None),
     # below baseline at max width: the unpruned accuracy is the criterion (the original chose 0.95 outright)
-    assert choose_ratio(record, 0.90, 0.001, at_max_width=True) == "0.1"
+    (RECORD, 0.90, True, "0.1"),
+    ({"0.0": 0.80, "0.5": 0.7995}, 0.80, False, "0.5"),       # within ALLOW_ACC_LOSS of the baseline
+    ({"0.0": 0.80, "0.5": 0.79}, 0.80, True, None),            # beyond it: scratch (the unpruned 0.0)
+    ({"0.0": 0.80, "0.5": 0.7995}, 0.90, True, "0.5"),        # at max width: within 0.001 of the unpruned
+    ({"0.0": 0.80, "0.5": 0.7995}, 0.90, False, None),        # below it: the baseline is the criterion
+]
+
+
+@pytest.mark.parametrize("record, baseline, at_max_width, chosen", RATIO_CASES)
+def test_ratio_choice_rule(record, baseline, at_max_width, chosen):
+    assert choose_ratio(record, baseline, 0.001, at_max_width=at_max_width) == chosen
 
 
 def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):
@@ -198,8 +210,10 @@ def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):
     assert chosen.parent == lay.backbone("group1").gradual_prune.resolve()
 
 
-def test_target_script_widens_on_exit_2_up_to_max_width(demo_root, backbone, tmp_path):
-    """w_backbone_MM.sh acts on exit code 2: 1.0 -> 1.5 -> 2.0, and the final checkpoint really is wider."""
+def test_target_script_widens_on_exit_2_up_to_max_width(demo_root, backbone, tmp_path, monkeypatch, capsys,
+                                                        root_logging):
+    """w_backbone_MM.sh (its Python side, in this process) acts on exit code 2: 1.0 -> 1.5 -> 2.0, and the final
+    checkpoint really is wider."""
     work = tmp_path / "work"
     lay = Layout(work, "demo")
     gp = lay.backbone("group1").gradual_prune
@@ -208,10 +222,11 @@ def test_target_script_widens_on_exit_2_up_to_max_width(demo_root, backbone, tmp
     lay.result_csv.write_text("target_id,task_id\n2,1\n")
     lay.logs.mkdir()
     lay.baseline_acc_file.write_text('{"group1": "0.5", "group2": "1.0"}')
-    proc = run_script(["bash", str(REPO / "run_pickaback" / "w_backbone_MM.sh"), "demo"], cwd=tmp_path, check=True,
-                      env={"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "EPOCHS": "1",
-                           "BATCH_SIZE": "8"})
-    assert "expanding the network to width x1.5" in proc.stdout and "expanding the network to width x2.0" in proc.stdout
+    assert run_stage_script(monkeypatch, ["w_backbone_MM", "demo"], {"MMPAB_DATA_ROOT": demo_root,
+                                                                      "MMPAB_WORK_DIR": work, "EPOCHS": "1",
+                                                                      "BATCH_SIZE": "8"}) == 0
+    out = capsys.readouterr().out
+    assert "expanding the network to width x1.5" in out and "expanding the network to width x2.0" in out
     net = Network.from_checkpoint(load_checkpoint(checkpoint_in(lay.target("group1", "group2").scratch)))
     assert net.model.width_multiplier == 2.0 and net.history == ["group1", "group2"]
     summary = lay.target_acc_csv.read_text().splitlines()

@@ -9,7 +9,7 @@ import yaml
 
 from models.build import Network
 from packnet_main_normal import main as baseline_main
-from tests.conftest import REPO, run_main, run_script
+from tests.conftest import REPO, run_main, run_script, run_stage_script
 from utils import data as data_mod
 from utils.checkpoint import load_checkpoint, read_json, save_checkpoint, update_json
 from utils.config import load_dataset_config
@@ -193,14 +193,16 @@ def test_seeded_baseline_runs_reproduce_exactly(demo_root, tmp_path):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
-def test_baseline_script_without_data_is_one_sentence(tmp_path):
-    proc = run_script(["bash", str(REPO / "run_pickaback" / "baseline.sh"), "oxford"], cwd=tmp_path,
-                      env={"MMPAB_DATA_ROOT": str(tmp_path), "MMPAB_WORK_DIR": str(tmp_path / "work")})
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "tools/prepare_oxford.py" in proc.stderr and str(tmp_path / "oxford") in proc.stderr
+def test_baseline_script_without_data_is_one_sentence(tmp_path, monkeypatch, capsys, root_logging):
+    rc = run_stage_script(monkeypatch, ["baseline", "oxford"],
+                          {"MMPAB_DATA_ROOT": tmp_path, "MMPAB_WORK_DIR": tmp_path / "work"})
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err
+    assert "tools/prepare_oxford.py" in err and str(tmp_path / "oxford") in err
 
 
-def test_new_image_only_config_section_trains_with_baseline_script(demo_root, tmp_path):
+def test_new_image_only_config_section_trains_with_baseline_script(demo_root, tmp_path, monkeypatch, capsys,
+                                                                   root_logging):
     section = demo_section()
     for key in ("modality", "text_train_path", "text_test_path", "model"):
         section.pop(key)
@@ -208,10 +210,10 @@ def test_new_image_only_config_section_trains_with_baseline_script(demo_root, tm
                    model={"num_latents": 8, "latent_dim": 32})                  # small; the rest is the default
     path = write_config(tmp_path, "shapes", section)
     work = tmp_path / "work"
-    proc = run_script(["bash", str(REPO / "run_pickaback" / "baseline.sh"), "shapes"], cwd=tmp_path,
-                      env={"MMPAB_CONFIG_FILE": str(path), "MMPAB_DATA_ROOT": str(demo_root),
-                           "MMPAB_WORK_DIR": str(work), "FINETUNE_EPOCHS": "1", "BATCH_SIZE": "16"})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rc = run_stage_script(monkeypatch, ["baseline", "shapes"],
+                          {"MMPAB_CONFIG_FILE": path, "MMPAB_DATA_ROOT": demo_root, "MMPAB_WORK_DIR": work,
+                           "FINETUNE_EPOCHS": "1", "BATCH_SIZE": "16"})
+    assert rc == 0, capsys.readouterr()
     lay = Layout(work, "shapes")
     assert set(read_json(lay.baseline_acc_file)) == {"group1", "group3"}
     ckpt = load_checkpoint(lay.baseline("group3").root / "checkpoint-1.pth.tar")

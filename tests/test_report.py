@@ -178,8 +178,13 @@ def test_selection_rules_side_by_side(tmp_path, demo_root):
 
 
 # ---- broken files are listed, bugs propagate ---------------------------------------------------------------------
-def test_tools_report_re_exports_write_report():
-    assert report.write_report is write_report
+def test_the_report_command_passes_its_flags_and_prints_the_reports_path(tiny_run, demo_root, tmp_path, capsys):
+    work = shutil.copytree(tiny_run, tmp_path / "work")
+    code = run_main(report.main, ["demo", "--work_dir", str(work), "--data_root", str(demo_root), "--no_eval"])
+    path = Layout(work, "demo").report(".md")
+    assert code == 0 and capsys.readouterr().out.strip() == str(path)
+    groups = ", ".join(load_dataset_config("demo", demo_root, check_folders=False).groups)
+    assert f"- metrics ({groups}): not measured (--no_eval)" in read(path)         # --no_eval reached the report
 
 
 def test_broken_stage_files_are_listed_and_the_rest_written(tmp_path, demo_root):

@@ -7,25 +7,23 @@ tests that change files work on a copy of it.
 """
 import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, env_for, run_main, run_script
+from tests.conftest import REPO, env_for, run_killed, run_main, run_script, run_stage_script
+from tests.test_cpg import RATIO_CASES
 from utils.checkpoint import load_checkpoint, read_json
 from utils.config import load_dataset_config
 from utils.errors import UserError
 from utils.layout import Layout
 from utils.manifest import Manifest, task_checkpoint
 from utils.pipeline import run_stage, stage_settings
+from utils.pipeline.compacting import choose_ratio
 
 HERE = Layout(Path("."), "demo")
 BACKBONES = str(HERE.backbone("group1").root.parent)            # every task's CPG backbone folder
@@ -57,10 +55,9 @@ def test_every_stage_writes_its_outputs_and_manifests(tiny_run):
         group = f"group{i}"
         record = read_json(lay.backbone(group).record)
         assert set(record) == {"0.0", "0.5"}
-        # the chooser's rule on the record's own numbers (ALLOW_ACC_LOSS 0.001; every backbone is at its max width
-        # x1.0, so below the baseline the unpruned accuracy is the criterion)
-        criterion = min(record["0.0"], float(read_json(lay.baseline_acc_file)[group]))
-        expected = "0.5" if record["0.5"] + 0.001 >= criterion else "0.0"
+        # the chooser's rule (test_cpg's cases) on the record's own numbers (ALLOW_ACC_LOSS 0.001; every backbone is
+        # at its max width x1.0)
+        expected = choose_ratio(record, float(read_json(lay.baseline_acc_file)[group]), 0.001, True) or "0.0"
         assert read_json(lay.choice_manifest(group))["results"]["ratio"] == expected, (group, record)
         chosen.add(expected)
     assert chosen == {"0.0", "0.5"}                    # the tiny run exercises both outcomes of the rule
@@ -148,6 +145,28 @@ def test_chooser_checks_the_record_before_replacing_its_choice(copy_of, demo_roo
     assert (gradual_prune / "checkpoint-1_kv_transfer_9.pth.tar").is_file()
 
 
+def test_the_chooser_stage_chooses_as_the_ratio_rules_cases_say(copy_of, demo_root):
+    lay = layout(copy_of)
+    cases = [case for case in RATIO_CASES if set(case[0]) == {"0.0", "0.5"}]      # the tiny backbones' ratios
+    baselines = read_json(lay.baseline_acc_file)
+    for n, (record, baseline, at_max_width, _) in enumerate(cases, 1):
+        lay.backbone(f"group{n}").record.write_text(json.dumps(record))
+        baselines[f"group{n}"] = "%.4f" % baseline
+        backbone = lay.backbone(f"group{n}").manifest              # every tiny backbone is at x1.0
+        recorded = read_json(backbone)
+        recorded["settings"]["max_network_width_multiplier"] = 1.0 if at_max_width else 2.0
+        backbone.write_text(json.dumps(recorded))
+    lay.baseline_acc_file.write_text(json.dumps(baselines))
+    run_stage("select_pruning_ratio_of_backbone", "demo",
+              env_for(demo_root, copy_of, TASK_IDS=" ".join(str(n) for n in range(1, len(cases) + 1))))
+    for n, (*_, chosen) in enumerate(cases, 1):
+        group = f"group{n}"
+        assert read_json(lay.choice_manifest(group))["results"]["ratio"] == (chosen or "0.0"), group
+        backbone = Manifest(lay.backbone(group).manifest).output(chosen or "0.0")
+        placed = lay.backbone(group).gradual_prune / backbone.name
+        assert placed.read_bytes() == backbone.read_bytes(), group
+
+
 @pytest.mark.parametrize("stage, record", [("wo_backbone", str(HERE.backbone("group1").gradual_prune)),
                                            ("w_backbone_MM", TARGETS)])
 def test_a_missing_baseline_stops_the_stage_before_any_record_is_touched(copy_of, demo_root, stage, record):
@@ -200,34 +219,30 @@ def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run
     work = tmp_path / "work"
     for part in (HERE.baseline("group1").root.parent, HERE.logs):
         shutil.copytree(tiny_run / part, work / part)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "PYTHON": sys.executable,
-           "OMP_NUM_THREADS": "1", **env_for(demo_root, work)}          # one thread, as the fixture's run
-    script = ["bash", str(REPO / "run_pickaback" / "run_all.sh"), "demo"]
-    proc = subprocess.Popen(script, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    env = env_for(demo_root, work)
     third = layout(work).backbone("group3").root
-    deadline = time.time() + 120
-    while not (third / "train.log").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)                          # in the middle of the backbone stage, task 3
-    proc.wait()
-    assert not (third / "stage.json").exists() and layout(work).backbone("group2").manifest.exists()
+    run_killed(lambda: run_stage("all", "demo", env),                # in the middle of the backbone stage, task 3
+               lambda path, phase, epoch: third in path.parents, tmp_path / "killed.log")
+    assert not (third / "stage.json").exists() and (layout(work).backbone("group2").manifest).exists()
 
-    rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env_for(demo_root, work)}, check=True)
+    script = ["bash", str(REPO / "run_pickaback" / "run_all.sh"), "demo"]
+    rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env}, check=True)   # one thread, as tiny_run
     log = rerun.stdout
     assert "wo_backbone task 2 (group2): finished with these settings, skipped" in log
     assert "== wo_backbone: demo task 3" in log and "wo_backbone task 3 (group3): finished" not in log
     assert checksums(work, BACKBONES) == checksums(tiny_run, BACKBONES)
     assert checksums(work, TARGETS) == checksums(tiny_run, TARGETS)
     assert layout(work).result_csv.read_text() == layout(tiny_run).result_csv.read_text()
+    report = layout(work).report(".md")                               # the run ends with the report (tools/report.py)
+    assert log.splitlines()[-1] == f"report: {report}" and "| w_backbone_MM | done |" in report.read_text()
 
 
-def test_a_stage_script_without_baselines_exits_3_with_one_sentence(demo_root, tmp_path):
-    proc = run_script(["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"], cwd=tmp_path,
-                      env=env_for(demo_root, tmp_path, TASK_IDS="1"))
-    assert proc.returncode == 3
-    assert proc.stderr.strip().startswith("error: stage wo_backbone, task 1 (group1): baseline accuracy file")
-    assert "Traceback" not in proc.stderr
+def test_a_stage_script_without_baselines_exits_3_with_one_sentence(demo_root, tmp_path, monkeypatch, capsys,
+                                                                     root_logging):
+    assert run_stage_script(monkeypatch, ["wo_backbone", "demo"], env_for(demo_root, tmp_path, TASK_IDS="1")) == 3
+    err = capsys.readouterr().err
+    assert err.strip().startswith("error: stage wo_backbone, task 1 (group1): baseline accuracy file")
+    assert "Traceback" not in err
 
 
 def test_entry_point_exit_codes_are_kept(demo_root, tmp_path):
@@ -282,38 +297,31 @@ def test_selection_rules_are_compared_apart_from_the_default_run(copy_of, demo_r
     assert not any("Train Ep." in r.message for r in caplog.records)
 
 
-def test_killed_inside_a_task_twice_resumes_to_bit_identical_outputs(demo_root, tmp_path):
-    """SIGKILL during the finetuning of a task, then during one of its pruning steps: each rerun continues from the
-    last epoch's resume state and the task ends exactly as an uninterrupted run."""
-    longer = dict(TASK_IDS="1", EPOCHS="8", NR_EPOCH_FOR_EACH_PRUNE="10", PRUNING_SCHEDULE="0.3 0.6")
+def test_killed_inside_a_task_twice_resumes_to_bit_identical_outputs(demo_root, tmp_path, caplog):
+    """SIGKILL during the finetuning of a task, then during one of its pruning steps (each after the first of three
+    epochs): each rerun continues from the last epoch's resume state and the task ends exactly as an uninterrupted
+    run."""
+    longer = dict(TASK_IDS="1", EPOCHS="3", NR_EPOCH_FOR_EACH_PRUNE="3", PRUNING_SCHEDULE="0.3 0.6")
     reference, work = tmp_path / "reference", tmp_path / "work"
     torch.set_num_threads(1)
     run_stage("baseline", "demo", env_for(demo_root, reference, TASK_IDS="1"))
     run_stage("wo_backbone", "demo", env_for(demo_root, reference, **longer))
     for part in (HERE.baseline("group1").root, HERE.logs):
         shutil.copytree(reference / part, work / part)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "PYTHON": sys.executable,
-           "OMP_NUM_THREADS": "1", **env_for(demo_root, work, **longer)}
-    script = ["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"]
     lay = layout(work)
     finetuning = lay.backbone("group1").scratch / "resume.pt"            # each step's resume state, in its own folder
     pruning = lay.backbone("group1").prune_stage(0.6) / "resume.pt"
+    env = env_for(demo_root, work, **longer)
 
-    def kill_when(ready):
-        proc = subprocess.Popen(script, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
-        deadline = time.time() + 120
-        while not ready() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.002)
-        os.killpg(proc.pid, signal.SIGKILL)
-        return proc.communicate()[0]
+    def wo_backbone():
+        run_stage("wo_backbone", "demo", env)
 
-    kill_when(finetuning.is_file)                                # inside the finetuning
-    out = kill_when(pruning.is_file)                             # inside pruning 0.3 -> 0.6
+    run_killed(wo_backbone, lambda path, phase, epoch: path == finetuning and epoch == 1, tmp_path / "1.log")
+    out = run_killed(wo_backbone, lambda path, phase, epoch: path == pruning and epoch == 1, tmp_path / "2.log")
     assert "resuming {'kind': 'finetune'" in out
-    rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env_for(demo_root, work, **longer)},
-                       check=True)
-    assert "resuming {'kind': 'prune', 'initial': 0.3, 'target': 0.6}" in rerun.stdout
+    caplog.set_level("INFO")
+    run_stage("wo_backbone", "demo", env)
+    assert "resuming {'kind': 'prune', 'initial': 0.3, 'target': 0.6}" in caplog.text
     leftovers = [p.name for p in lay.backbone("group1").root.rglob("*") if p.name in ("resume.pt", "progress.json")]
     assert not leftovers                                         # removed once the task is finished
     backbone = str(HERE.backbone("group1").root)

@@ -3,17 +3,18 @@ wo_backbone (running while it runs, resumable once killed) and on an empty folde
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
 import pandas as pd
 
-from tests.conftest import REPO, env_for, run_script
+from tests.conftest import REPO, env_for, run_main, run_script, stopped_at
+from tools import status as status_tool
 from utils.checkpoint import read_json
 from utils.layout import Layout
 from utils.manifest import Manifest
+from utils.pipeline import run_stage
 from utils.pipeline.context import Clock, Run
 from utils.pipeline.status import run_states
 
@@ -74,24 +75,16 @@ def test_a_run_killed_during_wo_backbone_shows_running_then_resumable(tiny_run, 
     work = tmp_path / "work"
     for part in (HERE.baseline("group1").root.parent, HERE.logs):         # the baselines are done
         shutil.copytree(tiny_run / part, work / part)
-    longer = dict(EPOCHS="40")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
-           **env_for(demo_root, work, **longer)}
+    longer = dict(EPOCHS="3")
     lay = Layout(work, "demo")
     resume = lay.backbone("group2").scratch / "resume.pt"
-    proc = subprocess.Popen(["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"], cwd=work, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while not resume.is_file() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        running = by_task(states(work, demo_root, **longer)["wo_backbone"])
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    env = env_for(demo_root, work, **longer)
+    with stopped_at(lambda: run_stage("wo_backbone", "demo", env),           # a run stopped after task 2's first epoch
+                    lambda path, phase, epoch: path == resume, tmp_path / "run.log"):
+        running = by_task(states(work, demo_root, **longer)["wo_backbone"])   # killed with SIGKILL afterwards
     task2 = running["task 2 (group2)"]
-    assert task2.state == "running" and task2.detail.startswith("pid ") and "finetuning at width x1, after epoch" \
-        in task2.detail and "of 40" in task2.detail
+    assert task2.state == "running" and task2.detail.startswith("pid ") and "finetuning at width x1, after epoch 1" \
+        in task2.detail and "of 3" in task2.detail
     found = states(work, demo_root, **longer)
     backbone = by_task(found["wo_backbone"])
     assert backbone["task 1 (group1)"].state == "finished" and not backbone["task 1 (group1)"].redo
@@ -113,7 +106,7 @@ def test_a_run_killed_during_wo_backbone_shows_running_then_resumable(tiny_run, 
     assert by_task(states(work, demo_root, **longer)["wo_backbone"])["task 4 (group4)"].state == "interrupted"
 
 
-def test_status_on_an_empty_folder_says_nothing_started(demo_root, tmp_path):
+def test_status_on_an_empty_folder_says_nothing_started(demo_root, tmp_path, monkeypatch, capsys):
     env = env_for(demo_root, tmp_path)
     proc = run_script([sys.executable, str(REPO / "tools" / "status.py"), "demo"], cwd=tmp_path, env=env, check=True)
     lines = proc.stdout.splitlines()
@@ -121,8 +114,9 @@ def test_status_on_an_empty_folder_says_nothing_started(demo_root, tmp_path):
     assert "stage 1/6 baseline: 8 not started" in lines
     assert "stage 6/6 w_backbone_MM: 1 not started" in lines
     assert not any(tmp_path.iterdir())                                    # it wrote nothing
-    usage = run_script([sys.executable, str(REPO / "tools" / "status.py"), "--help"], cwd=tmp_path, check=True)
-    assert usage.stdout.startswith("usage: status.py")
+    monkeypatch.setattr(sys, "argv", [str(REPO / "tools" / "status.py"), "--help"])   # as python names the program
+    assert run_main(status_tool.main, None) == 0
+    assert capsys.readouterr().out.startswith("usage: status.py")
 
 
 def test_the_clock_estimates_the_time_left_from_the_tasks_worked_on(monkeypatch):
