@@ -33,7 +33,7 @@ from models.build import Network
 from utils.checkpoint import baseline_accuracy, read_record, update_json
 from utils.data import load_task, model_config
 from utils.errors import UserError, report_user_errors
-from utils.layout import sparsity_key
+from utils.layout import TaskFolder, sparsity_key
 from utils.manifest import task_checkpoint
 from utils.pipeline.cli import SPARSITY, add_settings_arguments, add_task_arguments, entry_run, parser, settings_from
 from utils.pipeline.cpg_steps import FinetuneStep, PruneStep, finetune_at, prune_stage, step_resume
@@ -93,7 +93,7 @@ def mode_settings(args, start):
 @report_user_errors
 def main(argv=None):
     args = parse_args(argv)
-    log_path = args.log_path or (f"{args.save_folder}/train.log" if args.save_folder else None)
+    log_path = args.log_path or (TaskFolder(Path(args.save_folder)).log if args.save_folder else None)
     setup_logging()
     with task_log(log_path):
         sys.exit(EXIT_CODES[run_step(args)])
@@ -129,7 +129,8 @@ def run_step(args):
     if args.mode == "inference":
         inference(args, net, data)
         return Outcome.DONE
-    csv_path = Path(args.log_path or f"{args.save_folder}/train.log").with_name("train.csv")
+    folder = TaskFolder(Path(args.save_folder))
+    csv_path = Path(args.log_path).with_name(folder.csv.name) if args.log_path else folder.csv    # beside the log
     data_settings = run.data_settings(args.dataset)
     # the curves are named as the stage scripts name them: after the task's folder, the one above --save_folder
     curves = task_curves(run, s, Path(args.save_folder).resolve().parent, args.dataset)

@@ -16,6 +16,7 @@ import torch
 from tools import benchmark_attention
 from tools.benchmark_train import matmul_rate, measure, networks
 from tools.gpu_check_projection import StepTimes
+from utils.layout import resume_file
 from utils.resume import Resume
 from utils.trainer import make_optimizers
 
@@ -155,7 +156,7 @@ def resume_check(config, device, work):
                            train_loader=SimpleNamespace(generator=torch.Generator()))
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work, prefix=".gpu_check_") as folder:
-        resume = Resume(Path(folder) / "resume.pt", {"check": True})
+        resume = Resume(resume_file(folder), {"check": True})
         objects = {"optimizer": optimizer, "mask_optimizer": mask_optimizer}
         times = []
         for epoch in range(3):

@@ -1,13 +1,15 @@
 """What a stage reads of the stages before it, each read checked and a missing one named in a UserError that says
 which stage to run: a task's baseline checkpoint, its finished CPG backbone, the backbone checkpoint the chooser
 placed, the search result's (target, backbone) pairs, the checkpoint a target starts from and a target's own earlier
-model. The stage modules read each other's outputs only through these, so that none of them imports another.
+model, and the search's table and pick that a sequence run starts from. The stage modules read each other's outputs
+only through these, so that none of them imports another.
 """
 import logging
 
 from packnet_models_pickaback.kv_transfer import read_pairs
 from utils.errors import UserError
 from utils.manifest import Manifest, task_checkpoint
+from utils_pickaback.results import TABLE_COLUMNS, read_rows
 
 log = logging.getLogger("root")
 
@@ -71,3 +73,24 @@ def target_start(run, layout, t, backbone):
         path = chosen_backbone(run, layout, backbone)
     run.check_checkpoint(path)
     return path
+
+
+def search_table(run, layout, s):
+    """The search's table when a sequence run's ORDER=similar or START=similar needs it; None otherwise."""
+    if "similar" not in (s.order, s.start):
+        return None
+    if not layout.table_csv.is_file():
+        raise UserError(f"ORDER={s.order} START={s.start} need the backbone search's table {layout.table_csv}: run "
+                        f"run_pickaback/find_backbone.sh {run.cfg.name} first.")
+    return read_rows(layout.table_csv, TABLE_COLUMNS, len(run.cfg.groups))
+
+
+def first_start(run, layout, first):
+    """A sequence run's START=similar: the checkpoint the first task starts from, the backbone the search picked for
+    it (its k/v transfer file when there is one)."""
+    picks = dict(read_pairs(layout.result_csv, run.cfg)) if layout.result_csv.is_file() else {}
+    if first not in picks:
+        raise UserError(f"START=similar needs the backbone the search picked for task {first}, which "
+                        f"{layout.result_csv} does not hold: run run_pickaback/find_backbone.sh {run.cfg.name} (and "
+                        f"the stages before transfer_kv) first, or use START=scratch.")
+    return target_start(run, layout, first, run.cfg.task_name(picks[first]))

@@ -21,16 +21,14 @@ import pandas as pd
 
 from models import cpg
 from models.build import Network
-from packnet_models_pickaback.kv_transfer import read_pairs
 from utils.checkpoint import baseline_accuracy, read_table, update_csv
 from utils.data import load_task
 from utils.errors import UserError
 from utils.manifest import file_digest
 from utils.pipeline.compacting import Progress, choose_ratio, remove_stale_stages, train_and_compact
-from utils.pipeline.inputs import baseline_checkpoint, target_start
+from utils.pipeline.inputs import baseline_checkpoint, first_start, search_table
 from utils.pipeline.lifecycle import Task, failing_task
 from utils.trainer import WIDTH_TOLERANCE, evaluate_task
-from utils_pickaback.results import TABLE_COLUMNS, read_rows
 
 log = logging.getLogger("root")
 
@@ -80,27 +78,6 @@ def similar_order(run, first, ids, table):
         order.append(best)
         rest.remove(best)
     return order
-
-
-def search_table(run, layout, s):
-    """The search's table when ORDER=similar or START=similar needs it; None otherwise."""
-    if "similar" not in (s.order, s.start):
-        return None
-    if not layout.table_csv.is_file():
-        raise UserError(f"ORDER={s.order} START={s.start} need the backbone search's table {layout.table_csv}: run "
-                        f"run_pickaback/find_backbone.sh {run.cfg.name} first.")
-    return read_rows(layout.table_csv, TABLE_COLUMNS, len(run.cfg.groups))
-
-
-def first_start(run, layout, first):
-    """START=similar: the checkpoint the first task starts from, the backbone the search picked for it (its k/v
-    transfer file when there is one)."""
-    picks = dict(read_pairs(layout.result_csv, run.cfg)) if layout.result_csv.is_file() else {}
-    if first not in picks:
-        raise UserError(f"START=similar needs the backbone the search picked for task {first}, which "
-                        f"{layout.result_csv} does not hold: run run_pickaback/find_backbone.sh {run.cfg.name} (and "
-                        f"the stages before transfer_kv) first, or use START=scratch.")
-    return target_start(run, layout, first, run.cfg.task_name(picks[first]))
 
 
 def separate_parameters(run, layout, group):
