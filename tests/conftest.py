@@ -226,3 +226,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The modules whose tests start scripts, worker pools or torchrun (seconds each), longest first: run first, so that
+# pytest-xdist's two processes share them out early and finish with the short tests, not one waiting on a long tail.
+FIRST = ("test_parallel", "test_stages", "test_interrupts_and_os_errors", "test_files_and_processes", "test_cpg",
+         "test_sequence", "test_report")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rpartition(".")[2], len(FIRST)))

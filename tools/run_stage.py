@@ -19,7 +19,6 @@ import argparse
 import os
 import sys
 
-from tools.report import write_report
 from utils.distributed import init_from_environment, is_main_process, launch, shutdown
 from utils.errors import UserError, report_user_errors
 from utils.pipeline import PARALLEL_STAGES, SETTINGS, run_stage, settings_of
@@ -91,6 +90,7 @@ def main(argv=None):
     main_process = is_main_process()
     shutdown()
     if stage in ("all", "compare_selection", "sequence", "sequence_compare") and main_process:   # last: the report
+        from tools.report import write_report             # matplotlib and the report: only where one is written
         path, _ = write_report(run.cfg.name, run.work_dir, run.cfg.data_root)
         print(f"report: {path}")
 
