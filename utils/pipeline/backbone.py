@@ -15,7 +15,7 @@ from utils.checkpoint import baseline_accuracy
 from utils.data import load_task
 from utils.pipeline.compacting import Progress, remove_stale_stages, train_and_compact
 from utils.pipeline.executor import Unit
-from utils.pipeline.lifecycle import Task, failing_task
+from utils.pipeline.lifecycle import Task, failing_task, task_data
 
 log = logging.getLogger("root")
 
@@ -40,8 +40,7 @@ def backbone_jobs(run, layout):
 def backbone_task(run, s, task_id, group, criterion, position=(1, 1)):
     """Finetune (with growth) and prune task `task_id`, unless it is finished with these settings and inputs."""
     folder, what = run.layout(s.arch).backbone(group), f"task {task_id} ({group})"
-    with failing_task(s.STAGE, what):
-        data_settings = run.data_settings(group)                  # (lists every data file: once per task)
+    data_settings = task_data(run, s.STAGE, what, group)          # (lists every data file: once per task)
     task = Task(run, s, what, folder.manifest,
                 inputs={"baseline": criterion, "data": data_settings}, group=group, position=position)
     if task.skip():

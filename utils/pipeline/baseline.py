@@ -9,7 +9,7 @@ from utils.checkpoint import read_json, update_json
 from utils.data import load_task
 from utils.layout import TaskFolder
 from utils.pipeline.executor import Unit
-from utils.pipeline.lifecycle import Task, failing_task
+from utils.pipeline.lifecycle import Task, task_data
 from utils.trainer import begin, finish_task, save_task_checkpoint, train_baseline
 
 log = logging.getLogger("root")
@@ -27,9 +27,8 @@ def baseline_task(run, s, task_id, folder=None, acc_file=None, log_path=None, po
     folder = TaskFolder(folder) if folder else layout.baseline(group)
     acc_file = acc_file or layout.baseline_acc_file
     what = f"task {task_id} ({group})"
-    with failing_task(s.STAGE, what):                             # (the data are walked for their fingerprint)
-        inputs = {"data": run.data_settings(group)}
-    task = Task(run, s, what, folder.manifest, inputs=inputs, group=group, position=position)
+    task = Task(run, s, what, folder.manifest, inputs={"data": task_data(run, s.STAGE, what, group)}, group=group,
+                position=position)
     recorded = task.manifest.results().get("accuracy")
     if task.skip(also=recorded is not None and (read_json(acc_file) or {}).get(group) == recorded):
         return float(recorded)

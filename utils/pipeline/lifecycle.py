@@ -59,6 +59,13 @@ def failing_task(stage, what):
         raise UserError(f"stage {stage}, {what}: {e}", exit_code=e.exit_code) from None
 
 
+def task_data(run, stage, what, group):
+    """The fingerprint of `group`'s data (Run.data_settings), which a task's inputs hold; a UserError in it (a data
+    link that loops) names the stage and the task, as one inside the task's work does."""
+    with failing_task(stage, what):
+        return run.data_settings(group)
+
+
 def write_json(path, data):
     atomic_write(path, lambda f: f.write(json.dumps(data).encode()))
 

@@ -6,7 +6,7 @@ import logging
 
 from utils.manifest import SearchManifest, file_digest
 from utils.pipeline.executor import Unit
-from utils.pipeline.lifecycle import Task, failing_task, marked_running, task_log
+from utils.pipeline.lifecycle import Task, failing_task, marked_running, task_data, task_log
 from utils.runtime import select_device
 from utils_pickaback.backbone_search import plan, run_search, target_ids
 from utils_pickaback.modeldiff import ProfileSettings
@@ -44,8 +44,7 @@ def find_backbone(run, s, layout=None, batch_size=32):
     targets, candidates_of, checkpoints, frames = search_plan(run, layout, s)
     tasks = {}
     for n, t in enumerate(targets, 1):
-        with failing_task(s.STAGE, f"target {t}"):
-            data = run.data_settings(run.cfg.task_name(t))
+        data = task_data(run, s.STAGE, f"target {t}", run.cfg.task_name(t))
         tasks[t] = Task(run, s, f"target {t}", SearchManifest(layout.search_manifest, t),
                         inputs={"candidates": candidates_of[t], "data": data,
                                 "models": {k: file_digest(checkpoints[k]) for k in [t, *candidates_of[t]]}},

@@ -27,7 +27,7 @@ from utils.errors import UserError
 from utils.manifest import file_digest
 from utils.pipeline.compacting import Progress, choose_ratio, remove_stale_stages, train_and_compact
 from utils.pipeline.inputs import baseline_checkpoint, first_start, search_table
-from utils.pipeline.lifecycle import Task, failing_task
+from utils.pipeline.lifecycle import Task, failing_task, task_data
 from utils.trainer import WIDTH_TOLERANCE, evaluate_task
 
 log = logging.getLogger("root")
@@ -148,8 +148,7 @@ def sequence_step(run, s, folder, order, start, criterion, total_num_tasks, eval
     j, t = len(order), order[-1]
     group, position = run.cfg.task_name(t), position or (j, j)
     what = f"step {j}/{position[1]}: task {t} ({group}, {run.cfg.modality(group)})"
-    with failing_task(s.STAGE, what):
-        data_settings = run.data_settings(group)
+    data_settings = task_data(run, s.STAGE, what, group)
     task = Task(run, s, what, folder.manifest,
                 inputs={"order": list(order), "start": file_digest(start) if start else None, "baseline": criterion,
                         "data": data_settings, "total_num_tasks": total_num_tasks}, group=group, position=position)

@@ -107,7 +107,7 @@ def state_of(stage, what, manifest, settings, figure, resumes=(), progress=None,
         else ""
     at = "; ".join(x for x in (steps, *resumed) if x)
     if marker and alive(marker):
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(marker.get("started", 0)))
+        since = runlock.since(marker)                         # the marker and the run lock record a start alike
         return TaskState(stage, what, "running", f"pid {marker['pid']} on {marker.get('host')} since {since}"
                                                  f"{'; ' + at if at else ''}")
     try:
@@ -251,7 +251,9 @@ def report(run, states):
     """The status as text: a header (and which run holds the folder, if one does), then per stage a count of each
     state and one line per task."""
     lines = [f"status of '{run.cfg.name}' in {run.work_dir} ({time.strftime('%Y-%m-%d %H:%M:%S')})"]
-    lines += [holder for holder in (run_holder(run),) if holder]
+    holder = run_holder(run)
+    if holder:
+        lines.append(holder)
     for k, (stage, tasks) in enumerate(states.items(), 1):
         counts = ", ".join(f"{sum(t.state == state for t in tasks)} {state}" for state in STATES
                            if any(t.state == state for t in tasks))

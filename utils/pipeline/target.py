@@ -13,7 +13,7 @@ from utils.manifest import file_digest
 from utils.pipeline.cpg_steps import FinetuneStep, finetune_with_growth, network_from, step_resume
 from utils.pipeline.executor import Unit
 from utils.pipeline.inputs import selected_pairs, target_start
-from utils.pipeline.lifecycle import Task, failing_task, write_json
+from utils.pipeline.lifecycle import Task, failing_task, task_data, write_json
 from utils.trainer import finish_task, save_task_checkpoint
 
 log = logging.getLogger("root")
@@ -32,8 +32,7 @@ def train_target(run, s, target, start, criterion, out, what, train_per_class=0,
     """CPG-train `target` on the checkpoint `start` (None: alone, from scratch) into the TaskFolder `out`, widening
     while below its baseline, unless `out` already holds this task finished with the same settings. Returns the
     result row {target, backbone, width, target_acc, baseline_acc}."""
-    with failing_task(s.STAGE, what):
-        data_settings = run.data_settings(target)
+    data_settings = task_data(run, s.STAGE, what, target)
     task = Task(run, s, what, out.manifest,
                 inputs={"baseline": criterion, "start": file_digest(start) if start else None, "data": data_settings,
                         "train_per_class": train_per_class}, group=target, position=position)
