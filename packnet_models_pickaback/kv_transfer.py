@@ -54,6 +54,29 @@ def read_pairs(csv_path, cfg):
     return pairs
 
 
+def reads(ckpt, modality):
+    """Whether a task of the checkpoint's network owns weights of its k/v projection of `modality`."""
+    return any(ckpt["masks"][kv_layer_name(modality)].unique().tolist())
+
+
+def graft_reader(ckpt, checkpoint_name, source, target):
+    """Copy task `target`'s input adapter and k/v projection of its modality, as it computes with them, from the
+    checkpoint `source` into `ckpt` (of a network none of whose tasks reads that modality: the weights are free, and
+    the next task trained on it takes them). Returns the copied keys."""
+    net = Network.from_checkpoint(load_checkpoint(source))
+    if target not in net.history:
+        raise UserError(f"{source} has no task '{target}' (it has {', '.join(net.history)}): check the folder.")
+    state, copied = ckpt["model_state_dict"], []
+    for key, tensor in reader_state(net, target).items():
+        if state[key].shape != tensor.shape:
+            raise UserError(f"{key} has shape {tuple(tensor.shape)} in {source} but {tuple(state[key].shape)} "
+                            f"in {checkpoint_name}: both must come from the same dataset config.")
+        state[key] = tensor.clone()
+        copied.append(key)
+    log.info(f"copied {', '.join(copied)}")
+    return copied
+
+
 def transfer(cfg, target_id, backbone_id, backbone_checkpoint, target_source, out):
     """Write the k/v transfer checkpoint of (T, K) to `out`. `backbone_checkpoint` is K's chosen backbone;
     `target_source` is (path, stage name) of T's own earlier model, read only for a cross-modal pair. Returns the
@@ -70,22 +93,12 @@ def transfer(cfg, target_id, backbone_id, backbone_checkpoint, target_source, ou
         source, stage = Path(target_source[0]), target_source[1]
         log.info(f"target {target_id} ({target}, {modality}) on backbone {backbone_id} ({backbone}, "
                  f"{backbone_modality}): copying the target's {modality} adapter and k/v from its {stage} {source}")
-        net = Network.from_checkpoint(load_checkpoint(source))
-        if target not in net.history:
-            raise UserError(f"{source} has no task '{target}' (it has {', '.join(net.history)}): check the folder.")
-        owners = ckpt["masks"][kv_layer_name(modality)].unique().tolist()
-        if any(owners):
+        if reads(ckpt, modality):
+            owners = ckpt["masks"][kv_layer_name(modality)].unique().tolist()
             raise UserError(f"{backbone_checkpoint}: the {modality} k/v projection is already owned by task(s) "
                             f"{[o for o in owners if o]}, so the target's cannot take its place: transfer onto a "
                             f"backbone that never used {modality}.")
-        state = ckpt["model_state_dict"]
-        for key, tensor in reader_state(net, target).items():
-            if state[key].shape != tensor.shape:
-                raise UserError(f"{key} has shape {tuple(tensor.shape)} in {source} but {tuple(state[key].shape)} "
-                                f"in {backbone_checkpoint}: both must come from the same dataset config.")
-            state[key] = tensor.clone()
-            copied.append(key)
-        log.info(f"copied {', '.join(copied)}")
+        copied = graft_reader(ckpt, backbone_checkpoint, source, target)
     # the source as a path relative to the written file, so a run's folders can be moved or shared whole
     ckpt["kv_transfer"] = {"target": target, "target_id": int(target_id), "backbone": backbone,
                            "source_checkpoint": None if source is None else

@@ -11,6 +11,7 @@ BASELINE_STAGE = "baseline_scratch"
 BACKBONE_STAGE = "CPG_single_scratch_woexp"
 TARGET_STAGE = "CPG_fromsingle_scratch_woexp_target"
 COMPARISON_STAGE = "CPG_compare_selection"
+CLIENTS_STAGE = "clients"
 SEQUENCE_STAGE = "CPG_sequence"
 # the stage each stage folder belongs to: the first part of the name of a task's training curves
 STAGE_OF_FOLDER = {BASELINE_STAGE: "baseline", BACKBONE_STAGE: "wo_backbone", TARGET_STAGE: "w_backbone_MM",
@@ -167,6 +168,37 @@ class Layout:
     def sequence_csv(self):
         return self.logs / f"sequence_{self.config}.csv"
 
+    # ---- clients: Pick-a-back's devices (utils/clients/) --------------------------------------------------------
+    def client(self, client, run="default"):
+        """The folder of everything a client (a Pick-a-back device) holds: its baselines, one folder per round it
+        learned a task in (the network it learned it in), its record of which network holds which task. The
+        default run's clients are in clients/<cfg>/<client>, the comparison's runs in
+        clients_compare/<cfg>/<run>/<client>."""
+        if run == "default":
+            return self.checkpoints / CLIENTS_STAGE / self.config / client
+        return self.checkpoints / f"{CLIENTS_STAGE}_compare" / self.config / run / client
+
+    def client_baseline(self, client, group, seed):
+        """A client's baseline of one of its tasks (shared by every run of the seed: it depends on no pick)."""
+        return TaskFolder(self.checkpoints / CLIENTS_STAGE / self.config / client / "baseline" / f"seed{int(seed)}"
+                          / group)
+
+    def client_baseline_acc(self, client, seed):
+        return self.checkpoints / CLIENTS_STAGE / self.config / client / "baseline" / f"seed{int(seed)}" / "acc.txt"
+
+    def client_round(self, client, round_, run="default"):
+        """The folder of the task a client learns in round `round_` (a sequence step: scratch/, gradual_prune/,
+        record.txt, train.log, train.csv, stage.json) and of the networks it received for it (received/)."""
+        return TaskFolder(self.client(client, run) / f"round{int(round_):02d}")
+
+    @property
+    def clients_csv(self):
+        return self.logs / f"{CLIENTS_STAGE}_{self.config}.csv"
+
+    @property
+    def clients_messages_csv(self):
+        return self.logs / f"{CLIENTS_STAGE}_{self.config}_messages.csv"
+
     # ---- training curves (utils/tracking.py) ------------------------------------------------------------------
     def curves_name(self, folder, stage):
         """The name of the training curves of the task whose files are in `folder`: <stage>/<config>/<the task's
@@ -176,6 +208,8 @@ class Layout:
             parts = Path(folder).resolve().relative_to(self.checkpoints.resolve()).parts
         except ValueError:
             return "/".join((stage, self.config, Path(folder).name))
+        if parts and parts[0].startswith(CLIENTS_STAGE):              # clients[_compare]/<cfg>/[<run>/]<client>/...
+            return "/".join(parts)
         if len(parts) > 3 and parts[1:3] == (self.arch, self.config):
             return "/".join((STAGE_OF_FOLDER.get(parts[0], parts[0]), self.config, *parts[3:]))
         return "/".join((stage, self.config, *parts))

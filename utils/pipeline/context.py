@@ -128,7 +128,7 @@ class Run:
         """What a task's data depends on besides its files: the config (without its task list), its model section
         and the task's modality; cheap to compute (tools/status.py compares it)."""
         raw = {k: v for k, v in self.cfg.raw.items()
-               if k not in ("DATASETS", "num_groups", "modality", "original_task_ids")}
+               if k not in ("DATASETS", "num_groups", "modality", "original_task_ids", "clients")}
         return {"config": raw, "model": self.cfg.model, "modality": self.cfg.modality(group)}
 
     def data_settings(self, group):

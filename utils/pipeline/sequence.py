@@ -138,16 +138,20 @@ class StepResult:
     results: dict
 
 
-def sequence_step(run, s, folder, order, start, criterion, total_num_tasks, evaluate=None, position=None):
+def sequence_step(run, s, folder, order, start, criterion, total_num_tasks, evaluate=None, position=None,
+                  evaluated=None, label=None):
     """One step of a sequence run, unless it is finished with these inputs: learn task order[-1] on top of the
     checkpoint `start` (None: a new network) in the TaskFolder `folder`, compact it, keep it at the chooser's ratio,
     evaluate every task of `order` (the tasks learned so far, in order, this one last) from the kept checkpoint and
     finish the step's lifecycle task. `criterion` is the task's baseline accuracy, `total_num_tasks` how many tasks
     the pruning leaves room for, `evaluate` an Evaluation (which keeps each task's test data loaded from one step to
-    the next) and `position` (step, steps of the run). Returns the step's StepResult."""
+    the next) and `position` (step, steps of the run). `evaluated`: the task ids evaluated (default: all of
+    `order`; a client evaluates only its own tasks: it holds no data of the others); `label` names who learns (a
+    client) in the log and in errors. Returns the step's StepResult."""
     j, t = len(order), order[-1]
     group, position = run.cfg.task_name(t), position or (j, j)
-    what = f"step {j}/{position[1]}: task {t} ({group}, {run.cfg.modality(group)})"
+    what = f"step {position[0]}/{position[1]}: task {t} ({group}, {run.cfg.modality(group)})"
+    what = f"{label}, {what}" if label else what
     data_settings = task_data(run, s.STAGE, what, group)
     task = Task(run, s, what, folder.manifest,
                 inputs={"order": list(order), "start": file_digest(start) if start else None, "baseline": criterion,
@@ -164,14 +168,15 @@ def sequence_step(run, s, folder, order, start, criterion, total_num_tasks, eval
                                                        curves=task.curves())
             remove_stale_stages(folder, outputs)
             key, net, shares = kept_network(run, s, order, outputs, record, width, criterion)
-            names = [run.cfg.task_name(i) for i in order]
+            names = [run.cfg.task_name(i) for i in (order if evaluated is None else evaluated)]
             accuracies = {name: round(evaluate(net, name), 4) for name in names}
             task.finish({**outputs, "kept": outputs[key]},
                         {"ratio": key, "accuracies": accuracies, "params": net.num_parameters(),
                          "width": net.model.width_multiplier, "seconds": round(time.time() - began, 1),
                          "owned": {name: shares.get(net.task_id(name), 0.0) for name in names},
                          "free": shares.get(0, 0.0)})
-            log.info(f"sequence step {j}: {group} kept at ratio {key}; accuracies {accuracies}; "
+            log.info(f"{label + ', ' if label else ''}sequence step {j}: {group} kept at ratio {key}; "
+                     f"accuracies {accuracies}; "
                      f"{net.num_parameters()} parameters, width x{net.model.width_multiplier}")
     return StepResult(task.manifest.output("kept"), task.manifest.results())
 

@@ -400,8 +400,67 @@ class CompareSettings(Settings):
     target_train_per_class: int = setting(int, valid=at_least(0))
 
 
+CLIENT_SELECTIONS = (*SELECTION_RULES, "random", "scratch", "own")  # how a client picks the network it learns in
+EXCHANGES = ("models", "profile")                  # what travels for a search: the networks, or the profile
+ENGINES = ("simulation", "deployment", "local")    # what carries the messages: Flower's engines, or none
+
+
+def superlink_address(text):
+    text = text.strip()
+    if text and not re.fullmatch(r"[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9A-Fa-f:]+\]:\d{1,5}", text):
+        raise ValueError(text)
+    return text
+
+
+EXPECTED[superlink_address] = "empty (start one here) or host:port of a running SuperLink's control API"
+
+
+@dataclass(frozen=True)
+class ClientsSettings(CompactingSettings):
+    """Pick-a-back's devices (clients), each learning its own task sequence and borrowing from its peers in rounds
+    (run_pickaback/clients.sh). Which clients, the rule, the protocol and the engine make no finished step stale by
+    themselves: a step's inputs are the network it starts from and the task's baseline."""
+    STAGE: ClassVar[str] = "clients"
+    finetune_epochs: int = setting(int, "--finetune_epochs", valid=at_least(1),
+                                   help="training epochs of each task's baseline (the criterion)")
+    num_clients: int = setting(int, "--num_clients", identity=False, valid=at_least(0),
+                               help="0: the config's clients; n: the config's tasks dealt round-robin to n clients")
+    selection: str = setting(str, "--selection", identity=False, valid=one_of(*CLIENT_SELECTIONS),
+                             help="similar, original, random, scratch (a new network per task) or own (each client "
+                                  "alone: its own CPG sequence)")
+    exchange: str = setting(str, "--exchange", identity=False, valid=one_of(*EXCHANGES),
+                            help="models (the learner receives the candidate networks) or profile (the learner "
+                                 "sends its profiling inputs, the holders answer DDVs)")
+    engine: str = setting(str, "--engine", identity=False, valid=one_of(*ENGINES),
+                          help="simulation (Flower's, on Ray), deployment (a SuperLink and a SuperNode per client) "
+                               "or local (one process, no Flower: the reference)")
+    superlink: str = setting(superlink_address, "--superlink", identity=False,
+                             help="deployment: host:port of a running SuperLink's control API (empty: start a "
+                                  "SuperLink and the SuperNodes on this machine)")
+    profile_size: int = setting(int, "--profile_size", identity=False, valid=at_least(2),
+                                help="profiling inputs per target (class-balanced)")
+    epsilon: float = setting(float, "--epsilon", identity=False, valid=above(0),
+                             help="mutation step of the profiling-input search")
+    iterations: int = setting(int, "--iterations", identity=False, valid=at_least(0),
+                              help="mutation attempts of the profiling-input search")
+    allow_acc_loss: float = setting(float, "--allow_acc_loss", valid=fraction(),
+                                    help="accuracy a kept pruning ratio may lose")
+    reinit_free: bool = setting(switch, "--reinit_free",
+                                help="1: freed weights start freshly initialised for the next task; 0: at zero")
+    seed: int = seed()
+    device: str = device()
+    amp: bool = amp()
+    recipe: str = recipe_setting()
+    seeds: tuple = setting(ints, valid=each(SEED, "one or more seeds"), identity=False,
+                           help="the seeds of the comparison (clients.sh <cfg> compare)")
+    selections: tuple = setting(words, identity=False,
+                                valid=each(one_of(*CLIENT_SELECTIONS), "one or more selection rules"),
+                                help="the rules of the comparison (clients.sh <cfg> compare)")
+
+
 SETTINGS = {cls.STAGE: cls for cls in (BaselineSettings, BackboneSettings, ChoiceSettings, SearchSettings,
-                                       TransferSettings, TargetSettings, CompareSettings, SequenceSettings)}
+                                       TransferSettings, TargetSettings, CompareSettings, SequenceSettings,
+                                       ClientsSettings)}
 RUN_ALL = ("baseline", "wo_backbone", "select_pruning_ratio_of_backbone", "find_backbone", "transfer_kv",
            "w_backbone_MM")                                       # the stages of run_all, in order
 RUN_VARIABLES = ("TASK_IDS", "FORCE", "MMPAB_WORK_DIR", "TRACKER")     # read by the run, not by a stage
