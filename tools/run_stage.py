@@ -41,7 +41,8 @@ def parse_args(argv=None):
                         "side) or sequence (one network over a sequence of tasks)")
     p.add_argument("dataset_config", help="section of utils/dataset_config.yaml (cub, oxford, mscoco, demo, ...)")
     p.add_argument("what", nargs="?", choices=["compare"],
-                   help="sequence only: compare the orders similar, config and random for each of SEEDS")
+                   help="sequence: compare the orders similar, config and random for each of SEEDS; clients: the "
+                        "selection rules of SELECTIONS for each of SEEDS")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)   # one of GPUS's workers (run_parallel)
     return p.parse_args(argv)
 
@@ -78,9 +79,17 @@ def main(argv=None):
     init_from_environment()
     setup_logging()
     stage = "all" if args.stage == "run_all" else args.stage
+    if args.what and stage not in ("sequence", "clients"):
+        raise UserError(f"'{args.what}' follows only the sequence and clients stages (sequence.sh <cfg> compare), "
+                        f"not {stage}.")
+    if stage == "clients":                                    # the clients' rounds, on the engine ENGINE names
+        from utils.engines.run import run_clients
+        run = run_clients(args.dataset_config, os.environ, compare=bool(args.what))
+        from tools.report import write_report
+        path, _ = write_report(run.cfg.name, run.work_dir, run.cfg.data_root)
+        print(f"report: {path}")
+        return
     if args.what:
-        if stage != "sequence":
-            raise UserError(f"'{args.what}' follows only the sequence stage (sequence.sh <cfg> compare), not {stage}.")
         stage = "sequence_compare"
     if args.worker:                                           # runs the units its parent hands it on stdin
         if stage not in PARALLEL_STAGES:

@@ -125,7 +125,6 @@ class Coordinator:
             return {}, {}, {}
         catalogs = self.send("catalog", {h: {} for h in holders})
         catalog = {h: json.loads(catalogs[h]["catalog"]) for h in holders}
-        self.catalog = catalog
         text = json.dumps(catalog)
         if rule == "random":
             replies = self.send("pick", {c: {"catalog": text} for c in learners})
@@ -136,16 +135,25 @@ class Coordinator:
                                                                    for h in holders if h != c
                                                                    for key, blob in networks[h].items()}}
                                            for c in learners})
-            self.received = {c: {h for h in holders if h != c} for c in learners}
         else:
             probes = self.send("probe", {c: {} for c in learners})
-            ddvs = self.send("ddv", {h: {f"probe/{c}": probes[c]["probe"] for c in learners} for h in holders})
+            ddvs = self.send("ddv", {h: self.probes_for(h, catalog[h], learners, probes) for h in holders})
             replies = self.send("pick", {c: {"catalog": text, **{f"ddv/{h}/{key.split('/', 2)[2]}": blob
                                                                 for h in holders for key, blob in ddvs[h].items()
                                                                 if key.split("/")[1] == c}}
                                          for c in learners})
-        return ({c: reply["pick"] for c, reply in replies.items()}, {c: reply["scores"] for c, reply in replies.items()},
-                {c: reply["seconds"] for c, reply in replies.items()})
+        return tuple({c: reply[key] for c, reply in replies.items()} for key in ("pick", "scores", "seconds"))
+
+    def probes_for(self, holder, entries, learners, probes):
+        """What a holder receives of the learners' probes: the inputs, and a learner's reader (input adapter and
+        k/v projection) only when the holder has a head of another modality than the learner's task."""
+        payload = {}
+        for c, t in learners.items():
+            payload[f"probe/{c}"] = probes[c]["probe"]
+            modality = self.run.cfg.modality(self.run.cfg.task_name(t))
+            if any(m != modality for e in entries for m in e["modalities"]):
+                payload[f"reader/{c}"] = probes[c]["reader"]
+        return payload
 
     def fetch(self, learners, picks):
         """{learner: {"network": bytes}} for each learner whose pick is a peer's network it does not hold yet."""

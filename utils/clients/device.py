@@ -98,6 +98,7 @@ class Client:
         self.layout = self.run.layout(self.s.arch)
         self.root = self.layout.client(name, self.run_name)
         self.cfg = self.run.cfg
+        self.run.clock.begin_stage(f"clients, client {name}")
         self.evaluation = Evaluation(self.run, self.s)     # this client's tasks' test data, loaded once each
         self.networks = Networks(select_device(self.s.device), None, self.s.amp, open=self.open_network)
         torch.set_num_threads(1)       # the same arithmetic in every engine: one thread per client
@@ -244,17 +245,18 @@ class Client:
         profile = profile_targets([self.target(round_)], self.profile_settings(), self.networks)[0]
         probe = profile.probe
         tensors = {"x": probe.inputs["x"], **({"mask": probe.inputs["mask"]} if probe.inputs.get("mask") is not None
-                                              else {}), **{f"reader/{k}": v for k, v in probe.reader.items()}}
+                                              else {})}
         folder = self.layout.client_round(self.name, round_, self.run_name).root
         folder.mkdir(parents=True, exist_ok=True)
         blob = tensor_bytes({"cos": profile.ddv.cos, "euc": profile.ddv.euc})
         atomic_write(folder / "profile_ddv.safetensors", lambda f: f.write(blob))
-        return {"probe": tensor_bytes(tensors, {"modality": probe.modality})}
+        return {"probe": tensor_bytes(tensors, {"modality": probe.modality}), "reader": tensor_bytes(probe.reader)}
 
     def on_ddv(self, round_, payload):
         """EXCHANGE=profile, at a holder: the DDV of every head of every network it holds (end of round r - 1) on
         each learner's probe."""
-        probes = {key.split("/", 1)[1]: read_probe(blob) for key, blob in payload.items() if key.startswith("probe/")}
+        probes = {key.split("/", 1)[1]: read_probe(blob, payload.get(f"reader/{key.split('/', 1)[1]}"))
+                  for key, blob in payload.items() if key.startswith("probe/")}
         held = self.holdings(round_)
         items = [Candidate(self.name, path, head) for _, (path, heads, _) in held.items() for head in heads]
         out = {}
@@ -387,12 +389,12 @@ class Client:
         return accuracies, params
 
 
-def read_probe(blob):
-    """A learner's probe from its bytes."""
+def read_probe(blob, reader=None):
+    """A learner's probe from its bytes: its inputs, and its reader when it came too (only to a holder with a head
+    of the other modality)."""
     tensors = load_tensors(blob)
-    metadata = safe_metadata(blob)
-    reader = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("reader/")}
-    return Probe(metadata["modality"], {"x": tensors["x"], "mask": tensors.get("mask")}, reader)
+    return Probe(safe_metadata(blob)["modality"], {"x": tensors["x"], "mask": tensors.get("mask")},
+                 load_tensors(reader) if reader is not None else {})
 
 
 def safe_metadata(blob):
