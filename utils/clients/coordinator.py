@@ -36,7 +36,7 @@ ROW_COLUMNS = ["run", "rule", "exchange", "seed", "round", "client", "learned", 
                "pick", "network", "scores", "bytes_sent", "bytes_received", "params", "width",
                "seconds_baseline", "seconds_search", "seconds_learn"]
 MESSAGE_COLUMNS = ["run", "exchange", "round", "kind", "sender", "receiver", "bytes"]
-SPEC_VARIABLES = (*RUN_VARIABLES, "MMPAB_DATA_ROOT")
+SPEC_VARIABLES = (*RUN_VARIABLES, "MMPAB_DATA_ROOT", "MMPAB_CONFIG_FILE")
 
 
 def run_spec(config, env, run="default", **overrides):

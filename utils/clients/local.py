@@ -7,12 +7,13 @@ from utils.clients.device import Client
 class LocalEngine:
     """Delivers each request by calling its client's handle(), in order."""
 
-    def __init__(self, spec):
-        self.clients = {name: Client(spec, name) for name in spec["clients"]}
+    def __init__(self, spec, environs=None):
+        environs = environs or {}          # {client: its environment} (default: this process's), as on its machine
+        self.clients = {name: Client(spec, name, environs.get(name)) for name in spec["clients"]}
 
     def send(self, requests):
         return [self.clients[m.receiver].handle(m) for m in requests]
 
 
-def run_local(spec):
-    coordinate(spec, LocalEngine(spec))
+def run_local(spec, environs=None):
+    coordinate(spec, LocalEngine(spec, environs))

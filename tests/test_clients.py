@@ -1,0 +1,160 @@
+"""Clients (Pick-a-back's devices) on the local engine: every client learns its tasks in rounds, borrowing from its
+peers, without forgetting; both exchange protocols pick the same networks; a client reads only its own data; a run
+killed in the middle continues to the same results; bad clients and settings stop with one sentence."""
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import TINY, demo_config_file, run_killed
+from utils.clients.coordinator import run_spec
+from utils.clients.local import run_local
+from utils.clients.plan import client_plans
+from utils.errors import UserError
+from utils.pipeline.context import Run
+from utils.pipeline.settings import ClientsSettings
+
+CLIENTS = {"alice": [1, 7], "bob": [3, 5], "carol": [2, 8], "dave": [4, 6]}
+TIMES = ["seconds_baseline", "seconds_search", "seconds_learn"]
+
+
+def clients_env(demo_root, work, **extra):
+    return {**TINY, "TRACKER": "none", "MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), **extra}
+
+
+def local_run(monkeypatch, env, environs=None):
+    for k in ("MMPAB_DATA_ROOT", "MMPAB_WORK_DIR"):
+        monkeypatch.setenv(k, env[k])
+    run_local(run_spec("demo", env), environs)
+
+
+def kept_digests(work):
+    """{client/roundNN: sha256 of the checkpoint the round kept} of a run's clients."""
+    found = {}
+    for state in sorted(Path(work, "checkpoints_perceiver_io", "clients", "demo").glob("*/client.json")):
+        for r, entry in json.loads(state.read_text())["rounds"].items():
+            path = state.parent / entry["kept"]
+            found[f"{state.parent.name}/{r}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def results(work):
+    frame = pd.read_csv(Path(work, "logs_perceiver_io", "clients_demo.csv"))
+    return frame.drop(columns=TIMES).sort_values(["exchange", "round", "client", "task"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def reference(demo_root, tmp_path_factory):
+    """The demo's four clients, an uninterrupted tiny run (SELECTION=similar, EXCHANGE=models)."""
+    work = tmp_path_factory.mktemp("clients")
+    with pytest.MonkeyPatch.context() as mp:
+        local_run(mp, clients_env(demo_root, work))
+    return work
+
+
+def test_every_client_learns_its_tasks_in_rounds_without_forgetting(reference):
+    frame = results(reference)
+    learned = frame[frame.learned == frame.task]
+    assert {(c, t) for c, t in zip(learned.client, learned.task, strict=True)} == \
+        {(c, f"group{t}") for c, ts in CLIENTS.items() for t in ts}
+    assert sorted(learned[learned.client == "dave"]["round"]) == [2, 3]               # dave joins in round 2
+    # a task answers bit-identically in every later round: forgetting is exactly 0
+    for (client, task), rows in frame.groupby(["client", "task"]):
+        assert rows.accuracy.nunique() == 1, (client, task, rows.accuracy.tolist())
+    # from round 2 on every learner searches what the others held at the end of the round before, and picks one
+    later = learned[learned["round"] > 1]
+    assert (later.pick != "new").all()
+    for _, row in later.iterrows():
+        candidates = {s["candidate"] for s in json.loads(row.scores)}
+        holders = {c.split(":")[0] for c in candidates}
+        started = {c for c, ts in CLIENTS.items() if c != "dave" or row["round"] > 2}
+        assert holders == started and row.pick in candidates
+    messages = pd.read_csv(Path(reference, "logs_perceiver_io", "clients_demo_messages.csv"))
+    assert set(messages.kind) == {"baseline", "catalog", "networks", "search", "learn"}
+    for (r, c), rows in frame.groupby(["round", "client"]):     # bytes per round and client: its messages
+        assert rows.bytes_received.iloc[0] == messages[(messages["round"] == r) & (messages.receiver == c)].bytes.sum()
+
+
+def test_the_profile_protocol_picks_the_same_networks(reference, tmp_path, monkeypatch, demo_root):
+    work = Path(shutil.copytree(reference, tmp_path / "work"))
+    before = kept_digests(work)
+    local_run(monkeypatch, clients_env(demo_root, work, EXCHANGE="profile"))
+    frame = results(work)
+    models, profile = (frame[frame.exchange == e].drop(columns=["exchange", "bytes_sent", "bytes_received"])
+                       .reset_index(drop=True) for e in ("models", "profile"))
+    pd.testing.assert_frame_equal(models, profile)                # same picks, scores, accuracies
+    assert kept_digests(work) == before                           # the same networks: nothing was relearned
+    messages = pd.read_csv(work / "logs_perceiver_io" / "clients_demo_messages.csv")
+    assert {"probe", "ddv", "pick"} <= set(messages[messages.exchange == "profile"].kind)
+    assert "search" not in set(messages[messages.exchange == "profile"].kind)
+
+
+def own_data_roots(demo_root, tmp_path):
+    """{client: environment whose data root holds only that client's tasks}."""
+    environs = {}
+    for client, tasks in CLIENTS.items():
+        root = tmp_path / f"data_{client}"
+        for t in tasks:
+            modality = "image" if t <= 4 else "text"
+            for split in ("train", "test"):
+                src = Path(demo_root, "demo", modality, split, f"group{t}")
+                shutil.copytree(src, root / "demo" / modality / split / f"group{t}")
+        environs[client] = {"MMPAB_DATA_ROOT": str(root)}
+    return environs
+
+
+def test_a_killed_run_continues_to_the_same_results_each_client_on_its_own_data(reference, tmp_path, monkeypatch,
+                                                                                demo_root):
+    """Each client sees a data root holding only its own tasks (a read of a peer's data would fail), and the run is
+    killed in round 2 in the middle of a pruning stage; the rerun ends where the uninterrupted one did."""
+    work, environs = tmp_path / "work", own_data_roots(demo_root, tmp_path)
+    env = clients_env(demo_root, work)
+    monkeypatch.setenv("MMPAB_WORK_DIR", str(work))
+    spec = run_spec("demo", env)
+    log = run_killed(lambda: run_local(spec, environs),
+                     lambda path, phase, epoch: "round02" in str(path) and phase["kind"] == "prune",
+                     tmp_path / "killed.log")
+    assert "[round 2/3] learn" in log and "[round 3/3]" not in log
+    run_local(spec, environs)
+    pd.testing.assert_frame_equal(results(work), results(reference))
+    assert kept_digests(work) == kept_digests(reference)
+
+
+def plans_of(tmp_path, monkeypatch, clients=None, **env):
+    if clients is not None:
+        monkeypatch.setenv("MMPAB_CONFIG_FILE", str(demo_config_file(tmp_path, clients=clients)))
+    return client_plans(Run.from_environment("demo", env), ClientsSettings.from_environment(env))
+
+
+def test_num_clients_deals_the_tasks_round_robin(tmp_path, monkeypatch):
+    plans = plans_of(tmp_path, monkeypatch, NUM_CLIENTS="3")
+    assert [(p.name, p.tasks, p.start) for p in plans] == [("client1", (1, 4, 7), 1), ("client2", (2, 5, 8), 1),
+                                                            ("client3", (3, 6), 1)]
+    demo = plans_of(tmp_path, monkeypatch)
+    assert {p.name: list(p.tasks) for p in demo} == CLIENTS and [p.start for p in demo] == [1, 1, 1, 2]
+
+
+@pytest.mark.parametrize("clients, env, words", [
+    ([{"name": "a", "tasks": [1, 9]}], {}, ["client a", "task 9", "1..8"]),
+    ([{"name": "a", "tasks": [1]}, {"name": "b", "tasks": [2, 1]}], {}, ["task 1", "two clients", "a and b"]),
+    ([{"name": "a", "tasks": []}], {}, ["client a", "no tasks"]),
+    ([{"name": "a", "tasks": [1]}, {"name": "a", "tasks": [2]}], {}, ["'a'", "twice"]),
+    ([{"name": "a", "tasks": [1], "start": 0}], {}, ["start 0", ">= 1"]),
+    (None, {"NUM_CLIENTS": "9"}, ["NUM_CLIENTS=9", "at most 8"]),
+])
+def test_bad_clients_stop_with_one_sentence(tmp_path, monkeypatch, clients, env, words):
+    with pytest.raises(UserError) as e:
+        plans_of(tmp_path, monkeypatch, clients, **env)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+@pytest.mark.parametrize("variable, value", [("EXCHANGE", "gossip"), ("ENGINE", "grpc"), ("SELECTION", "best"),
+                                             ("SUPERLINK", "not an address")])
+def test_bad_settings_stop_with_one_sentence(variable, value):
+    with pytest.raises(UserError) as e:
+        ClientsSettings.from_environment({variable: value})
+    assert f"{variable}={value!r}" in str(e.value) and "run_pickaback/clients.sh" in str(e.value)
