@@ -6,6 +6,9 @@
 #   bash run_pickaback/demo.sh             # every stage, then the report
 #   bash run_pickaback/demo.sh compare     # then also the selection rules side by side (compare_selection.sh)
 #   bash run_pickaback/demo.sh sequence    # then also all 8 tasks in one network, in turn (sequence.sh)
+#   bash run_pickaback/demo.sh clients     # only the demo's 4 clients (Pick-a-back's devices), each learning its
+#                                          # 2 tasks in rounds and borrowing from its peers (clients.sh; ENGINE=local
+#                                          # without Flower)
 #   bash run_pickaback/demo.sh status      # only where the demo run stands (tools/status.py at the demo sizes;
 #                                          # from another terminal while it runs, too)
 #
@@ -35,6 +38,10 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     "$PYTHON" -m pip install -q -e . --no-deps --no-build-isolation
 fi
 "$PYTHON" tools/make_demo_data.py
+if [ "${1:-}" = clients ]; then                # the clients train their own baselines: no stage of run_all needed
+    time bash run_pickaback/clients.sh demo
+    exit 0
+fi
 time bash run_pickaback/run_all.sh demo
 if [ "${1:-}" = compare ]; then
     time bash run_pickaback/compare_selection.sh demo

@@ -158,3 +158,16 @@ def test_bad_settings_stop_with_one_sentence(variable, value):
     with pytest.raises(UserError) as e:
         ClientsSettings.from_environment({variable: value})
     assert f"{variable}={value!r}" in str(e.value) and "run_pickaback/clients.sh" in str(e.value)
+
+
+def test_status_says_where_every_client_stands(reference, monkeypatch, capsys, demo_root):
+    from tools import status
+    for k, v in clients_env(demo_root, reference).items():
+        monkeypatch.setenv(k, v)
+    assert status.main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "clients: 16 finished" in out
+    assert "dave round 3: task 6 (group6)" in out and "alice baseline of task 7 (group7)" in out
+    monkeypatch.setenv("EPOCHS", "3")                      # a rerun with other settings would redo every round
+    status.main(["demo"])
+    assert "8 would be redone" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """Where a run of a dataset config stands, from another terminal while it runs (or after it stopped): for every
-stage of run_all and every task, finished (with its main figure: accuracy, record, chosen ratio, pick, target
+stage of run_all and every task (and every client's baselines and rounds, where the config declares clients or
+NUM_CLIENTS is set), finished (with its main figure: accuracy, record, chosen ratio, pick, target
 accuracy), running (with the epoch its resume state holds), resumable, interrupted or not started, and whether a
 finished task's recorded settings still match the scripts' current variables (if not, the stage would redo it).
 
@@ -14,6 +15,7 @@ TASK_IDS, MMPAB_WORK_DIR and MMPAB_DATA_ROOT as for the stages."""
 import argparse
 import os
 
+from utils.clients.status import client_states, declares_clients
 from utils.errors import report_user_errors
 from utils.pipeline.context import Run
 from utils.pipeline.status import report, run_states
@@ -29,7 +31,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     run = Run.from_environment(args.dataset_config, os.environ)
-    print(report(run, run_states(run, os.environ)))
+    states = run_states(run, os.environ)
+    if declares_clients(run, os.environ):                      # the clients' rounds (run_pickaback/clients.sh)
+        states["clients"] = client_states(run, os.environ)
+    print(report(run, states))
     return 0
 
 
