@@ -45,7 +45,7 @@ from utils.pipeline.lifecycle import failing_task, task_log, write_json
 from utils.pipeline.sequence import Evaluation, sequence_step
 from utils.pipeline.settings import BaselineSettings, ClientsSettings
 from utils.pipeline.baseline import baseline_task
-from utils.clients.plan import client_plans
+from utils.clients.plan import client_plans, rounds
 from utils.clients.protocol import SERVER, Message
 from utils_pickaback.candidates import Candidate, Networks, Row, Target, pick, profile_targets, search
 from utils_pickaback.modeldiff import DDV, Probe, ProfileSettings, candidate_ddv, similarity
@@ -91,6 +91,8 @@ class Client:
         self.s = ClientsSettings.from_environment(env)
         plans = client_plans(self.run, self.s)
         self.plan = {p.name: p for p in plans}.get(name)
+        self.where = (f"client {name} {[p.name for p in plans].index(name) + 1}/{len(plans)}" if self.plan else "",
+                      rounds(plans))
         if self.plan is None:
             raise UserError(f"client {name} is not one of the run's clients ({', '.join(p.name for p in plans)}): "
                             f"start its SuperNode with one of these names.")
@@ -107,6 +109,7 @@ class Client:
     def handle(self, request):
         """The reply to one of the coordinator's requests."""
         self.root.mkdir(parents=True, exist_ok=True)
+        log.info(f"[{self.where[0]}, round {request.round}/{self.where[1]}] {request.kind}")
         with task_log(self.root / "client.log"), failing_task(self.s.STAGE, f"client {self.name}, round "
                                                                              f"{request.round} ({request.kind})"):
             payload = getattr(self, f"on_{request.kind}")(request.round, request.payload)
