@@ -144,7 +144,8 @@ class Coordinator:
                                                                 for h in holders for key, blob in ddvs[h].items()
                                                                 if key.split("/")[1] == c}}
                                          for c in learners})
-        return ({c: reply["pick"] for c, reply in replies.items()}, {c: reply["scores"] for c, reply in replies.items()},
+        return ({c: reply["pick"] for c, reply in replies.items()},
+                {c: reply["scores"] for c, reply in replies.items()},
                 {c: reply["seconds"] for c, reply in replies.items()})
 
     def fetch(self, learners, picks):
