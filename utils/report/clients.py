@@ -240,7 +240,7 @@ def mean_std(cmp, rule, metric, digits=4, sign=False):
     mean, std = cmp.loc[rule, f"{metric}_mean"], cmp.loc[rule, f"{metric}_std"]
     if math.isnan(mean):
         return MISSING
-    return fmt(mean, digits, sign) + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+    return f"{mean:{'+' if sign else ''},.{digits}f}" + ("" if math.isnan(std) else f" ± {std:,.{digits}f}")
 
 
 def bytes_text(cmp, rule):
@@ -270,8 +270,10 @@ def verdict(cmp):
                 + f" (spread ±{spread:.4f})"
         judged.append(f"`{rule}` {mean_std(cmp, rule, 'acc')} at {bytes_text(cmp, rule)} bytes per pick: "
                       f"{d:+.4f}, {word}")
+    rest = [f"`{r}` {mean_std(cmp, r, 'acc')} at {bytes_text(cmp, r)}" for r in rules if r not in (focus, *against)]
     return (f"- Does borrowing pay? `{focus}` reaches {mean_std(cmp, focus, 'acc')} final accuracy at "
-            f"{bytes_text(cmp, focus)} bytes per pick, against " + "; ".join(judged) + ".")
+            f"{bytes_text(cmp, focus)} bytes per pick, against " + "; ".join(judged)
+            + (f" (the other rules: {', '.join(rest)})" if rest else "") + ".")
 
 
 # ---- the section -------------------------------------------------------------------------------------------------
@@ -280,7 +282,7 @@ transfer: a task's accuracy in the round it was learned minus its baseline accur
 forgetting: a task's max accuracy in earlier rounds minus its final accuracy, over the tasks evaluated more than once
 (0 for CPG, which freezes a task's weights; its max over tasks is shown too); parameters: of every network a client
 holds after its last round, mean over clients; bytes per pick: all the run's messages / its learning events (one per
-round and learner). Mean ± std over seeds.
+round and learner), — where the rule did not run under that exchange. Mean ± std over seeds.
 """
 
 
@@ -383,7 +385,7 @@ def comparison_lines(c, cmp):
         rows.append((f"`{rule}`", int(entry.n), mean_std(cmp, rule, "acc"), mean_std(cmp, rule, "fwt", sign=True),
                      mean_std(cmp, rule, "forgetting"), fmt(entry.forgetting_max),
                      mean_std(cmp, rule, "params", 0),
-                     *(MISSING if math.isnan(entry[e]) else fmt(round(entry[e])) for e in exchanges)))
+                     *("—" if math.isnan(entry[e]) else fmt(round(entry[e])) for e in exchanges)))
     return ["### Selection rules side by side", "", FORMULAS,
             md_table(["rule", "seeds", "final accuracy", "forward transfer", "forgetting", "forgetting (max)",
                       "params per client", *(f"bytes per pick ({e.removeprefix('bytes_per_pick_')})"
