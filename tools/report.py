@@ -14,9 +14,11 @@ says where each lives) and writes, under logs_perceiver_io/ of the working folde
                                   parameters); the selection rules side by side when compare_selection_<cfg>.csv
                                   exists; the sequence run (one network learning the tasks in turn: accuracy
                                   matrix, metrics, parameters and width, the order rules) when sequence_<cfg>.csv
-                                  exists
+                                  exists; the clients run (per client its accuracy matrix, who borrowed from whom,
+                                  the bytes per round, the selection rules side by side with bytes per pick) when
+                                  clients_<cfg>.csv exists
     report_<cfg>_similarity.png   report_<cfg>_sparsity.png   report_<cfg>_accuracy.png   (report_<cfg>_selection.png)
-    (report_<cfg>_sequence_matrix.png   report_<cfg>_sequence.png)
+    (report_<cfg>_sequence_matrix.png   report_<cfg>_sequence.png)   (report_<cfg>_clients_picks.png)
     report_<cfg>.csv              every number of the report: section, item, metric, value
 
 Forgetting is measured, not assumed: the backbone task is evaluated on its test set from the chosen backbone

@@ -15,11 +15,11 @@ import pandas as pd
 from utils.checkpoint import atomic_write
 from utils.config import REPO_ROOT, load_dataset_config
 from utils.layout import Layout
-from utils.report import collect, figures, markdown, sequence, verdicts
+from utils.report import clients, collect, figures, markdown, sequence, verdicts
 from utils.report.collect import EXPECTED, Collected
 from utils.report.evaluate import Evaluator, measure_chains
 
-FIGURES = ("similarity", "sparsity", "accuracy", "selection", "sequence_matrix", "sequence")
+FIGURES = ("similarity", "sparsity", "accuracy", "selection", "sequence_matrix", "sequence", "clients_picks")
 
 
 def collect_all(c):
@@ -69,6 +69,17 @@ def sequence_part(c, out):
     return markdown.sequence_section(c, seq, matrix, figure)
 
 
+def clients_part(c, out):
+    """The clients run (Pick-a-back's devices), when run_pickaback/clients.sh has written its CSV; the picks figure
+    for the default run."""
+    path = c.layout.clients_csv
+    if not path.is_file():
+        return []
+    run = clients.read_clients(path, c.layout.clients_messages_csv, c.cfg.groups)
+    figure = clients.plot_picks(c, run, out["clients_picks"]).name if run.default is not None else None
+    return clients.section(c, run, figure)
+
+
 def build(c, evaluate):
     """The report's Markdown text; c gathers its numbers and what is missing."""
     out = {name: c.layout.report(f"_{name}.png") for name in FIGURES}
@@ -78,10 +89,11 @@ def build(c, evaluate):
     if any(r.get("target_acc") is not None for r in c.targets.values()):
         lines += markdown.accuracy_figure(figures.plot_accuracy(c, out["accuracy"]).name)
     for stage, part in (("find_backbone", search_part), ("wo_backbone", sparsity_part), ("metrics", metrics_part),
-                        ("compare_selection", selection_part), ("sequence", sequence_part)):
+                        ("compare_selection", selection_part), ("sequence", sequence_part),
+                        ("clients", clients_part)):
         try:
             lines += part(c, out)
-        except EXPECTED as e:              # e.g. a torn comparison or sequence CSV: listed, the others written
+        except EXPECTED as e:              # e.g. a torn comparison, sequence or clients CSV: listed
             c.miss(stage, "all", f"section not written ({type(e).__name__}: {e})")
     return "\n".join(lines + markdown.missing_section(c))
 
