@@ -26,7 +26,7 @@ def client_from(spec, name):
 
 def coordinate(spec, engine):
     rounds = []
-    for round_ in (1, 2):
+    for round_ in range(1, spec.get("rounds", 2) + 1):
         batch = [Message(kind="ask", sender=SERVER, receiver=c, round=round_, payload={"words": [c, "hi"], "n": 3})
                  for c in spec["clients"]]
         replies = engine.send(batch)

@@ -26,6 +26,7 @@ Errors surface as `UserError` in the caller of run(): a client's UserError keeps
 a device its type and message, a missing reply or a Flower error names the client, the request and the fix.
 """
 import contextlib
+import glob
 import importlib
 import json
 import logging
@@ -319,12 +320,20 @@ def quiet_flower():
     logging.getLogger("flwr").setLevel(QUIET_LEVEL)
 
 
+def gpu_count():
+    """The CUDA devices this process may use, without importing torch (seconds): CUDA_VISIBLE_DEVICES when set,
+    else the NVIDIA driver's list."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len(glob.glob("/proc/driver/nvidia/gpus/*"))
+
+
 def simulation_backend(clients):
-    gpus = 0.0
-    with contextlib.suppress(ImportError):
-        import torch
-        if torch.cuda.is_available():
-            gpus = torch.cuda.device_count() / len(clients)
+    """One CPU per virtual SuperNode, and an equal share of the GPUs (at most one each); Ray on 127.0.0.1, quiet."""
+    gpus = min(1.0, gpu_count() / len(clients))
     return {"client_resources": {"num_cpus": 1, "num_gpus": gpus},
             "init_args": {"include_dashboard": False, "_node_ip_address": "127.0.0.1",
                           "logging_level": QUIET_LEVEL, "log_to_driver": True, "configure_logging": True}}
@@ -520,14 +529,18 @@ def submit(setup, superlink, folder, env):
             rc = process.wait()
         finally:
             stop_processes([process], grace=2.0)
-    output = (folder / "run.log").read_text(errors="replace")
+    outcome((folder / "run.log").read_text(errors="replace"), rc, superlink)
+
+
+def outcome(output, rc, superlink):
+    """Raise the UserError the ServerApp reported in the run's log (what `flwr run --stream` printed), or one
+    saying the run ended without reporting; return when it reported success."""
     for line in output.splitlines():
         if OUTCOME_ERROR in line:
             raise UserError(json.loads(line.split(OUTCOME_ERROR, 1)[1].strip()))
-    if OUTCOME_OK not in output:
+    if not any(line.strip() == OUTCOME_OK for line in output.splitlines()):
         match = re.search(r"started run (\d+)", output)
         run_id = match.group(1) if match else "?"
         last = " | ".join(output.strip().splitlines()[-3:])
         raise UserError(f"the Flower run {run_id} on {superlink} ended without an outcome (flwr run exited {rc}: "
                         f"{last}): check the SuperLink's and SuperNodes' logs and rerun")
-    sys.stdout.flush()
