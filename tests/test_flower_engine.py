@@ -149,6 +149,14 @@ class FakeGrid:
         return [self.replies.pop(i) for i in list(ids) if i in self.replies]
 
 
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Flower's Message() reads the run's identity, which Flower's runtimes set (a ServerApp process, a simulation)."""
+    from flwr.supercore.task_identity import TaskIdentity
+    for attribute, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, attribute, value)
+
+
 def engine_on(spec, node_configs, answer=None, factory="tests.flower_echo:client_from"):
     setup = {"spec": json.dumps(spec), "client-factory": factory, "coordinate": ECHO["coordinate"]}
     engine = flower.FlowerEngine(FakeGrid(setup, node_configs, answer), timeout=0.2)
@@ -159,7 +167,7 @@ def ask(client, round_=1):
     return Message(kind="ask", sender=SERVER, receiver=client, round=round_, payload={"words": [client], "n": 1})
 
 
-def test_engine_mapping_and_errors():
+def test_engine_mapping_and_errors(task_identity):
     spec = {"clients": ["alice", "bob"], "fail": {"bob": 2}}
     engine = engine_on(spec, {11: {"partition-id": 0}, 12: {"client": "bob"}})
     assert engine.discover(spec["clients"], wait=0) == {"alice": 11, "bob": 12}
@@ -178,7 +186,7 @@ def test_engine_mapping_and_errors():
         broken.send([ask("alice")])
 
 
-def test_engine_missing_and_failed_replies():
+def test_engine_missing_and_failed_replies(task_identity):
     spec = {"clients": ["alice", "bob"]}
     nodes = {11: {"client": "alice"}, 12: {"client": "bob"}}
     silent = engine_on(spec, nodes, answer=lambda m, r: None if m.metadata.message_type == "query" and
@@ -198,7 +206,7 @@ def test_engine_missing_and_failed_replies():
         failed.send([ask("alice")])
 
 
-def test_engine_discovery():
+def test_engine_discovery(task_identity):
     spec = {"clients": ["alice", "bob", "carol"]}
     engine = engine_on(spec, {11: {"client": "alice"}, 12: {"client": "alice"}, 13: {"client": "dave"}})
     with pytest.raises(UserError, match="^no SuperNode for client.s. bob, carol; several SuperNodes for alice; "

@@ -20,7 +20,17 @@ At the start the ServerApp asks every node which client it is (a "query.whoami" 
 ClientApps rebuild everything from strings: the spec (JSON) and the two "module:function" factories, passed in the
 ClientApp/ServerApp objects (simulation) or in the run config (deployment, utils/engines/flower_app/pyproject.toml).
 A device is built once per ClientApp process and client (cached here by name); nothing is kept in Flower's
-per-node context state.
+per-node context state. In simulation that is once per Ray actor (an actor may serve any client from one batch to
+the next); in deployment Flower 1.42 starts one flwr-clientapp process per message, so a device is rebuilt for every
+request: what it keeps between rounds lives in its files.
+
+Deployment on this machine (superlink=None): a flower-superlink on 127.0.0.1:PORT (one HTTP port for the Fleet,
+Control and Runtime APIs; PORT free, chosen at run time) and a flower-supernode per client (its own free Runtime API
+port), with FLWR_HOME in a temporary folder; `flwr run utils/engines/flower_app mmpab --run-config FILE --stream`
+submits the run and streams the ServerApp's output until it ends; the ServerApp prints OUTCOME_OK or OUTCOME_ERROR
+and the error sentence, which run() raises as UserError. Every process started is stopped at the end (process groups
+and descendants), also on failure or Ctrl-C. With superlink="host:port" only the submission happens here:
+deployment_commands() writes what to start on each machine.
 
 Errors surface as `UserError` in the caller of run(): a client's UserError keeps its sentence, another exception in
 a device its type and message, a missing reply or a Flower error names the client, the request and the fix.
@@ -343,19 +353,22 @@ def run_simulation(setup, clients):
     from flwr.simulation import run_simulation as flower_simulation
     quiet_flower()
     outcome = []
-    pythonpath = os.environ.get("PYTHONPATH")
-    try:
-        flower_simulation(server_app=server_app(setup, outcome), client_app=client_app(setup),
-                          num_supernodes=len(clients), backend_config=simulation_backend(clients))
-    finally:
-        import ray
-        if ray.is_initialized():
-            ray.shutdown()
-        # the Ray backend widens this process's PYTHONPATH for its workers: put it back
-        if pythonpath is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = pythonpath
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "FLWR_HOME")}
+    with tempfile.TemporaryDirectory(prefix="mmpab-flower-") as home:
+        os.environ["FLWR_HOME"] = home  # Flower's home (and Ray workers'), not the user's ~/.flwr
+        try:
+            flower_simulation(server_app=server_app(setup, outcome), client_app=client_app(setup),
+                              num_supernodes=len(clients), backend_config=simulation_backend(clients))
+        finally:
+            import ray
+            if ray.is_initialized():
+                ray.shutdown()
+            # the Ray backend widens this process's PYTHONPATH for its workers: put it back
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     if outcome:
         raise outcome[0]
 
@@ -367,17 +380,22 @@ def free_port():
         return s.getsockname()[1]
 
 
-def answers(address, wait):
+def answers(address, wait, refused_wait=None):
+    """Whether something accepts connections at host:port within `wait` s (`refused_wait` s when it is refused:
+    nothing listens there)."""
     host, _, port = address.rpartition(":")
-    deadline = time.monotonic() + wait
+    start = time.monotonic()
     while True:
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
                 return True
-        except (OSError, ValueError):
-            if time.monotonic() >= deadline:
+        except ConnectionRefusedError:
+            if time.monotonic() - start >= (wait if refused_wait is None else refused_wait):
                 return False
-            time.sleep(0.1)
+        except (OSError, ValueError):
+            if time.monotonic() - start >= wait:
+                return False
+        time.sleep(0.1)
 
 
 def process_environment(home):
@@ -497,7 +515,7 @@ def run_deployment(setup, clients, superlink):
                 if not answers(superlink, 30.0):
                     raise UserError(f"the SuperLink started here did not listen on {superlink} within 30 s: "
                                     f"{tail(folder / 'superlink.log')}")
-            elif not answers(superlink, 3.0):
+            elif not answers(superlink, 3.0, refused_wait=0.5):
                 raise UserError(f"no SuperLink answers at {superlink}: start one there with "
                                 f"{shlex.join(superlink_command('0.0.0.0', superlink.rpartition(':')[2]))} "
                                 "(and a SuperNode per client), or check the address, and rerun")
