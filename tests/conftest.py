@@ -230,7 +230,8 @@ def one_thread():
 
 # The modules whose tests start scripts, worker pools or torchrun (seconds each), longest first: run first, so that
 # pytest-xdist's two processes share them out early and finish with the short tests, not one waiting on a long tail.
-FIRST = ("test_parallel", "test_stages", "test_interrupts_and_os_errors", "test_files_and_processes", "test_cpg",
+FIRST = ("test_flower_engine",
+         "test_parallel", "test_stages", "test_interrupts_and_os_errors", "test_files_and_processes", "test_cpg",
          "test_sequence", "test_report")
 
 
