@@ -20,8 +20,6 @@ PAYLOADS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="utils/clients/protocol.py's payload_bytes leaves out the keys, which Flower's "
-                   "ConfigRecord.count_bytes counts (len(key) each): add them there, then drop this mark")
 def test_payload_bytes_is_flowers_count():
     assert [payload_bytes(p) for p in PAYLOADS] == [ConfigRecord(p).count_bytes() for p in PAYLOADS]
 

@@ -5,7 +5,7 @@ name, or "server"), the round it belongs to and a payload: a flat dict of what a
 float, str, bytes, bool, or a non-empty list of one of these). Tensors travel as safetensors bytes and networks as
 their checkpoint files' bytes, so every engine carries exactly the same bytes. `payload_bytes` counts a payload as
 Flower counts a ConfigRecord (ConfigRecord.count_bytes: 8 per int or float, 1 per bool, the length of a str or of
-bytes, summed over list items; keys are not counted); the Flower adapter reports Flower's own count, and a test
+bytes, summed over list items, plus the length of each key); the Flower adapter reports Flower's own count, and a test
 checks both agree.
 
 An engine carries messages: `Engine.send(requests) -> replies` delivers a batch of requests (one per receiving
@@ -47,6 +47,7 @@ def payload_bytes(payload):
     """The bytes of a payload as Flower's ConfigRecord.count_bytes counts them."""
     total = 0
     for key, value in payload.items():
+        total += len(key)
         if isinstance(value, list):
             if not value:
                 raise TypeError(f"payload value {key!r} is an empty list: Flower cannot carry one")
