@@ -30,8 +30,8 @@ def coordinate(spec, engine):
         batch = [Message(kind="ask", sender=SERVER, receiver=c, round=round_, payload={"words": [c, "hi"], "n": 3})
                  for c in spec["clients"]]
         replies = engine.send(batch)
-        rounds.append({"requests": [[r.receiver, r.size, r.flower_bytes] for r in batch],
+        rounds.append({"requests": [[r.receiver, r.size, r.counted] for r in batch],
                        "replies": [[r.sender, r.payload["name"], r.payload["round"], r.payload["seen"], r.size,
-                                    r.flower_bytes, r.payload["echo"]] for r in replies]})
+                                    r.counted, r.payload["echo"]] for r in replies]})
         with open(spec["out"], "w") as f:  # after each round: a failing round leaves the ones before it
             json.dump(rounds, f)

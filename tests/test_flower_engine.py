@@ -26,7 +26,7 @@ def test_payload_bytes_is_flowers_count():
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_flowers_count_is_values_plus_keys(payload):
-    # what the engine reports (flower_bytes) is Flower's count; today it differs from payload_bytes by the keys only
+    # what the engine reports (counted) is Flower's count; today it differs from payload_bytes by the keys only
     assert ConfigRecord(payload).count_bytes() == payload_bytes(payload) + sum(len(k) for k in payload)
 
 
@@ -174,7 +174,7 @@ def test_engine_mapping_and_errors(task_identity):
     assert [(r.kind, r.sender, r.receiver, r.round, r.payload["name"]) for r in replies] == [
         ("echo", "bob", SERVER, 1, "bob"), ("echo", "alice", SERVER, 1, "alice")]
     for message in batch + replies:
-        assert message.flower_bytes == ConfigRecord(message.payload).count_bytes()
+        assert message.counted == ConfigRecord(message.payload).count_bytes()
     # a device's UserError: its sentence; another exception: its type and message, naming the client and request
     with pytest.raises(UserError, match="^client bob refuses round 2$"):
         engine.send([ask("alice", 2), ask("bob", 2)])

@@ -114,7 +114,7 @@ class Coordinator:
         baselines = self.send("baseline", {c: {"task": t} for c, t in learners.items()})
         picks, scores, search_seconds = self.search(r, learners, holders)
         fetched = self.fetch(learners, picks)
-        learned = self.send("learn", {c: {"task": t, "pick": picks.get(c, ""), **fetched.get(c, {})}
+        learned = self.send("learn", {c: {"task": t, "pick": picks.get(c, "new"), **fetched.get(c, {})}
                                       for c, t in learners.items()})
         self.rows += self.round_rows(r, learners, baselines, learned, scores, search_seconds)
 
@@ -159,7 +159,7 @@ class Coordinator:
         """{learner: {"network": bytes}} for each learner whose pick is a peer's network it does not hold yet."""
         wanted = {}
         for c, text in picks.items():
-            holder, network = text.split(":")[:2] if text else (None, None)
+            holder, network = text.split(":")[:2] if text != "new" else (None, None)
             already = self.s.exchange == "models" and self.s.selection != "random"
             if holder and holder != c and not already:
                 wanted.setdefault(holder, []).append((c, network))
@@ -183,7 +183,7 @@ class Coordinator:
                 rows.append({"run": self.name, "rule": self.s.selection, "exchange": self.s.exchange,
                              "seed": self.s.seed, "round": r, "client": c, "learned": self.run.cfg.task_name(t),
                              "task": task, "accuracy": acc, "baseline_acc": criteria.get(task),
-                             "pick": reply["pick"] or "new", "network": reply["network"],
+                             "pick": reply["pick"], "network": reply["network"],
                              "scores": scores.get(c, "[]"), "bytes_sent": sent, "bytes_received": received,
                              "params": reply["params"], "width": reply["width"],
                              "seconds_baseline": baselines[c]["seconds"], "seconds_search": search_seconds.get(c, 0.0),

@@ -51,6 +51,7 @@ from utils_pickaback.candidates import Candidate, Networks, Row, Target, pick, p
 from utils_pickaback.modeldiff import DDV, Probe, ProfileSettings, candidate_ddv, similarity
 
 log = logging.getLogger("root")
+NEW = "new"                                             # the pick of a new network
 NODE_VARIABLES = ("MMPAB_WORK_DIR", "MMPAB_DATA_ROOT")   # where a client's machine keeps its files: its own say
 
 
@@ -71,9 +72,14 @@ class Pick:
     def text(self):
         return f"{self.holder}:{self.network}:{self.head}"
 
+    @staticmethod
+    def text_of(pick):
+        """How a pick travels and is recorded: holder:network:head, or "new"."""
+        return pick.text() if pick else NEW
+
     @classmethod
     def of(cls, text):
-        return cls(*text.split(":")) if text else None
+        return cls(*text.split(":")) if text and text != NEW else None
 
 
 def tensor_bytes(tensors, metadata=None):
@@ -307,8 +313,8 @@ class Client:
                        **{k: round(float(v), 6) for k, v in r.scores.items()}} for r in rows]
             for r in scores:
                 log.info(f"client {self.name}, round {round_}: {r['candidate']} similarity (euc) {r['sim_euc']:.5f}")
-        log.info(f"client {self.name}, round {round_}: picks {chosen.text() if chosen else 'a new network'}")
-        return {"pick": chosen.text() if chosen else "", "scores": json.dumps(scores),
+        log.info(f"client {self.name}, round {round_}: picks {Pick.text_of(chosen)}")
+        return {"pick": Pick.text_of(chosen), "scores": json.dumps(scores),
                 "seconds": round(time.time() - began, 3)}
 
     # ---- round r, 3 and 4: learning, then every task evaluated ----------------------------------------------------
@@ -325,7 +331,7 @@ class Client:
         group, began = self.cfg.task_name(t), time.time()
         rule = self.s.selection
         chosen = (self.own_latest(round_) if rule == "own" else None if rule == "scratch"
-                  else Pick.of(payload.get("pick", "")))
+                  else Pick.of(payload.get("pick", NEW)))
         folder = self.layout.client_round(self.name, round_, self.run_name)
         held = self.holdings(round_)
         if chosen is None:
@@ -347,9 +353,9 @@ class Client:
                              evaluated=[*learned_here, t], label=f"client {self.name}")
         self.record(round_, {"task": t, "network": network, "order": [*order, t],
                              "kept": str(Path(step.kept).resolve().relative_to(self.root.resolve())),
-                             "pick": chosen.text() if chosen else ""})
+                             "pick": Pick.text_of(chosen)})
         accuracies, params = self.evaluate(round_ + 1)
-        return {"pick": chosen.text() if chosen else "", "network": network, "accuracies": json.dumps(accuracies),
+        return {"pick": Pick.text_of(chosen), "network": network, "accuracies": json.dumps(accuracies),
                 "params": params, "width": float(step.results["width"]), "ratio": str(step.results["ratio"]),
                 "seconds": round(time.time() - began, 3)}
 

@@ -27,10 +27,12 @@ class Message:
     receiver: str
     round: int
     payload: dict = field(default_factory=dict)
+    counted: int | None = field(default=None, compare=False)   # the engine's own count, where it keeps one
 
     @property
     def size(self):
-        return payload_bytes(self.payload)
+        """The bytes of the payload: the engine's count (Flower's), else payload_bytes (the same number)."""
+        return self.counted if self.counted is not None else payload_bytes(self.payload)
 
 
 def value_bytes(value):
@@ -39,6 +41,8 @@ def value_bytes(value):
     if isinstance(value, int | float):
         return 8
     if isinstance(value, str | bytes):
+        if not value:
+            raise TypeError("a payload value may not be an empty str or bytes: Flower cannot count one")
         return len(value)
     raise TypeError(f"a payload value must be bool, int, float, str or bytes, not {type(value).__name__}")
 

@@ -12,7 +12,7 @@
 
 A protocol `Message` travels as a Flower Message of type "query" whose RecordDict holds two ConfigRecords: "payload"
 (the payload, unchanged) and "meta" (kind, sender, receiver, round); a reply comes back the same way. Each request
-and reply the engine hands over carries `flower_bytes`: `content["payload"].count_bytes()`, Flower's own count
+and reply the engine hands over carries `counted`: `content["payload"].count_bytes()`, Flower's own count
 (equal to utils.clients.protocol.payload_bytes, which tests/test_flower_engine.py checks).
 
 At the start the ServerApp asks every node which client it is (a "query.whoami" message: the node's node_config
@@ -96,7 +96,7 @@ def from_content(content):
     meta = content["meta"]
     message = Message(kind=meta["kind"], sender=meta["sender"], receiver=meta["receiver"],
                       round=int(meta["round"]), payload=dict(content["payload"]))
-    message.flower_bytes = content["payload"].count_bytes()
+    message.counted = content["payload"].count_bytes()
     return message
 
 
@@ -242,7 +242,7 @@ class FlowerEngine:
                                 f"{request.size} bytes, more than Flower carries in one message ({MAX_MESSAGE_BYTES}):"
                                 " split its payload over several requests")
             content = to_content(request)
-            request.flower_bytes = content["payload"].count_bytes()
+            request.counted = content["payload"].count_bytes()
             ttl = max(fa.DEFAULT_TTL, self.timeout)
             messages.append(fa.Message(content, dst_node_id=self.nodes[request.receiver], message_type=QUERY, ttl=ttl))
 
