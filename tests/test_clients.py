@@ -1,6 +1,8 @@
-"""Clients (Pick-a-back's devices) on the local engine: every client learns its tasks in rounds, borrowing from its
+"""Clients (Pick-a-back's devices): on the local engine every client learns its tasks in rounds, borrowing from its
 peers, without forgetting; both exchange protocols pick the same networks; a client reads only its own data; a run
-killed in the middle continues to the same results; bad clients and settings stop with one sentence."""
+killed in the middle continues to the same results; bad clients and settings stop with one sentence. Flower's
+simulation and a real deployment (SuperLink and SuperNode processes on 127.0.0.1) give the local engine's picks,
+bytes and bit-identical checkpoints."""
 import hashlib
 import json
 import shutil
@@ -13,6 +15,8 @@ from tests.conftest import TINY, demo_config_file, run_killed
 from utils.clients.coordinator import run_spec
 from utils.clients.local import run_local
 from utils.clients.plan import client_plans
+from utils.engines import flower
+from utils.engines.run import run_clients
 from utils.errors import UserError
 from utils.pipeline.context import Run
 from utils.pipeline.settings import ClientsSettings
@@ -73,7 +77,8 @@ def test_every_client_learns_its_tasks_in_rounds_without_forgetting(reference):
         started = {c for c, ts in CLIENTS.items() if c != "dave" or row["round"] > 2}
         assert holders == started and row.pick in candidates
     messages = pd.read_csv(Path(reference, "logs_perceiver_io", "clients_demo_messages.csv"))
-    assert set(messages.kind) == {"baseline", "catalog", "networks", "search", "learn"}
+    assert set(messages.kind) == {"offer", "search", "learn"}
+    assert set(messages[messages["round"] == 1].kind) == {"learn"}                   # nobody holds a network yet
     for (r, c), rows in frame.groupby(["round", "client"]):     # bytes per round and client: its messages
         assert rows.bytes_received.iloc[0] == messages[(messages["round"] == r) & (messages.receiver == c)].bytes.sum()
 
@@ -171,3 +176,61 @@ def test_status_says_where_every_client_stands(reference, monkeypatch, capsys, d
     monkeypatch.setenv("EPOCHS", "3")                      # a rerun with other settings would redo every round
     status.main(["demo"])
     assert "8 would be redone" in capsys.readouterr().out
+
+
+def messages_of(work):
+    return pd.read_csv(Path(work, "logs_perceiver_io", "clients_demo_messages.csv"))
+
+
+def test_flowers_simulation_gives_the_local_results(reference, tmp_path, monkeypatch, demo_root):
+    """The demo's clients on Flower's simulation engine (Ray): exactly the local engine's rows, messages (with
+    Flower's byte counts) and checkpoints."""
+    work = tmp_path / "work"
+    env = clients_env(demo_root, work, ENGINE="simulation")
+    for k in ("MMPAB_DATA_ROOT", "MMPAB_WORK_DIR"):
+        monkeypatch.setenv(k, env[k])
+    run_clients("demo", env)
+    pd.testing.assert_frame_equal(results(work), results(reference))
+    pd.testing.assert_frame_equal(messages_of(work), messages_of(reference))
+    assert kept_digests(work) == kept_digests(reference)
+
+
+def gone(pids):
+    return not any(flower.alive(pid) for pid in pids)
+
+
+@pytest.fixture
+def started_processes(monkeypatch):
+    """The ids of every process run() started here and stopped (with their descendants, at stopping time); stops
+    any that run() left."""
+    seen = []
+    stop = flower.stop_processes
+
+    def recording_stop(processes, grace=5.0):
+        pids = stop(processes, grace)
+        seen.extend(pids)
+        return pids
+
+    monkeypatch.setattr(flower, "stop_processes", recording_stop)
+    yield seen
+    leftover = list(flower.STARTED)
+    if leftover:
+        stop(leftover)
+    assert not leftover, "run() left processes running"
+
+
+def test_a_deployment_gives_the_local_results(tmp_path, monkeypatch, demo_root, started_processes):
+    """Two clients (an image and a text task), a flower-superlink and a flower-supernode per client as processes on
+    127.0.0.1: the same rows, messages and checkpoints as the local engine, and every process gone afterwards.
+    (Borrowing over Flower is the simulation's test: Flower starts a process per message in a deployment, and each
+    batch of messages costs ~10 s on 2 cores; tools/benchmark_clients.py times the demo on every engine.)"""
+    env = {"NUM_CLIENTS": "2", "TASK_IDS": "1 5"}
+    local, deployed = tmp_path / "local", tmp_path / "deployed"
+    local_run(monkeypatch, clients_env(demo_root, local, **env))
+    env = clients_env(demo_root, deployed, ENGINE="deployment", **env)
+    monkeypatch.setenv("MMPAB_WORK_DIR", str(deployed))
+    run_clients("demo", env)
+    pd.testing.assert_frame_equal(results(deployed), results(local))
+    pd.testing.assert_frame_equal(messages_of(deployed), messages_of(local))
+    assert kept_digests(deployed) == kept_digests(local)
+    assert len(started_processes) >= 4 and gone(started_processes)

@@ -1,6 +1,7 @@
-"""The Flower engine (utils/engines/flower.py) carries the clients' messages: in Flower's simulation engine (Ray) and
-in a real deployment (a flower-superlink and a flower-supernode per client, on 127.0.0.1), with tests/flower_echo.py
-as the device and the coordinator."""
+"""The Flower engine (utils/engines/flower.py) carries the clients' messages: Flower's byte count, the mapping of
+messages, errors and discovery on an in-process Grid with tests/flower_echo.py as the device, the outcome of a
+deployment and the SuperLink address check. The real engines with the real clients (simulation, deployment) are
+tested against the local engine in tests/test_clients_engines.py."""
 import json
 import time
 
@@ -22,88 +23,6 @@ PAYLOADS = [
 
 def test_payload_bytes_is_flowers_count():
     assert [payload_bytes(p) for p in PAYLOADS] == [ConfigRecord(p).count_bytes() for p in PAYLOADS]
-
-
-@pytest.mark.parametrize("payload", PAYLOADS)
-def test_flowers_count_is_values_plus_keys(payload):
-    # what the engine reports (counted) is Flower's count; today it differs from payload_bytes by the keys only
-    assert ConfigRecord(payload).count_bytes() == payload_bytes(payload) + sum(len(k) for k in payload)
-
-
-def expected(clients, rounds):
-    """What tests/flower_echo.py's coordinator writes when every client answers in order."""
-    out = []
-    for round_ in rounds:
-        requests = [{"words": [c, "hi"], "n": 3} for c in clients]
-        replies = [{"name": c, "round": round_, "seen": 0, "blob": bytes(round_ * 10), "ratio": 0.5, "ok": True,
-                    "echo": [c, "hi"]} for c in clients]
-        out.append({"requests": [[c, payload_bytes(p), ConfigRecord(p).count_bytes()]
-                                 for c, p in zip(clients, requests, strict=True)],
-                    "replies": [[c, c, round_, None, payload_bytes(r), ConfigRecord(r).count_bytes(),
-                                 [c, "hi"]] for c, r in zip(clients, replies, strict=True)]})
-    return out
-
-
-def written(path):
-    """The coordinator's file, without how many requests each device object had seen (it depends on how often
-    Flower rebuilds it: once per Ray actor in simulation, once per ClientApp process in deployment)."""
-    rounds = json.loads(path.read_text())
-    for round_ in rounds:
-        for reply in round_["replies"]:
-            assert reply[3] >= 1
-            reply[3] = None
-    return rounds
-
-
-# one run per engine covers both outcomes: two rounds every client answers (the file), then a third whose device
-# raises a UserError (run() raises it); on 2 CPU cores a simulation takes ~12 s (Ray's start), a deployment ~30 s
-# (Flower starts a process for the ServerApp and one per ClientApp message)
-SPEC = {"clients": ["alice", "bob"], "rounds": 3, "fail": {"bob": 3}}
-
-
-def test_simulation(tmp_path):
-    spec = SPEC | {"out": str(tmp_path / "out.json")}
-    start = time.monotonic()
-    with pytest.raises(UserError, match="^client bob refuses round 3$"):
-        flower.run("simulation", spec, **ECHO, timeout=60)
-    print(f"simulation: {time.monotonic() - start:.1f} s")
-    assert written(tmp_path / "out.json") == expected(spec["clients"], (1, 2))
-
-
-def gone(pids):
-    return not any(flower.alive(pid) for pid in pids)
-
-
-@pytest.fixture
-def started_processes(monkeypatch):
-    """The ids of every process run() started here and stopped (with their descendants, at stopping time); stops
-    any that run() left."""
-    seen = []
-    stop = flower.stop_processes
-
-    def recording_stop(processes, grace=5.0):
-        pids = stop(processes, grace)
-        seen.extend(pids)
-        return pids
-
-    monkeypatch.setattr(flower, "stop_processes", recording_stop)
-    yield seen
-    leftover = list(flower.STARTED)
-    if leftover:
-        stop(leftover)
-    assert not leftover, "run() left processes running"
-
-
-def test_deployment(tmp_path, started_processes):
-    # a flower-superlink and 2 flower-supernodes on 127.0.0.1: the same file as the simulation's, the device's
-    # sentence as the caller's UserError, and every process started (SuperLink, SuperNodes, flwr run) gone
-    spec = SPEC | {"out": str(tmp_path / "out.json")}
-    start = time.monotonic()
-    with pytest.raises(UserError, match="^client bob refuses round 3$"):
-        flower.run("deployment", spec, **ECHO, timeout=60)
-    print(f"deployment: {time.monotonic() - start:.1f} s")
-    assert written(tmp_path / "out.json") == expected(spec["clients"], (1, 2))
-    assert len(started_processes) >= 4 and gone(started_processes)
 
 
 def test_deployment_outcome():

@@ -2,16 +2,17 @@
 replies, in batches (each a barrier), and writes what it saw.
 
 Round r, for the clients that have an r-th task (the learners):
-    baseline  each learner trains its task's baseline (the criterion, and the reference of its search)
-    catalog   every client that learned a task before r says which networks it holds (end of round r - 1) and
-              which of its tasks each answers
-    search    SELECTION similar or original, EXCHANGE models: every holder sends its networks, each learner receives
-              its peers' (own ones it has) and computes their DDVs itself ("networks", then "search");
-              EXCHANGE profile: each learner sends its probe ("probe"), every holder answers the DDVs of its heads on
-              every probe ("ddv"), each learner scores them ("pick"); SELECTION random: each learner draws from the
-              catalogue ("pick"); own and scratch: no search
+    catalog   every client that learned a task before r (a holder) says which networks it holds (end of round
+              r - 1) and which of its tasks each answers
+    search    SELECTION similar or original, EXCHANGE models: every holder sends its catalogue and its networks in
+              one message ("offer"), each learner receives its peers' networks (its own it has) and computes their
+              DDVs itself ("search"); EXCHANGE profile: "catalog", each learner sends its probe ("probe"), every
+              holder answers the DDVs of its heads on every probe ("ddv"), each learner scores them ("pick");
+              SELECTION random: "catalog", each learner draws from it ("pick"); own and scratch: no search
     fetch     a learner that picked a peer's network and does not have it yet receives it, whole, once
     learn     each learner learns its task with CPG in the picked network and evaluates every task it has learned
+A learner trains its task's baseline (the criterion, and the reference of its search) in its first request of the
+round. Round 1, and every round under own or scratch, is one batch: learn.
 Everything a round uses is as it stood at the end of round r - 1, so no result depends on which client answers
 first. Every message is counted (protocol.payload_bytes: Flower's ConfigRecord count) in
 logs_perceiver_io/clients_<cfg>_messages.csv; per round and client, the pick, the candidates' scores, the bytes
@@ -111,38 +112,40 @@ class Coordinator:
             log.info(f"[round {r}/{self.total}] no client has a task in this round")
             return
         holders = [p.name for p in self.plans if p.learned_before(r)]
-        baselines = self.send("baseline", {c: {"task": t} for c, t in learners.items()})
-        picks, scores, search_seconds = self.search(r, learners, holders)
-        fetched = self.fetch(learners, picks)
-        learned = self.send("learn", {c: {"task": t, "pick": picks.get(c, "new"), **fetched.get(c, {})}
-                                      for c, t in learners.items()})
-        self.rows += self.round_rows(r, learners, baselines, learned, scores, search_seconds)
+        replies = self.search(r, learners, holders)
+        fetched = self.fetch(learners, {c: reply["pick"] for c, reply in replies.items()})
+        learned = self.send("learn", {c: {"task": t, "pick": replies.get(c, {}).get("pick", "new"),
+                                          **fetched.get(c, {})} for c, t in learners.items()})
+        self.rows += self.round_rows(r, learners, replies, learned)
 
     def search(self, r, learners, holders):
-        """({learner: pick text}, {learner: scores JSON}, {learner: seconds}) of the round's search."""
+        """{learner: its reply to the search (pick, scores, seconds; the baseline's accuracy and seconds when it
+        trained it there)} of the round's search; {} when the rule searches nothing."""
         rule = self.s.selection
         if rule in ("own", "scratch") or not holders:
-            return {}, {}, {}
+            return {}
+        if rule != "random" and self.s.exchange == "models":    # the catalogue and the networks in one message
+            offers = self.send("offer", {h: {} for h in holders})
+            text = json.dumps({h: json.loads(offers[h]["catalog"]) for h in holders})
+            return self.send("search", {c: {"catalog": text, **{f"network/{h}/{key.split('/')[1]}": blob
+                                                                for h in holders if h != c
+                                                                for key, blob in offers[h].items()
+                                                                if key.startswith("network/")}}
+                                        for c in learners})
         catalogs = self.send("catalog", {h: {} for h in holders})
         catalog = {h: json.loads(catalogs[h]["catalog"]) for h in holders}
         text = json.dumps(catalog)
         if rule == "random":
-            replies = self.send("pick", {c: {"catalog": text} for c in learners})
-        elif self.s.exchange == "models":
-            networks = self.send("networks", {h: {"networks": json.dumps([e["network"] for e in catalog[h]])}
-                                              for h in holders})
-            replies = self.send("search", {c: {"catalog": text, **{f"network/{h}/{key.split('/')[1]}": blob
-                                                                   for h in holders if h != c
-                                                                   for key, blob in networks[h].items()}}
-                                           for c in learners})
-        else:
-            probes = self.send("probe", {c: {} for c in learners})
-            ddvs = self.send("ddv", {h: self.probes_for(h, catalog[h], learners, probes) for h in holders})
-            replies = self.send("pick", {c: {"catalog": text, **{f"ddv/{h}/{key.split('/', 2)[2]}": blob
-                                                                for h in holders for key, blob in ddvs[h].items()
-                                                                if key.split("/")[1] == c}}
-                                         for c in learners})
-        return tuple({c: reply[key] for c, reply in replies.items()} for key in ("pick", "scores", "seconds"))
+            return self.send("pick", {c: {"catalog": text} for c in learners})
+        probes = self.send("probe", {c: {} for c in learners})
+        ddvs = self.send("ddv", {h: self.probes_for(h, catalog[h], learners, probes) for h in holders})
+        replies = self.send("pick", {c: {"catalog": text, **{f"ddv/{h}/{key.split('/', 2)[2]}": blob
+                                                             for h in holders for key, blob in ddvs[h].items()
+                                                             if key.split("/")[1] == c}}
+                                     for c in learners})
+        for c in learners:                                       # the baseline was trained for the probe
+            replies[c] = {**probes[c], **replies[c]}
+        return replies
 
     def probes_for(self, holder, entries, learners, probes):
         """What a holder receives of the learners' probes: the inputs, and a learner's reader (input adapter and
@@ -170,30 +173,31 @@ class Coordinator:
         return {c: {"network": replies[h][f"network/{n}"]} for h, asks in wanted.items() for c, n in asks}
 
     # ---- what it writes --------------------------------------------------------------------------------------------
-    def round_rows(self, r, learners, baselines, learned, scores, search_seconds):
+    def round_rows(self, r, learners, searched, learned):
         """One row per learner of round r and task it has learned so far."""
         rows = []
         for c, t in learners.items():
-            reply = learned[c]
+            reply, search = learned[c], searched.get(c, {})
             sent = sum(m["bytes"] for m in self.messages if m["round"] == r and m["sender"] == c)
             received = sum(m["bytes"] for m in self.messages if m["round"] == r and m["receiver"] == c)
             plan = next(p for p in self.plans if p.name == c)
-            criteria = {self.run.cfg.task_name(k): v for k, v in self.criteria(c, plan, r, baselines).items()}
+            criteria = {self.run.cfg.task_name(k): v for k, v in self.criteria(c, plan, r, reply).items()}
             for task, acc in json.loads(reply["accuracies"]).items():
                 rows.append({"run": self.name, "rule": self.s.selection, "exchange": self.s.exchange,
                              "seed": self.s.seed, "round": r, "client": c, "learned": self.run.cfg.task_name(t),
                              "task": task, "accuracy": acc, "baseline_acc": criteria.get(task),
                              "pick": reply["pick"], "network": reply["network"],
-                             "scores": scores.get(c, "[]"), "bytes_sent": sent, "bytes_received": received,
-                             "params": reply["params"], "width": reply["width"],
-                             "seconds_baseline": baselines[c]["seconds"], "seconds_search": search_seconds.get(c, 0.0),
-                             "seconds_learn": reply["seconds"]})
+                             "scores": search.get("scores", "[]"), "bytes_sent": sent,
+                             "bytes_received": received, "params": reply["params"], "width": reply["width"],
+                             "seconds_baseline": round(search.get("seconds_baseline", 0.0)
+                                                       + reply["seconds_baseline"], 3),
+                             "seconds_search": search.get("seconds", 0.0), "seconds_learn": reply["seconds"]})
         return rows
 
-    def criteria(self, client, plan, r, baselines):
-        """{task id: baseline accuracy} of the client's tasks up to round r, from the baseline replies so far."""
+    def criteria(self, client, plan, r, reply):
+        """{task id: baseline accuracy} of the client's tasks up to round r, from the learn replies so far."""
         self._criteria = getattr(self, "_criteria", {})
-        self._criteria[client, plan.task_in(r)] = baselines[client]["accuracy"]
+        self._criteria[client, plan.task_in(r)] = reply["baseline_acc"]
         return {t: a for (c, t), a in self._criteria.items() if c == client}
 
     def write(self):

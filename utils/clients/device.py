@@ -170,14 +170,17 @@ class Client:
     def baseline_folder(self, group):
         return self.layout.client_baseline(self.name, group, self.s.seed)
 
-    def on_baseline(self, round_, payload):
-        t = self.task(round_, payload["task"])
-        group, began = self.cfg.task_name(t), time.time()
-        folder = self.baseline_folder(group)
-        acc = baseline_task(self.run, self.baseline_settings(), t, folder=folder.root,
+    def baseline(self, round_):
+        """Train the baseline of the round's task, unless it is finished (the learner's first request of the round
+        does it: the search compares with it, the learning is measured against it). Returns what every learner's
+        reply carries of it: its accuracy and the seconds this request spent on it."""
+        t = self.task(round_)
+        began = time.time()
+        folder = self.baseline_folder(self.cfg.task_name(t)).root
+        acc = baseline_task(self.run, self.baseline_settings(), t, folder=folder,
                             acc_file=self.layout.client_baseline_acc(self.name, self.s.seed),
                             position=(self.plan.tasks.index(t) + 1, len(self.plan.tasks)))
-        return {"accuracy": round(float(acc), 4), "seconds": round(time.time() - began, 3)}
+        return {"baseline_acc": round(float(acc), 4), "seconds_baseline": round(time.time() - began, 3)}
 
     def criterion(self, group):
         return baseline_accuracy(self.layout.client_baseline_acc(self.name, self.s.seed), group)
@@ -188,6 +191,12 @@ class Client:
         entries = [{"network": n, "heads": heads, "modalities": [self.cfg.modality(h) for h in heads]}
                    for n, (_, heads, _) in self.holdings(round_).items()]
         return {"catalog": json.dumps(entries)}
+
+    def on_offer(self, round_, payload):
+        """EXCHANGE=models: the catalogue and every network in it, as they stood at the end of round r - 1."""
+        held = self.holdings(round_)
+        return {**self.on_catalog(round_, payload), **{f"network/{n}": path.read_bytes()
+                                                        for n, (path, _, _) in held.items()}}
 
     def on_networks(self, round_, payload):
         """The checkpoint files of the networks asked for, as they stood at the end of round r - 1."""
@@ -243,14 +252,15 @@ class Client:
             if key.startswith("network/"):
                 _, holder, network = key.split("/")
                 files[holder, network] = self.keep_received(round_, holder, network, blob)
-        began = time.time()
+        baseline, began = self.baseline(round_), time.time()
         candidates, net_of = self.candidates(round_, catalog, files)
         rows = search([self.target(round_)], candidates, self.profile_settings(), self.networks)
-        return self.decision(round_, rows, began, net_of=net_of)
+        return {**self.decision(round_, rows, began, net_of=net_of), **baseline}
 
     def on_probe(self, round_, payload):
         """EXCHANGE=profile: the profiling inputs (derived from this client's test data) and its reader, for the
         holders to compute DDVs on; the target's own DDV stays here."""
+        baseline = self.baseline(round_)
         profile = profile_targets([self.target(round_)], self.profile_settings(), self.networks)[0]
         probe = profile.probe
         tensors = {"x": probe.inputs["x"], **({"mask": probe.inputs["mask"]} if probe.inputs.get("mask") is not None
@@ -259,7 +269,8 @@ class Client:
         folder.mkdir(parents=True, exist_ok=True)
         blob = tensor_bytes({"cos": profile.ddv.cos, "euc": profile.ddv.euc})
         atomic_write(folder / "profile_ddv.safetensors", lambda f: f.write(blob))
-        return {"probe": tensor_bytes(tensors, {"modality": probe.modality}), "reader": tensor_bytes(probe.reader)}
+        return {"probe": tensor_bytes(tensors, {"modality": probe.modality}), "reader": tensor_bytes(probe.reader),
+                **baseline}
 
     def on_ddv(self, round_, payload):
         """EXCHANGE=profile, at a holder: the DDV of every head of every network it holds (end of round r - 1) on
@@ -328,6 +339,7 @@ class Client:
 
     def on_learn(self, round_, payload):
         t = self.task(round_, payload["task"])
+        baseline = self.baseline(round_)
         group, began = self.cfg.task_name(t), time.time()
         rule = self.s.selection
         chosen = (self.own_latest(round_) if rule == "own" else None if rule == "scratch"
@@ -357,7 +369,7 @@ class Client:
         accuracies, params = self.evaluate(round_ + 1)
         return {"pick": Pick.text_of(chosen), "network": network, "accuracies": json.dumps(accuracies),
                 "params": params, "width": float(step.results["width"]), "ratio": str(step.results["ratio"]),
-                "seconds": round(time.time() - began, 3)}
+                "seconds": round(time.time() - began, 3), **baseline}
 
     def task_networks(self, before):
         """{task id: network id} of the tasks this client learned before round `before`."""
