@@ -429,10 +429,11 @@ def deployment_commands(clients, superlink_address):
              f"FLWR_TELEMETRY_ENABLED=0 PYTHONPATH=$PWD {shlex.join(superlink_command('0.0.0.0', int(port)))}"]
     for client in clients:
         command = shlex.join(supernode_command(superlink_address, client))
-        lines += [f"# on client {client}'s machine, from the repository checkout:",
+        lines += [f"# on client {client}'s machine, from the repository checkout (its data under MMPAB_DATA_ROOT, its "
+                  f"networks under MMPAB_WORK_DIR):",
                   f"FLWR_TELEMETRY_ENABLED=0 PYTHONPATH=$PWD {command}"]
-    lines += ["# then submit the run (from the SuperLink machine): run('deployment', spec, client_factory=..., "
-              f"coordinate=..., superlink='{superlink_address}')"]
+    lines += ["# then submit the run from any machine that reaches the SuperLink, with the same config and variables:",
+              f"ENGINE=deployment SUPERLINK={superlink_address} bash run_pickaback/clients.sh <cfg>"]
     return "\n".join(lines) + "\n"
 
 
