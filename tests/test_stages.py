@@ -215,7 +215,9 @@ def test_stage_scripts_run_alone_with_the_original_variables(copy_of, demo_root)
     assert proc.stdout.count("wrote ") == 2
 
 
-def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run(tiny_run, demo_root, tmp_path):
+def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run(tiny_run, demo_root, tmp_path,
+                                                                                  monkeypatch, capsys, root_logging,
+                                                                                  one_thread):
     work = tmp_path / "work"
     for part in (HERE.baseline("group1").root.parent, HERE.logs):
         shutil.copytree(tiny_run / part, work / part)
@@ -225,9 +227,12 @@ def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run
                lambda path, phase, epoch: third in path.parents, tmp_path / "killed.log")
     assert not (third / "stage.json").exists() and (layout(work).backbone("group2").manifest).exists()
 
-    script = ["bash", str(REPO / "run_pickaback" / "run_all.sh"), "demo"]
-    rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env}, check=True)   # one thread, as tiny_run
-    log = rerun.stdout
+    # the rerun: `bash run_pickaback/run_all.sh demo` (its Python side, tools/run_stage.py's main, in this process on
+    # one thread, as tiny_run; the scripts' bash side is run in test_stage_scripts_run_alone_with_the_original_...)
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    assert run_stage_script(monkeypatch, ["run_all", "demo"], env) == 0, capsys.readouterr()
+    log = capsys.readouterr().out
     assert "wo_backbone task 2 (group2): finished with these settings, skipped" in log
     assert "== wo_backbone: demo task 3" in log and "wo_backbone task 3 (group3): finished" not in log
     assert checksums(work, BACKBONES) == checksums(tiny_run, BACKBONES)
