@@ -22,7 +22,7 @@ from utils.config import load_dataset_config
 from utils.errors import UserError
 from utils.layout import Layout
 from utils.manifest import Manifest, task_checkpoint
-from utils.pipeline import run_stage, stage_settings
+from utils.pipeline import SETTINGS, run_stage, stage_settings
 from utils.pipeline.compacting import choose_ratio
 
 HERE = Layout(Path("."), "demo")
@@ -204,8 +204,27 @@ def test_settings_come_from_the_script_and_the_environment():
         stage_settings("w_backbone_MM", {"EPOCHS": "ten"})
 
 
+def test_every_stage_script_starts_tools_run_stage_with_its_own_name(tmp_path):
+    """The bash side of every stage script, without Python (PYTHON: a stub printing its PYTHONPATH and arguments):
+    `bash run_pickaback/<stage>.sh demo -x` runs `$PYTHON tools/run_stage.py <stage> demo -x` with the checkout first
+    on PYTHONPATH. Their Python side (tools/run_stage.py's main) is run in-process by the tests of each stage;
+    baseline.sh, find_backbone.sh and transfer_kv.sh are also run whole (test_interrupts_and_os_errors,
+    test_files_and_processes, the test below)."""
+    stub = tmp_path / "python"
+    stub.write_text('#!/bin/sh\necho "$PYTHONPATH" "$@"\n')
+    stub.chmod(0o755)
+    scripts = sorted(p for p in (REPO / "run_pickaback").glob("*.sh") if p.name != "common.sh"
+                     and "common.sh" in p.read_text())
+    assert {p.stem for p in scripts} == {*SETTINGS, "run_all"}
+    for script in scripts:
+        proc = run_script(["bash", str(script), "demo", "-x"], cwd=tmp_path, env={"PYTHON": str(stub)}, check=True)
+        path, *args = proc.stdout.split()
+        assert path.split(":")[0] == str(REPO) and args == [str(REPO / "tools" / "run_stage.py"), script.stem, "demo",
+                                                              "-x"], (script, proc.stdout)
+
+
 def test_stage_scripts_run_alone_with_the_original_variables(copy_of, demo_root):
-    """find_backbone.sh and transfer_kv.sh called directly (the training scripts are run in test_cpg)."""
+    """find_backbone.sh and transfer_kv.sh called directly (the training scripts' bash side: the test above)."""
     env = env_for(demo_root, copy_of, FORCE="1", TARGET_ID="2,6")
     proc = run_script(["bash", str(REPO / "run_pickaback" / "find_backbone.sh"), "demo"], cwd=copy_of, env=env,
                       check=True)
