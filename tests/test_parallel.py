@@ -27,8 +27,8 @@ UNIT = re.compile(r"\[gpu (cpu#[12])\] \w+ (.+): (started|done in \d+ s)$")
 @pytest.fixture
 def run_parallel_stage(monkeypatch, capsys, root_logging):
     """run(stage, work, demo_root, **settings): `bash run_pickaback/<stage>.sh demo` with GPUS="cpu cpu", its parent
-    (tools/run_stage.py's main) in this process (no second start-up; the scripts themselves are run in test_stages
-    and test_cpg), its two workers as processes; returns what it printed (the parent's lines and the workers')."""
+    (tools/run_stage.py's main) in this process (no second start-up; every script's bash side is run in
+    test_stages), its two workers as processes; returns what it printed (the parent's lines and the workers')."""
     def run(stage, work, demo_root, **extra):
         env = env_for(demo_root, work, GPUS="cpu cpu", OMP_NUM_THREADS="1", **extra)     # one thread, as tiny_run
         monkeypatch.chdir(work)
