@@ -164,22 +164,47 @@ def env_for(demo_root, work, **extra):
     return {**TINY, "MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), **extra}
 
 
+def built_once(tmp_path_factory, name, build):
+    """A folder `name` that `build(folder)` fills once per test run. Under pytest-xdist the workers share it: the
+    first to ask builds it under a lock in the run's folder (above the workers' own), the others wait for it and read
+    it; without xdist it is this process's. The tests only read it (they change copies)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    import fcntl
+    import shutil
+    run = tmp_path_factory.getbasetemp().parent                  # .../pytest-N, above popen-gw0, popen-gw1
+    folder, done = run / name, run / f"{name}.done"
+    with open(run / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)                         # released when the file is closed
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)            # what a worker that failed while building left
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_run(demo_root, tmp_path_factory):
     """Every stage of the demo config, run once in-process with tiny settings on one thread (a real backbone ->
-    target chain per task). Tests must not change it: copy it first."""
+    target chain per task), once for the whole test run (built_once: the xdist workers share it; the demo data of
+    every worker is byte-identical, and the stages' records name no data folder). Tests must not change it: copy it
+    first."""
     import torch
-    from utils.pipeline import run_stage
-    work = tmp_path_factory.mktemp("tiny_run")
-    torch.set_num_threads(1)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.INFO)                 # the tasks' train.log files hold the log lines, as in a real run
-    try:
-        run_stage("all", "demo", env_for(demo_root, work))
-    finally:
-        root.setLevel(level)
-    return work
+    torch.set_num_threads(1)                        # in every worker, whether it builds the run or not
+
+    def build(work):
+        from utils.pipeline import run_stage
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.INFO)                 # the tasks' train.log files hold the log lines, as in a real run
+        try:
+            run_stage("all", "demo", env_for(demo_root, work))
+        finally:
+            root.setLevel(level)
+    return built_once(tmp_path_factory, "tiny_run", build)
 
 
 def curves(run_dir):
@@ -230,9 +255,12 @@ def one_thread():
 
 # The modules whose tests start scripts, worker pools or torchrun (seconds each), longest first: run first, so that
 # pytest-xdist's two processes share them out early and finish with the short tests, not one waiting on a long tail.
-FIRST = ("test_flower_engine",
-         "test_parallel", "test_stages", "test_interrupts_and_os_errors", "test_files_and_processes", "test_cpg",
-         "test_sequence", "test_report")
+# pytest-xdist hands each process a first run of consecutive tests (the first quarter of its share: items 0-48 and
+# 49-97 of ~400): the first process builds tiny_run (built_once) for its first test, and test_cpg (no tiny_run) comes
+# before test_files_and_processes, so that the second process reaches its first tiny_run test (torchrun) after the
+# run is built instead of waiting for it.
+FIRST = ("test_clients", "test_parallel", "test_stages", "test_interrupts_and_os_errors", "test_cpg",
+         "test_files_and_processes", "test_sequence", "test_report")
 
 
 def pytest_collection_modifyitems(items):

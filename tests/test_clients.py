@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, demo_config_file, run_killed
+from tests.conftest import TINY, built_once, demo_config_file, run_killed
 from utils.clients.coordinator import run_spec
 from utils.clients.local import run_local
 from utils.clients.plan import client_plans
@@ -50,13 +50,14 @@ def results(work):
     return frame.drop(columns=TIMES).sort_values(["exchange", "round", "client", "task"]).reset_index(drop=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(demo_root, tmp_path_factory):
-    """The demo's four clients, an uninterrupted tiny run (SELECTION=similar, EXCHANGE=models)."""
-    work = tmp_path_factory.mktemp("clients")
-    with pytest.MonkeyPatch.context() as mp:
-        local_run(mp, clients_env(demo_root, work))
-    return work
+    """The demo's four clients, an uninterrupted tiny run (SELECTION=similar, EXCHANGE=models) on the local engine,
+    built once per test run (built_once: the xdist workers share it). Tests must not change it: copy it first."""
+    def build(work):
+        with pytest.MonkeyPatch.context() as mp:
+            local_run(mp, clients_env(demo_root, work))
+    return built_once(tmp_path_factory, "clients_reference", build)
 
 
 def test_every_client_learns_its_tasks_in_rounds_without_forgetting(reference):

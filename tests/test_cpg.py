@@ -8,7 +8,7 @@ import torch
 from CPG_MM_main_normal import main as cpg_main
 from models import cpg
 from models.build import Network
-from tests.conftest import REPO, run_main, run_script, run_stage_script, unreachable_copy
+from tests.conftest import run_main, run_stage_script, unreachable_copy
 from utils.pipeline.compacting import choose_ratio
 from utils.checkpoint import load_checkpoint, read_json
 from utils.layout import Layout
@@ -186,8 +186,9 @@ def test_ratio_choice_rule(record, baseline, at_max_width, chosen):
     assert choose_ratio(record, baseline, 0.001, at_max_width=at_max_width) == chosen
 
 
-def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):
-    """wo_backbone.sh -> record.txt with the 11 keys and every stage checkpoint at its sparsity; then the chooser
+def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path, monkeypatch, capsys, root_logging, one_thread):
+    """wo_backbone.sh (its Python side, in this process; the scripts' bash side: test_stages) -> record.txt with the
+    11 keys of the script's default schedule and every stage checkpoint at its sparsity; then the chooser's script
     places the chosen checkpoint in gradual_prune/."""
     work = tmp_path / "work"
     lay = Layout(work, "demo")
@@ -195,7 +196,8 @@ def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):
     lay.baseline_acc_file.write_text('{"group1": "0.6000"}')
     env = {"MMPAB_DATA_ROOT": str(demo_root), "MMPAB_WORK_DIR": str(work), "TASK_IDS": "1", "EPOCHS": "6",
            "NR_EPOCH_FOR_EACH_PRUNE": "1", "PRUNING_INTERVAL": "1", "BATCH_SIZE": "8"}
-    run_script(["bash", str(REPO / "run_pickaback" / "wo_backbone.sh"), "demo"], cwd=tmp_path, env=env, check=True)
+    monkeypatch.chdir(tmp_path)
+    assert run_stage_script(monkeypatch, ["wo_backbone", "demo"], env) == 0, capsys.readouterr()
     record = read_json(lay.backbone("group1").record)
     keys = ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"]
     assert list(record) == keys
@@ -203,8 +205,7 @@ def test_stage_scripts_backbone_record_and_choice(demo_root, tmp_path):
         net = Network.from_checkpoint(load_checkpoint(checkpoint_in(lay.backbone("group1").prune_stage(key))))
         assert all(abs(s - float(key)) <= 0.01 for s in cpg.layer_sparsity(net.model, "image", 1).values())
     assert "In validate()-> Val Ep. #1 loss:" in lay.backbone("group1").log.read_text()
-    run_script(["bash", str(REPO / "run_pickaback" / "select_pruning_ratio_of_backbone.sh"), "demo"], cwd=tmp_path,
-               env=env, check=True)
+    assert run_stage_script(monkeypatch, ["select_pruning_ratio_of_backbone", "demo"], env) == 0, capsys.readouterr()
     assert "We choose pruning ratio" in lay.backbone("group1").log.read_text()
     chosen = task_checkpoint(lay.backbone("group1").gradual_prune, "-", manifest=lay.choice_manifest("group1"))
     assert chosen.parent == lay.backbone("group1").gradual_prune.resolve()

@@ -193,7 +193,17 @@ def fake_measure(size, device, rounds, steps, amp, *, eval_batch=None, **kwargs)
     return {"samples_per_s": per_s, "flops_per_sample": 1e6, "peak_memory": None, "forward2_s": 0.01}
 
 
-def test_a_rehearsal_measures_each_shape_then_projects_the_selected_tasks(demo, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def released(monkeypatch):
+    """The checks' release_memory (gc.collect, and CUDA's cache), counted instead of run: a full collection in this
+    process, which holds every module the suite imported, takes ~0.3 s a check."""
+    calls = []
+    monkeypatch.setattr(gpu_check_runs, "release_memory", lambda: calls.append(1))
+    return calls
+
+
+def test_a_rehearsal_measures_each_shape_then_projects_the_selected_tasks(demo, tmp_path, monkeypatch, capsys,
+                                                                          released):
     monkeypatch.setattr(gpu_check_runs, "measure", fake_measure)
     monkeypatch.setattr(gpu_check_runs, "matmul_rate", lambda *a: 1e10)
     monkeypatch.setattr(benchmark_attention, "run_child", lambda mode, args: {"step_s": 1.0, "peak": 1})
@@ -206,6 +216,7 @@ def test_a_rehearsal_measures_each_shape_then_projects_the_selected_tasks(demo, 
     out = capsys.readouterr().out
     checks = [ln for ln in out.splitlines() if ln.startswith(("train ", "resume", "attention cub", "stages "))]
     assert [ln.split()[-1] for ln in checks] == ["ok"] * 13 + ["(--skip-stages)"]
+    assert len(released) == 13                                                  # after each check
     assert sum(ln.startswith("train demo text") for ln in checks) == 4           # the text tasks' own shape
     assert "demo: tasks 1, 2, 5 (TASK_IDS); train/test samples per task 6/3, 12/3, 30/3 (counted" in out
     assert "demo    3 (2 image, 1 text)" in out
@@ -223,7 +234,7 @@ def test_stage_environment(tmp_path):
     assert env["MMPAB_WORK_DIR"] == str(tmp_path / "work")
 
 
-def test_a_failed_check_is_one_line_naming_its_log(tmp_path, capsys):
+def test_a_failed_check_is_one_line_naming_its_log(tmp_path, capsys, released):
     checks = gpu_check_runs.Checks(tmp_path / "logs")
     assert checks.run("fine", lambda: ("1.0 samples/s", 42)) == 42
 
@@ -231,6 +242,7 @@ def test_a_failed_check_is_one_line_naming_its_log(tmp_path, capsys):
         raise ValueError("boom\nmore lines")
     assert checks.run("train x fp32 b16", broken) is None
     checks.skip("stages NPROC=2", "one GPU visible")
+    assert len(released) == 2                                  # after the check that failed too
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("fine") and lines[0].endswith(" ok")
     assert lines[1].endswith(f"failed (ValueError: boom; log: {tmp_path / 'logs' / 'train_x_fp32_b16.log'})")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, curves, env_for, run_main, run_script
+from tests.conftest import curves, env_for, run_main, run_stage_script
 from utils.checkpoint import read_json
 from utils.errors import UserError
 from utils.layout import Layout
@@ -24,9 +24,18 @@ LINE = re.compile(r"^(?:\[gpu (cpu#[12])\] )?(.*)$")
 UNIT = re.compile(r"\[gpu (cpu#[12])\] \w+ (.+): (started|done in \d+ s)$")
 
 
-def run_parallel_stage(stage, work, demo_root, **extra):
-    env = env_for(demo_root, work, GPUS="cpu cpu", OMP_NUM_THREADS="1", **extra)     # one thread, as tiny_run
-    return run_script(["bash", str(REPO / "run_pickaback" / f"{stage}.sh"), "demo"], cwd=work, env=env, check=True)
+@pytest.fixture
+def run_parallel_stage(monkeypatch, capsys, root_logging):
+    """run(stage, work, demo_root, **settings): `bash run_pickaback/<stage>.sh demo` with GPUS="cpu cpu", its parent
+    (tools/run_stage.py's main) in this process (no second start-up; every script's bash side is run in
+    test_stages), its two workers as processes; returns what it printed (the parent's lines and the workers')."""
+    def run(stage, work, demo_root, **extra):
+        env = env_for(demo_root, work, GPUS="cpu cpu", OMP_NUM_THREADS="1", **extra)     # one thread, as tiny_run
+        monkeypatch.chdir(work)
+        capsys.readouterr()
+        assert run_stage_script(monkeypatch, [stage, "demo"], env) == 0, capsys.readouterr()
+        return capsys.readouterr().out
+    return run
 
 
 def assert_ran_in_parallel(stdout, units):
@@ -60,11 +69,11 @@ def manifest(folder):
     return data["settings"], data["outputs"], data["results"]
 
 
-def test_baseline_tasks_run_at_once_and_give_the_sequential_results(tiny_run, demo_root, tmp_path):
+def test_baseline_tasks_run_at_once_and_give_the_sequential_results(tiny_run, demo_root, tmp_path, run_parallel_stage):
     work, ids = tmp_path / "work", [1, 2, 5, 6]                                  # two image, two text tasks
     work.mkdir()
-    proc = run_parallel_stage("baseline", work, demo_root, TASK_IDS=" ".join(map(str, ids)))
-    assert_ran_in_parallel(proc.stdout, len(ids))
+    out = run_parallel_stage("baseline", work, demo_root, TASK_IDS=" ".join(map(str, ids)))
+    assert_ran_in_parallel(out, len(ids))
     mine, seq = Layout(work, "demo"), Layout(tiny_run, "demo")
     groups = [f"group{i}" for i in ids]
     assert read_json(mine.baseline_acc_file) == {g: read_json(seq.baseline_acc_file)[g] for g in groups}
@@ -76,14 +85,14 @@ def test_baseline_tasks_run_at_once_and_give_the_sequential_results(tiny_run, de
         assert curves(mine.logs / step) == curves(seq.logs / step) != {}
 
 
-def test_targets_run_at_once_and_the_shared_csv_keeps_every_row(tiny_run, demo_root, tmp_path):
+def test_targets_run_at_once_and_the_shared_csv_keeps_every_row(tiny_run, demo_root, tmp_path, run_parallel_stage):
     work = Path(shutil.copytree(tiny_run, tmp_path / "work"))
     mine, seq = Layout(work, "demo"), Layout(tiny_run, "demo")
     mine.target_acc_csv.unlink()                                                 # rewritten by the two workers
     pairs = pd.read_csv(seq.result_csv)
     ids = [1, 5]                                                                  # an image and a text target
-    proc = run_parallel_stage("w_backbone_MM", work, demo_root, TASK_IDS="1 5", FORCE="1")
-    assert_ran_in_parallel(proc.stdout, len(ids))
+    out = run_parallel_stage("w_backbone_MM", work, demo_root, TASK_IDS="1 5", FORCE="1")
+    assert_ran_in_parallel(out, len(ids))
     expected = pd.read_csv(seq.target_acc_csv)
     expected = expected[expected.target.isin([f"group{i}" for i in ids])].sort_values("target")
     got = pd.read_csv(mine.target_acc_csv).sort_values("target")                 # rows in the order they finished

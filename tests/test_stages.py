@@ -8,7 +8,6 @@ tests that change files work on a copy of it.
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +21,7 @@ from utils.config import load_dataset_config
 from utils.errors import UserError
 from utils.layout import Layout
 from utils.manifest import Manifest, task_checkpoint
-from utils.pipeline import run_stage, stage_settings
+from utils.pipeline import SETTINGS, run_stage, stage_settings
 from utils.pipeline.compacting import choose_ratio
 
 HERE = Layout(Path("."), "demo")
@@ -67,11 +66,11 @@ def test_every_stage_writes_its_outputs_and_manifests(tiny_run):
     assert summary[0] == "target,backbone,width,target_acc,baseline_acc" and len(summary) == 9
 
 
-def test_rerun_skips_every_finished_task_and_changes_no_file(tiny_run, demo_root, caplog):
-    before = checksums(tiny_run)
+def test_rerun_skips_every_finished_task_and_changes_no_file(copy_of, demo_root, caplog):
+    before = checksums(copy_of)                        # a copy: the other xdist worker may be reading tiny_run
     caplog.set_level("INFO")
-    run_stage("all", "demo", env_for(demo_root, tiny_run))
-    assert checksums(tiny_run) == before
+    run_stage("all", "demo", env_for(demo_root, copy_of))
+    assert checksums(copy_of) == before
     skipped = [r.message for r in caplog.records if "skipped (FORCE=1 redoes it)" in r.message]
     assert len(skipped) == 8 * 6                       # every task of every stage
     assert not any("Train Ep." in r.message for r in caplog.records)
@@ -123,7 +122,7 @@ def test_a_changed_training_file_redoes_exactly_that_task(copy_of, demo_root, tm
     assert str(Path(baselines) / "group2" / "stage.json") in changed
 
 
-def test_chooser_checks_the_record_before_replacing_its_choice(copy_of, demo_root):
+def test_chooser_checks_the_record_before_replacing_its_choice(copy_of, demo_root, capsys, root_logging):
     lay = layout(copy_of)
     gradual_prune = lay.backbone("group1").gradual_prune
     (gradual_prune / "checkpoint-1_kv_transfer_9.pth.tar").write_bytes(b"k/v file of an earlier choice")
@@ -135,13 +134,14 @@ def test_chooser_checks_the_record_before_replacing_its_choice(copy_of, demo_roo
     lay.backbone("group1").record.write_text(json.dumps(read_json(lay.backbone("group1").manifest)["results"]
                                                ["record"]))
     assert checksums(gradual_prune.parent) == before                           # nothing was deleted or replaced
-    # the one-task tool refuses the same way
+    # the one-task tool (its main, in this process) refuses the same way
+    from tools.choose_appropriate_pruning_ratio_for_next_task_notrmfiles import main as tool
     lay.backbone("group1").record.write_bytes(b"")
-    tool = REPO / "tools" / "choose_appropriate_pruning_ratio_for_next_task_notrmfiles.py"
-    proc = run_script([sys.executable, str(tool), "--dataset", "group1", "--pruning_ratio_to_acc_record_file",
-                       str(lay.backbone("group1").record), "--baseline_acc_file", str(lay.baseline_acc_file)],
-                      cwd=copy_of)
-    assert proc.returncode == 1 and "is empty" in proc.stderr and "Traceback" not in proc.stderr
+    capsys.readouterr()
+    rc = run_main(tool, ["--dataset", "group1", "--pruning_ratio_to_acc_record_file",
+                         str(lay.backbone("group1").record), "--baseline_acc_file", str(lay.baseline_acc_file)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "is empty" in err and "Traceback" not in err
     assert (gradual_prune / "checkpoint-1_kv_transfer_9.pth.tar").is_file()
 
 
@@ -204,18 +204,42 @@ def test_settings_come_from_the_script_and_the_environment():
         stage_settings("w_backbone_MM", {"EPOCHS": "ten"})
 
 
-def test_stage_scripts_run_alone_with_the_original_variables(copy_of, demo_root):
-    """find_backbone.sh and transfer_kv.sh called directly (the training scripts are run in test_cpg)."""
+def test_every_stage_script_starts_tools_run_stage_with_its_own_name(tmp_path):
+    """The bash side of every stage script, without Python (PYTHON: a stub printing its PYTHONPATH and arguments):
+    `bash run_pickaback/<stage>.sh demo -x` runs `$PYTHON tools/run_stage.py <stage> demo -x` with the checkout first
+    on PYTHONPATH. Their Python side (tools/run_stage.py's main) is run in-process by the tests of each stage;
+    baseline.sh and find_backbone.sh are also run whole (test_interrupts_and_os_errors, test_files_and_processes,
+    the test below)."""
+    stub = tmp_path / "python"
+    stub.write_text('#!/bin/sh\necho "$PYTHONPATH" "$@"\n')
+    stub.chmod(0o755)
+    scripts = sorted(p for p in (REPO / "run_pickaback").glob("*.sh") if p.name != "common.sh"
+                     and "common.sh" in p.read_text())
+    assert {p.stem for p in scripts} == {*SETTINGS, "run_all"}
+    for script in scripts:
+        proc = run_script(["bash", str(script), "demo", "-x"], cwd=tmp_path, env={"PYTHON": str(stub)}, check=True)
+        path, *args = proc.stdout.split()
+        assert path.split(":")[0] == str(REPO) and args == [str(REPO / "tools" / "run_stage.py"), script.stem, "demo",
+                                                              "-x"], (script, proc.stdout)
+
+
+def test_stage_scripts_run_alone_with_the_original_variables(copy_of, demo_root, monkeypatch, capsys, root_logging):
+    """find_backbone.sh called directly, whole, with the original's TARGET_ID; then transfer_kv.sh's Python side
+    (tools/run_stage.py's main, in this process; every script's bash side: the test above)."""
     env = env_for(demo_root, copy_of, FORCE="1", TARGET_ID="2,6")
     proc = run_script(["bash", str(REPO / "run_pickaback" / "find_backbone.sh"), "demo"], cwd=copy_of, env=env,
                       check=True)
     assert "Selected backbone for target 6 = (euc)" in proc.stdout
-    proc = run_script(["bash", str(REPO / "run_pickaback" / "transfer_kv.sh"), "demo"], cwd=copy_of,
-                      env=env_for(demo_root, copy_of, TASK_IDS="2 6", FORCE="1"), check=True)
-    assert proc.stdout.count("wrote ") == 2
+    monkeypatch.chdir(copy_of)
+    capsys.readouterr()
+    assert run_stage_script(monkeypatch, ["transfer_kv", "demo"],
+                            env_for(demo_root, copy_of, TASK_IDS="2 6", FORCE="1")) == 0, capsys.readouterr()
+    assert capsys.readouterr().out.count("wrote ") == 2
 
 
-def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run(tiny_run, demo_root, tmp_path):
+def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run(tiny_run, demo_root, tmp_path,
+                                                                                  monkeypatch, capsys, root_logging,
+                                                                                  one_thread):
     work = tmp_path / "work"
     for part in (HERE.baseline("group1").root.parent, HERE.logs):
         shutil.copytree(tiny_run / part, work / part)
@@ -225,9 +249,12 @@ def test_run_all_killed_during_the_backbone_stage_ends_like_an_uninterrupted_run
                lambda path, phase, epoch: third in path.parents, tmp_path / "killed.log")
     assert not (third / "stage.json").exists() and (layout(work).backbone("group2").manifest).exists()
 
-    script = ["bash", str(REPO / "run_pickaback" / "run_all.sh"), "demo"]
-    rerun = run_script(script, cwd=work, env={"OMP_NUM_THREADS": "1", **env}, check=True)   # one thread, as tiny_run
-    log = rerun.stdout
+    # the rerun: `bash run_pickaback/run_all.sh demo` (its Python side, tools/run_stage.py's main, in this process on
+    # one thread, as tiny_run; the scripts' bash side is run in test_stage_scripts_run_alone_with_the_original_...)
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    assert run_stage_script(monkeypatch, ["run_all", "demo"], env) == 0, capsys.readouterr()
+    log = capsys.readouterr().out
     assert "wo_backbone task 2 (group2): finished with these settings, skipped" in log
     assert "== wo_backbone: demo task 3" in log and "wo_backbone task 3 (group3): finished" not in log
     assert checksums(work, BACKBONES) == checksums(tiny_run, BACKBONES)
