@@ -44,7 +44,8 @@ CHANGED = {"FINETUNE_EPOCHS": "7", "EPOCHS": "7", "NUM_CLASSES": "3", "INIT_LR":
            "RECIPE": "fast", "ALLOW_ACC_LOSS": "0.02", "TARGET_ID": "2", "CANDIDATES": "cross", "SELECTION": "original",
            "PROFILE_SIZE": "12", "EPSILON": "0.2", "ITERATIONS": "9", "CSV_PATH": "picked.csv",
            "RESULT_CSV": "picked.csv", "ORDER": "random", "FIRST": "2", "START": "similar", "REINIT_FREE": "0",
-           "SEEDS": "4 5", "SELECTIONS": "similar scratch", "TARGET_TRAIN_PER_CLASS": "3"}
+           "SEEDS": "4 5", "SELECTIONS": "similar scratch", "TARGET_TRAIN_PER_CLASS": "3", "NUM_CLIENTS": "3",
+           "EXCHANGE": "profile", "ENGINE": "local", "SUPERLINK": "127.0.0.1:9093"}
 
 
 # The entry points, the settings whose defaults their --help shows, and the variables they have no flag for (CPG's
