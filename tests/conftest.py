@@ -266,3 +266,17 @@ FIRST = ("test_clients", "test_parallel", "test_stages", "test_interrupts_and_os
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.module.__name__.rpartition(".")[2], len(FIRST)))
+
+
+def report_numbers(layout, section):
+    """The rows of one section of the report's numbers CSV (logs_perceiver_io/report_<cfg>.csv)."""
+    import pandas as pd
+    frame = pd.read_csv(layout.report(".csv"), keep_default_na=False)
+    return frame[frame.section == section]
+
+
+def report_value(frame, item, metric):
+    """The one value of (item, metric) in rows of the report's numbers CSV."""
+    found = frame[(frame["item"] == item) & (frame.metric == metric)].value
+    assert len(found) == 1, (item, metric, found)
+    return found.iloc[0]

@@ -13,6 +13,7 @@ import pytest
 
 from utils.layout import Layout
 from utils.report import clients, write_report
+from tests.conftest import report_numbers, report_value
 
 DATA = Path(__file__).parent / "data"
 NAN = math.nan
@@ -167,17 +168,6 @@ def test_the_sample_run_forgets_nothing():
     assert m["acc"] == pytest.approx(np.mean([1.0, 0.4444, 0.3333, 0.5556, 0.8333, 0.3889, 0.4444, 0.4444]))
 
 
-def numbers_of(layout, section):
-    frame = pd.read_csv(layout.report(".csv"), keep_default_na=False)
-    return frame[frame.section == section]
-
-
-def value(frame, item, metric):
-    found = frame[(frame["item"] == item) & (frame.metric == metric)].value
-    assert len(found) == 1, (item, metric, found)
-    return found.iloc[0]
-
-
 def test_the_section_from_a_real_run(tmp_path):
     layout = Layout(tmp_path, "demo")
     layout.clients_csv.parent.mkdir(parents=True)
@@ -194,16 +184,16 @@ def test_the_section_from_a_real_run(tmp_path):
     # the picks: holder, its similarity (sim_euc of the picked candidate), the bytes received under each exchange
     assert ("| 2 | alice | group7 | bob (n01:group3) | n02 | 0.9297 | 1,554,188 | 1,747,707 |") in section
     assert "| 1 | alice | group1 | new | n01 | missing | 16 | 16 |" in section
-    picks = numbers_of(layout, "clients_picks")
-    assert float(value(picks, "3|dave", "sim_euc")) == 0.996057                 # bob:n01:group3's of 7 candidates
-    assert float(value(picks, "2|bob", "sim_euc")) == 0.971335
-    assert value(picks, "2|bob", "pick") == "carol:n01:group2"
+    picks = report_numbers(layout, "clients_picks")
+    assert float(report_value(picks, "3|dave", "sim_euc")) == 0.996057  # bob:n01:group3's of 7 candidates
+    assert float(report_value(picks, "2|bob", "sim_euc")) == 0.971335
+    assert report_value(picks, "2|bob", "pick") == "carol:n01:group2"
     # bytes per round: the messages CSV's sums, per exchange and round
     messages = pd.read_csv(layout.clients_messages_csv)
     sums = messages.groupby(["exchange", "round"]).bytes.sum()
-    table = numbers_of(layout, "clients_bytes")
+    table = report_numbers(layout, "clients_bytes")
     for (exchange, r), total in sums.items():
-        assert int(value(table, f"{exchange}|{r}", "total")) == total
+        assert int(report_value(table, f"{exchange}|{r}", "total")) == total
     assert "| 3 | 24 | 459 | 776,968 | 320,056 | 1,281,568 | 2,692 | 777,063 | 3,158,830 |" in section
     # the figure, linked; no comparison without comparison runs
     png = layout.report("_clients_picks.png")
@@ -225,9 +215,9 @@ def test_the_comparison_in_the_report(tmp_path):
     assert "| `scratch` | 2 | 0.7250 ± 0.0354 | +0.1000 ± 0.0000 | 0.0500 ± 0.0707 | 0.2000 |" in section
     assert "| `own` | 2 | 0.5500 ± 0.0707 |" in section and section.count("| — |") == 2        # not run under profile
     assert "- Does borrowing pay? `similar` reaches 0.7000 ± 0.0707" in section
-    numbers = numbers_of(layout, "clients_comparison")
-    assert float(value(numbers, "scratch", "forgetting_max")) == pytest.approx(0.2)
-    assert float(value(numbers, "similar", "bytes_per_pick_profile")) == pytest.approx(750)
+    numbers = report_numbers(layout, "clients_comparison")
+    assert float(report_value(numbers, "scratch", "forgetting_max")) == pytest.approx(0.2)
+    assert float(report_value(numbers, "similar", "bytes_per_pick_profile")) == pytest.approx(750)
 
 
 def test_no_clients_csv_no_section(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 
 from utils.layout import Layout
 from utils.report import sequence, write_report
+from tests.conftest import report_numbers, report_value
 
 NAN = math.nan
 ORDER = ["group1", "group5", "group3"]                       # image, text, image
@@ -45,15 +46,8 @@ def write_sequence(layout, compared=COMPARED):
     return path
 
 
-def numbers_of(layout, section):
-    frame = pd.read_csv(layout.report(".csv"), keep_default_na=False)
-    return frame[frame.section == section]
-
-
 def value(frame, item, metric):
-    found = frame[(frame["item"] == item) & (frame.metric == metric)].value
-    assert len(found) == 1, (item, metric, found)
-    return float(found.iloc[0])
+    return float(report_value(frame, item, metric))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +69,7 @@ def test_sequence_section_matrix_metrics_and_compactness(report_of_sequence):
     assert "| 1 group1 | 0.9000 | — | — |" in text
     assert "| 2 group5 | 0.8000 | 0.7000 | — |" in text
     assert "| 3 group3 | 0.6000 | 0.6500 | 0.9500 |" in text
-    matrix = numbers_of(layout, "sequence_matrix")
+    matrix = report_numbers(layout, "sequence_matrix")
     assert set(matrix["item"]) == {"default"} and len(matrix) == 6
     got = np.full((3, 3), NAN)
     for metric, v in zip(matrix.metric, matrix.value, strict=True):
@@ -83,14 +77,14 @@ def test_sequence_section_matrix_metrics_and_compactness(report_of_sequence):
         got[j - 1, i - 1] = float(v)
     np.testing.assert_array_equal(got, np.array(A))
     # the metrics, by hand: ACC = (0.6 + 0.65 + 0.95) / 3; f = (0.9 - 0.6, 0.7 - 0.65); FWT_i = A[i,i] - baseline
-    runs = numbers_of(layout, "sequence_runs")
+    runs = report_numbers(layout, "sequence_runs")
     assert value(runs, "default", "acc") == pytest.approx(2.2 / 3)
     assert value(runs, "default", "forgetting") == pytest.approx(0.175)
     assert value(runs, "default", "bwt") == pytest.approx(-0.175)
     assert value(runs, "default", "fwt") == pytest.approx((0.05 - 0.05 + 0.05) / 3)
     assert "ACC = 0.7333" in text and "F = 0.1750, backward transfer BWT = -0.1750" in text
     assert "FWT = +0.0167" in text
-    tasks = numbers_of(layout, "sequence_tasks")
+    tasks = report_numbers(layout, "sequence_tasks")
     assert value(tasks, "default|group1", "forgetting") == pytest.approx(0.3)
     assert value(tasks, "default|group5", "bwt") == pytest.approx(-0.05)
     assert value(tasks, "default|group5", "fwt") == pytest.approx(-0.05)
@@ -101,7 +95,7 @@ def test_sequence_section_matrix_metrics_and_compactness(report_of_sequence):
     assert "| 1 | group1 | 0.8500 | 0.9000 | +0.0500 | 0.6000 | -0.2500 | 0.3000 | -0.3000 | 0.400 |" in text
     assert "| 3 | group3 | 0.9000 | 0.9500 | +0.0500 | 0.9500 | +0.0500 | — | — | 0.200 |" in text
     # compactness: 1800 parameters against 1000 + 2000 (separate models of tasks 1..2 after step 2), ...
-    steps = numbers_of(layout, "sequence_steps")
+    steps = report_numbers(layout, "sequence_steps")
     assert [value(steps, f"default|{j}", "ratio") for j in (1, 2, 3)] == pytest.approx([1.0, 0.75, 0.6])
     assert value(runs, "default", "ratio") == pytest.approx(0.6)
     assert value(runs, "default", "free") == pytest.approx(0.1) and value(runs, "default", "seconds") == 36.0
@@ -114,7 +108,7 @@ def test_sequence_section_matrix_metrics_and_compactness(report_of_sequence):
 def test_sequence_order_comparison(report_of_sequence):
     layout, text = report_of_sequence
     assert "### Order rules side by side" in text
-    order = numbers_of(layout, "sequence_order")
+    order = report_numbers(layout, "sequence_order")
     std = float(np.std([0.8, 0.9], ddof=1))
     assert value(order, "similar", "acc_mean") == pytest.approx(0.85)
     assert value(order, "similar", "acc_std") == pytest.approx(std)
@@ -139,7 +133,7 @@ def test_one_seed_is_too_few(tmp_path, demo_root):
     path, _ = write_report("demo", tmp_path, demo_root, evaluate=False)
     text = path.read_text()
     assert "0.8500 ± 0.0707 average accuracy after the last task against 0.6000 for `random`: too few seeds" in text
-    assert value(numbers_of(layout, "sequence_order"), "random", "n") == 1
+    assert value(report_numbers(layout, "sequence_order"), "random", "n") == 1
 
 
 def test_no_sequence_csv_no_section(tmp_path, demo_root):

@@ -366,17 +366,9 @@ EXPECTED[order_spec] = "config, similar, random or a list of task ids"
 
 
 @dataclass(frozen=True)
-class SequenceSettings(CompactingSettings):
-    """One network learns the tasks of ORDER in turn, compacting each (run_pickaback/sequence.sh). ORDER, FIRST and
-    START make no step stale by themselves: a step's inputs are the order up to it and the checkpoint it starts
-    from."""
-    STAGE: ClassVar[str] = "sequence"
-    order: str = setting(order_spec, "--order", identity=False,
-                         help="config (the config's order), similar (next: the unlearned task most similar to those "
-                              "learned), random, or task ids")
-    first: int = setting(int, "--first", identity=False, valid=at_least(1), help="the first task of ORDER=similar")
-    start: str = setting(str, "--start", identity=False, valid=one_of("scratch", "similar"),
-                         help="scratch, or similar: the first task on the backbone the search picked for it")
+class SequenceLearning(CompactingSettings):
+    """Learning each task on top of the earlier ones in one network and keeping it at the chooser's ratio (the
+    sequence stage, the clients)."""
     allow_acc_loss: float = setting(float, "--allow_acc_loss", valid=fraction(),
                                     help="accuracy a chosen pruning ratio may lose")
     reinit_free: bool = setting(switch, "--reinit_free",
@@ -387,7 +379,21 @@ class SequenceSettings(CompactingSettings):
     amp: bool = amp()
     recipe: str = recipe_setting()
     seeds: tuple = setting(ints, valid=each(SEED, "one or more seeds"), identity=False,
-                           help="the seeds of the order comparison (sequence.sh <cfg> compare)")
+                           help="the seeds of the comparison (<stage>.sh <cfg> compare)")
+
+
+@dataclass(frozen=True)
+class SequenceSettings(SequenceLearning):
+    """One network learns the tasks of ORDER in turn, compacting each (run_pickaback/sequence.sh). ORDER, FIRST and
+    START make no step stale by themselves: a step's inputs are the order up to it and the checkpoint it starts
+    from."""
+    STAGE: ClassVar[str] = "sequence"
+    order: str = setting(order_spec, "--order", identity=False,
+                         help="config (the config's order), similar (next: the unlearned task most similar to those "
+                              "learned), random, or task ids")
+    first: int = setting(int, "--first", identity=False, valid=at_least(1), help="the first task of ORDER=similar")
+    start: str = setting(str, "--start", identity=False, valid=one_of("scratch", "similar"),
+                         help="scratch, or similar: the first task on the backbone the search picked for it")
 
 
 @dataclass(frozen=True)
@@ -416,7 +422,7 @@ EXPECTED[superlink_address] = "empty (start one here) or host:port of a running 
 
 
 @dataclass(frozen=True)
-class ClientsSettings(CompactingSettings):
+class ClientsSettings(SequenceLearning):
     """Pick-a-back's devices (clients), each learning its own task sequence and borrowing from its peers in rounds
     (run_pickaback/clients.sh). Which clients, the rule, the protocol and the engine make no finished step stale by
     themselves: a step's inputs are the network it starts from and the task's baseline."""
@@ -443,16 +449,6 @@ class ClientsSettings(CompactingSettings):
                              help="mutation step of the profiling-input search")
     iterations: int = setting(int, "--iterations", identity=False, valid=at_least(0),
                               help="mutation attempts of the profiling-input search")
-    allow_acc_loss: float = setting(float, "--allow_acc_loss", valid=fraction(),
-                                    help="accuracy a kept pruning ratio may lose")
-    reinit_free: bool = setting(switch, "--reinit_free",
-                                help="1: freed weights start freshly initialised for the next task; 0: at zero")
-    seed: int = seed()
-    device: str = device()
-    amp: bool = amp()
-    recipe: str = recipe_setting()
-    seeds: tuple = setting(ints, valid=each(SEED, "one or more seeds"), identity=False,
-                           help="the seeds of the comparison (clients.sh <cfg> compare)")
     selections: tuple = setting(words, identity=False,
                                 valid=each(one_of(*CLIENT_SELECTIONS), "one or more selection rules"),
                                 help="the rules of the comparison (clients.sh <cfg> compare)")

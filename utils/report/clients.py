@@ -23,7 +23,7 @@ import pandas as pd
 
 from utils.checkpoint import checked_columns, number
 from utils.errors import UserError
-from utils.report.collect import MISSING, read_csv
+from utils.report.collect import MISSING, read_csv, whole_numbers
 from utils.report.markdown import fmt, md_table
 
 STAGE = "run_pickaback/clients.sh"       # what regenerates the files (read_csv's "rerun ... to regenerate it")
@@ -61,17 +61,6 @@ class Clients:
 
 
 # ---- reading -----------------------------------------------------------------------------------------------------
-def whole_numbers(frame, columns, path):
-    for col in columns:
-        frame[col] = pd.to_numeric(frame[col])
-        bad = frame.index[frame[col] % 1 != 0]
-        if len(bad):
-            raise UserError(f"{col} on line {bad[0] + 2} of {path} is {frame[col][bad[0]]!r}, not a whole number: "
-                            f"rerun {STAGE} to regenerate it.")
-        frame[col] = frame[col].astype(np.int64)
-    return frame
-
-
 def read_clients(path, messages_path, groups):
     """Both CSVs as a Clients; `groups`: the config's tasks (a task outside them is an error of the file). The
     messages CSV may be absent (no bytes then)."""
@@ -80,7 +69,7 @@ def read_clients(path, messages_path, groups):
     if rows.empty:
         raise UserError(f"{path} holds no rows: rerun {STAGE} to regenerate it.")
     checked_columns(rows, path, {c: r for c, r in INTEGERS.items() if c in COLUMNS})
-    rows = whole_numbers(rows, [c for c in INTEGERS if c in COLUMNS] + ["params"], path)
+    rows = whole_numbers(rows, [c for c in INTEGERS if c in COLUMNS] + ["params"], path, STAGE)
     for col in ("accuracy", "baseline_acc"):
         rows[col] = rows[col].astype(float)
     unknown = sorted((set(rows.task) | set(rows.learned)) - set(groups))
@@ -90,7 +79,7 @@ def read_clients(path, messages_path, groups):
     if Path(messages_path).is_file():
         messages = read_csv(messages_path, MESSAGE_COLUMNS, STAGE, keep_default_na=False, dtype=text)
         checked_columns(messages, messages_path, {c: r for c, r in INTEGERS.items() if c in MESSAGE_COLUMNS})
-        messages = whole_numbers(messages, ["round", "bytes"], messages_path)
+        messages = whole_numbers(messages, ["round", "bytes"], messages_path, STAGE)
     else:
         messages = pd.DataFrame({c: pd.Series(dtype=np.int64 if c in INTEGERS else object) for c in MESSAGE_COLUMNS})
     return Clients(Path(path), Path(messages_path), rows, messages)

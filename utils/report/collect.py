@@ -96,6 +96,19 @@ def read_csv(path, columns, stage, **kwargs):
     return checked_columns(frame, path, {c: r for c, r in NUMBERS.items() if c in columns})
 
 
+def whole_numbers(frame, columns, path, stage):
+    """`frame` with `columns` as whole numbers (int64); a UserError naming the line, the file and `stage` (what
+    regenerates it) for a value that is not one."""
+    for col in columns:
+        frame[col] = pd.to_numeric(frame[col])
+        bad = frame.index[frame[col] % 1 != 0]
+        if len(bad):
+            raise UserError(f"{col} on line {bad[0] + 2} of {path} is {frame[col][bad[0]]!r}, not a whole number: "
+                            f"rerun {stage} to regenerate it.")
+        frame[col] = frame[col].astype(np.int64)
+    return frame
+
+
 def baseline_accuracies(path):
     """{group: accuracy} of the baseline stage's JSON, {} when there is none; UserError when it cannot be read."""
     return read_json(path) or {}

@@ -18,7 +18,7 @@ import pandas as pd
 from utils.checkpoint import checked_columns
 from utils.errors import UserError
 from utils.report import metrics
-from utils.report.collect import read_csv
+from utils.report.collect import read_csv, whole_numbers
 
 STAGE = "run_pickaback/sequence.sh"          # what regenerates the file (read_csv's "rerun ... to regenerate it")
 DEFAULT = "default"                          # the normal run; the comparison's are "<rule>_seed<S>"
@@ -87,13 +87,7 @@ def read_sequence(path, groups):
     checked_columns(frame, path, {"seed": (-math.inf, math.inf)})
     if frame.empty:
         raise UserError(f"{path} holds no rows: rerun {STAGE} to regenerate it.")
-    for col in INTEGERS:
-        frame[col] = pd.to_numeric(frame[col])
-        bad = frame.index[frame[col] % 1 != 0]
-        if len(bad):
-            raise UserError(f"{col} on line {bad[0] + 2} of {path} is {frame[col][bad[0]]!r}, not a whole number: "
-                            f"rerun {STAGE} to regenerate it.")
-        frame[col] = frame[col].astype(int)
+    whole_numbers(frame, INTEGERS, path, STAGE)
     for col in set(COLUMNS) - set(INTEGERS) - set(TEXT):
         frame[col] = pd.to_numeric(frame[col]).astype(float)
     unknown = sorted(set(frame.task) - set(groups))
