@@ -327,7 +327,8 @@ def run(engine: str, spec: dict, *, client_factory: str, coordinate: str, superl
 
 def quiet_flower():
     os.environ.setdefault("FLWR_LOG_LEVEL", QUIET_LEVEL)
-    logging.getLogger("flwr").setLevel(QUIET_LEVEL)
+    for name in ("flwr", "alembic"):                 # alembic: the migrations of Flower's in-memory state database
+        logging.getLogger(name).setLevel(QUIET_LEVEL)
 
 
 def gpu_count():
