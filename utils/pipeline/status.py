@@ -248,17 +248,19 @@ def run_holder(run):
 
 
 def report(run, states):
-    """The status as text: a header (and which run holds the folder, if one does), then per stage a count of each
-    state and one line per task."""
+    """The status as text: a header (and which run holds the folder, if one does), then per stage of run_all (k of
+    n) and per other part (the clients) a count of each state and one line per task."""
     lines = [f"status of '{run.cfg.name}' in {run.work_dir} ({time.strftime('%Y-%m-%d %H:%M:%S')})"]
     holder = run_holder(run)
     if holder:
         lines.append(holder)
-    for k, (stage, tasks) in enumerate(states.items(), 1):
+    stages = [stage for stage in states if stage in RUN_ALL]
+    for stage, tasks in states.items():
         counts = ", ".join(f"{sum(t.state == state for t in tasks)} {state}" for state in STATES
                            if any(t.state == state for t in tasks))
         redo = sum(bool(t.redo) for t in tasks)
-        lines.append(f"stage {k}/{len(states)} {stage}: {counts}{f'; {redo} would be redone' if redo else ''}")
+        name = f"stage {stages.index(stage) + 1}/{len(stages)} {stage}" if stage in stages else stage
+        lines.append(f"{name}: {counts}{f'; {redo} would be redone' if redo else ''}")
         width = max((len(t.task) for t in tasks), default=0)
         for t in tasks:
             text = f"  {t.task:<{width}}  {t.state:<11}  {t.detail}"
