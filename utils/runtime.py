@@ -51,7 +51,19 @@ def seed_everything(seed):
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_algorithms()
+
+
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True, warn_only=True). Its public form also sets torch._inductor's
+    deterministic flag, importing the whole compiler stack (about 1.5 s at the start of every process that trains:
+    each stage script, GPUS worker, torchrun rank and Flower ClientApp process); nothing here compiles, so the
+    inductor flag is set only where inductor is already loaded, and the autograd engine's flag, the one eager
+    PyTorch reads, always."""
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
 
 
 class LogFile(logging.FileHandler):
