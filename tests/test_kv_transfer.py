@@ -51,6 +51,12 @@ def logits(ckpt, task):
     return net.model(torch.randn(3, 6, CONFIG["text_dim"], generator=g), mask=mask)
 
 
+@pytest.fixture(autouse=True)
+def own_work_dir(tmp_path, monkeypatch):
+    """The entry point's stage log (logs_perceiver_io/transfer_kv_demo.log) in the test's folder, not the checkout."""
+    monkeypatch.setenv("MMPAB_WORK_DIR", str(tmp_path))
+
+
 def run_transfer(root, rows, capsys=None):
     csv = Path(root) / "pickaback_demo_result.csv"
     csv.write_text("target_id,task_id\n" + "".join(f"{t},{k}\n" for t, k in rows))
