@@ -71,7 +71,8 @@ class Coordinator:
         reply counted."""
         if not payloads:
             return {}
-        log.info(f"[round {self.round}/{self.total}] {kind}: {', '.join(payloads)} ({self.progress()})")
+        log.info(f"[round {self.round}/{self.total}] {kind}: {len(payloads)} of {len(self.plans)} clients "
+                 f"({', '.join(payloads)}); {self.progress()}")
         requests = [Message(kind, SERVER, c, self.round, p) for c, p in payloads.items()]
         replies = self.engine.send(requests)
         for message in (*requests, *replies):
