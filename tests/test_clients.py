@@ -240,3 +240,18 @@ def test_a_deployment_gives_the_local_results(tmp_path, monkeypatch, demo_root, 
     pd.testing.assert_frame_equal(messages_of(deployed), messages_of(local))
     assert kept_digests(deployed) == kept_digests(local)
     assert len(started_processes) >= 4 and gone(started_processes)
+
+
+def test_a_damaged_client_record_stops_with_one_sentence_and_a_deleted_one_is_rebuilt(reference, tmp_path,
+                                                                                      monkeypatch, demo_root):
+    work = Path(shutil.copytree(reference, tmp_path / "work"))
+    record = work / "checkpoints_perceiver_io" / "clients" / "demo" / "alice" / "client.json"
+    kept = record.read_text()
+    record.write_text('{"rounds": [1, 2]}')
+    with pytest.raises(UserError, match="client alice, round 1") as e:
+        local_run(monkeypatch, clients_env(demo_root, work))
+    assert str(record) in str(e.value) and "delete it and rerun" in str(e.value)
+    record.unlink()                                  # every round is found finished, and the record written again
+    local_run(monkeypatch, clients_env(demo_root, work))
+    assert json.loads(record.read_text()) == json.loads(kept)
+    assert kept_digests(work) == kept_digests(reference)

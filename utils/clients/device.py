@@ -129,7 +129,14 @@ class Client:
     def rounds(self, before):
         """{round: entry of client.json} of the rounds before `before` this client learned a task in."""
         data = read_json(self.state_file) if self.state_file.is_file() else {}
-        entries = {int(r): e for r, e in (data.get("rounds") or {}).items() if int(r) < before}
+        recorded = data.get("rounds") or {}
+        if not isinstance(recorded, dict) or not all(str(r).isdigit() and isinstance(e, dict) and
+                                                     {"task", "network", "order", "kept"} <= set(e)
+                                                     for r, e in recorded.items()):
+            raise UserError(f"{self.state_file} is not a client's record ({{\"rounds\": {{round: {{task, network, "
+                            f"order, kept}}}}}}): delete it and rerun; the rounds are redone or found finished.")
+        entries = {int(r): e for r, e in recorded.items()      # of this plan only: a round an earlier plan gave is not
+                   if int(r) < before and self.plan.task_in(int(r)) == e["task"]}
         expected = [r for r in range(self.plan.start, before) if self.plan.task_in(r)]
         missing = [r for r in expected if r not in entries]
         if missing:
