@@ -40,6 +40,7 @@ PRUNING_SCHEDULE="${PRUNING_SCHEDULE:-0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9 0.95}"
 TOTAL_NUM_TASKS="${TOTAL_NUM_TASKS:-1}"   # tasks the pruning leaves room for (at least every client's tasks)
 ALLOW_ACC_LOSS="${ALLOW_ACC_LOSS:-0.001}"
 REINIT_FREE="${REINIT_FREE:-1}"
+TRAIN_PER_CLASS="${TRAIN_PER_CLASS:-0}"   # n > 0: each task learnt (CPG) from n samples per class, its baseline from all
 NUM_CLIENTS="${NUM_CLIENTS:-0}"           # 0: the config's clients; n: its tasks dealt round-robin to n clients
 SELECTION="${SELECTION:-similar}"         # similar, original, random, scratch or own
 EXCHANGE="${EXCHANGE:-models}"            # models or profile

@@ -255,3 +255,21 @@ def test_a_damaged_client_record_stops_with_one_sentence_and_a_deleted_one_is_re
     local_run(monkeypatch, clients_env(demo_root, work))
     assert json.loads(record.read_text()) == json.loads(kept)
     assert kept_digests(work) == kept_digests(reference)
+
+
+def test_train_per_class_learns_each_task_from_that_many_samples_and_its_baseline_from_all(tmp_path, monkeypatch,
+                                                                                           demo_root):
+    from utils.pipeline import baseline, sequence
+    seen = []
+    for module in (baseline, sequence):
+        real = module.load_task
+
+        def spy(*args, real=real, module=module, **kwargs):
+            data = real(*args, **kwargs)
+            seen.append((module.__name__.rpartition(".")[2], kwargs.get("train_per_class", 0),
+                         len(data.train_loader.dataset)))
+            return data
+        monkeypatch.setattr(module, "load_task", spy)
+    local_run(monkeypatch, clients_env(demo_root, tmp_path, NUM_CLIENTS="1", TASK_IDS="1", TRAIN_PER_CLASS="2"))
+    assert ("sequence", 2, 6) in seen                              # 2 samples of each of the 3 classes
+    assert [n for name, _, n in seen if name == "baseline"] == [48]        # the demo_root's 16 per class

@@ -45,6 +45,7 @@ CHANGED = {"FINETUNE_EPOCHS": "7", "EPOCHS": "7", "NUM_CLASSES": "3", "INIT_LR":
            "PROFILE_SIZE": "12", "EPSILON": "0.2", "ITERATIONS": "9", "CSV_PATH": "picked.csv",
            "RESULT_CSV": "picked.csv", "ORDER": "random", "FIRST": "2", "START": "similar", "REINIT_FREE": "0",
            "SEEDS": "4 5", "SELECTIONS": "similar scratch", "TARGET_TRAIN_PER_CLASS": "3", "NUM_CLIENTS": "3",
+           "TRAIN_PER_CLASS": "4",
            "EXCHANGE": "profile", "ENGINE": "local", "SUPERLINK": "127.0.0.1:9093"}
 
 

@@ -55,7 +55,7 @@ def train_and_compact(run, folder, s, data, data_settings, criterion, progress, 
         net = Network.load(outputs[done["last"]], run.model_config)
         outcome = Outcome(done["outcome"])
     else:
-        step = FinetuneStep.of(s)
+        step = FinetuneStep.of(s, getattr(s, "train_per_class", 0))
         resume = step_resume(folder.scratch, step, criterion, start, data_settings)
         net, outcome, acc, width = finetune_with_growth(network_from(start, run.model_config), data, step,
                                                         s.network_width_multiplier, s.width_step, criterion,

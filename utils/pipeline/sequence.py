@@ -92,12 +92,15 @@ class Evaluation:
     def __init__(self, run, s):
         self.run, self.s, self.data = run, s, {}
 
-    def loaded(self, group):
-        if group not in self.data:
+    def loaded(self, group, train_per_class=0):
+        """The task's loaders; `train_per_class` > 0: training on a seeded subset of that many samples per class
+        (the test set is the same)."""
+        if (group, train_per_class) not in self.data:
             s = self.s
-            self.data[group] = load_task(self.run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device,
-                                         num_classes=s.num_classes, amp=s.amp, epochs=s.epochs, **self.run.loader)
-        return self.data[group]
+            self.data[group, train_per_class] = load_task(
+                self.run.cfg, group, batch_size=s.batch_size, seed=s.seed, device=s.device, num_classes=s.num_classes,
+                amp=s.amp, epochs=s.epochs, train_per_class=train_per_class, **self.run.loader)
+        return self.data[group, train_per_class]
 
     def __call__(self, net, group):
         return evaluate_task(net, self.loaded(group))[1]
@@ -159,7 +162,7 @@ def sequence_step(run, s, folder, order, start, criterion, total_num_tasks, eval
     if not task.skip():
         evaluate = evaluate or Evaluation(run, s)
         with task.working(folder.log):
-            data = evaluate.loaded(group)
+            data = evaluate.loaded(group, getattr(s, "train_per_class", 0))     # a client's few-shot question
             task.replacing(folder.root)
             began = time.time()
             progress = task.track(Progress(folder.progress, task.identity))

@@ -429,6 +429,10 @@ class ClientsSettings(SequenceLearning):
     STAGE: ClassVar[str] = "clients"
     finetune_epochs: int = setting(int, "--finetune_epochs", valid=at_least(1),
                                    help="training epochs of each task's baseline (the criterion)")
+    train_per_class: int = setting(int, "--train_per_class", valid=at_least(0),
+                                   help="0: a client learns each task from all its training data; n: from n samples "
+                                        "per class (its baseline from all): does borrowing pay when a task cannot be "
+                                        "learnt alone?")
     num_clients: int = setting(int, "--num_clients", identity=False, valid=at_least(0),
                                help="0: the config's clients; n: the config's tasks dealt round-robin to n clients")
     selection: str = setting(str, "--selection", identity=False, valid=one_of(*CLIENT_SELECTIONS),
