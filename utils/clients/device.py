@@ -369,7 +369,7 @@ class Client:
         learned_here = [t2 for t2, n2 in self.task_networks(round_).items() if n2 == network]
         step = sequence_step(self.run, self.s, folder, [*order, t], start, self.criterion(group), self.total,
                              self.evaluation, position=(self.plan.tasks.index(t) + 1, len(self.plan.tasks)),
-                             evaluated=[*learned_here, t], label=f"client {self.name}")
+                             evaluated=[*learned_here, t], label=f"client {self.name}", strict=False)
         self.record(round_, {"task": t, "network": network, "order": [*order, t],
                              "kept": str(Path(step.kept).resolve().relative_to(self.root.resolve())),
                              "pick": Pick.text_of(chosen)})

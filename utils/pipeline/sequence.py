@@ -142,7 +142,7 @@ class StepResult:
 
 
 def sequence_step(run, s, folder, order, start, criterion, total_num_tasks, evaluate=None, position=None,
-                  evaluated=None, label=None):
+                  evaluated=None, label=None, strict=True):
     """One step of a sequence run, unless it is finished with these inputs: learn task order[-1] on top of the
     checkpoint `start` (None: a new network) in the TaskFolder `folder`, compact it, keep it at the chooser's ratio,
     evaluate every task of `order` (the tasks learned so far, in order, this one last) from the kept checkpoint and
@@ -150,7 +150,7 @@ def sequence_step(run, s, folder, order, start, criterion, total_num_tasks, eval
     the pruning leaves room for, `evaluate` an Evaluation (which keeps each task's test data loaded from one step to
     the next) and `position` (step, steps of the run). `evaluated`: the task ids evaluated (default: all of
     `order`; a client evaluates only its own tasks: it holds no data of the others); `label` names who learns (a
-    client) in the log and in errors. Returns the step's StepResult."""
+    client) in the log and in errors; `strict`: see kept_network. Returns the step's StepResult."""
     j, t = len(order), order[-1]
     group, position = run.cfg.task_name(t), position or (j, j)
     what = f"step {position[0]}/{position[1]}: task {t} ({group}, {run.cfg.modality(group)})"
@@ -170,7 +170,7 @@ def sequence_step(run, s, folder, order, start, criterion, total_num_tasks, eval
                                                        start=start, total_num_tasks=total_num_tasks,
                                                        curves=task.curves())
             remove_stale_stages(folder, outputs)
-            key, net, shares = kept_network(run, s, order, outputs, record, width, criterion)
+            key, net, shares = kept_network(run, s, order, outputs, record, width, criterion, strict)
             names = [run.cfg.task_name(i) for i in (order if evaluated is None else evaluated)]
             accuracies = {name: round(evaluate(net, name), 4) for name in names}
             task.finish({**outputs, "kept": outputs[key]},
@@ -184,16 +184,22 @@ def sequence_step(run, s, folder, order, start, criterion, total_num_tasks, eval
     return StepResult(task.manifest.output("kept"), task.manifest.results())
 
 
-def kept_network(run, s, order, outputs, record, width, criterion):
+def kept_network(run, s, order, outputs, record, width, criterion, strict=True):
     """(ratio, network, {task id: share of the weights it owns}) of the pruning stage the step keeps: the largest
-    ratio within ALLOW_ACC_LOSS of the baseline (the chooser's rule). A UserError when the task found no free weight
-    at the maximum width and stays below its baseline."""
+    ratio within ALLOW_ACC_LOSS of the baseline (the chooser's rule). When the task found no free weight at the
+    maximum width and stays below its baseline: a UserError, or with strict=False (a client's comparison: a rule's
+    result, however poor) a warning, and the task kept as it is."""
     t, group = order[-1], run.cfg.task_name(order[-1])
     at_max = width >= s.max_network_width_multiplier - WIDTH_TOLERANCE
     key = choose_ratio(record, criterion, s.allow_acc_loss, at_max) or "0.0"
     net = Network.load(outputs[key])
     shares = cpg.ownership_shares(net.model)
     if at_max and not shares.get(net.task_id(group)) and record[key] + s.allow_acc_loss < criterion:
+        if not strict:
+            log.warning(f"task {t} ({group}) found no free weight in the network at its maximum width "
+                        f"x{s.max_network_width_multiplier} and stays below its baseline ({record[key]} < "
+                        f"{criterion}): kept as it is, picking over the network's weights only")
+            return key, net, shares
         raise UserError(f"task {t} ({group}) found no free weight in the network at its maximum width "
                         f"x{s.max_network_width_multiplier} and stays below its baseline ({record[key]} "
                         f"< {criterion}): raise MAX_NETWORK_WIDTH_MULTIPLIER in the environment or at "
