@@ -17,5 +17,6 @@ PYTHON="${PYTHON:-python3}"
 "$PYTHON" -m ruff check .
 "$PYTHON" -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())'
 export TQDM_DISABLE=1
-# two processes (pytest-xdist): each test uses one thread (tests/conftest.py) and its own folders
-exec "$PYTHON" -m pytest -q -n 2 tests "$@"
+# two processes (pytest-xdist): each test uses one thread (tests/conftest.py) and its own folders; tests marked
+# xdist_group (the Flower engines' runs, many processes each) run one after the other in one of them
+exec "$PYTHON" -m pytest -q -n 2 --dist loadgroup tests "$@"

@@ -183,6 +183,9 @@ def messages_of(work):
     return pd.read_csv(Path(work, "logs_perceiver_io", "clients_demo_messages.csv"))
 
 
+# the two Flower runs start many processes (Ray's, or a SuperLink's and SuperNodes'): one after the other on one xdist
+# worker (run_pickaback/test.sh: --dist loadgroup), so that they do not fight over the cores with each other
+@pytest.mark.xdist_group("flower")
 def test_flowers_simulation_gives_the_local_results(tmp_path, monkeypatch, demo_root):
     """Two clients on Flower's simulation engine (Ray), client1 borrowing in round 2 (tasks 1 and 5; task 2):
     exactly the local engine's rows, messages (with Flower's byte counts) and checkpoints. (The demo's four clients
@@ -225,6 +228,7 @@ def started_processes(monkeypatch):
     assert not leftover, "run() left processes running"
 
 
+@pytest.mark.xdist_group("flower")
 def test_a_deployment_gives_the_local_results(tmp_path, monkeypatch, demo_root, started_processes):
     """Two clients (an image and a text task), a flower-superlink and a flower-supernode per client as processes on
     127.0.0.1: the same rows, messages and checkpoints as the local engine, and every process gone afterwards.
