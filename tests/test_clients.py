@@ -277,3 +277,21 @@ def test_train_per_class_learns_each_task_from_that_many_samples_and_its_baselin
     local_run(monkeypatch, clients_env(demo_root, tmp_path, NUM_CLIENTS="1", TASK_IDS="1", TRAIN_PER_CLASS="2"))
     assert ("sequence", 2, 6) in seen                              # 2 samples of each of the 3 classes
     assert [n for name, _, n in seen if name == "baseline"] == [48]        # the demo_root's 16 per class
+
+
+def test_a_task_owning_no_weight_below_its_baseline_stops_a_sequence_but_a_client_keeps_it(reference, tmp_path,
+                                                                                          caplog):
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+    from utils.pipeline.sequence import kept_network
+    state = json.loads((reference / "checkpoints_perceiver_io/clients/demo/alice/client.json").read_text())
+    ckpt = load_checkpoint(reference / "checkpoints_perceiver_io/clients/demo/alice" / state["rounds"]["1"]["kept"])
+    ckpt["masks"] = {k: m.masked_fill(m == 1, 0) for k, m in ckpt["masks"].items()}     # group1 owns nothing
+    save_checkpoint(ckpt, tmp_path / "owns_nothing.pth.tar")
+    run = Run.from_environment("demo", {"MMPAB_DATA_ROOT": str(tmp_path)})
+    s = ClientsSettings.from_environment({"MAX_NETWORK_WIDTH_MULTIPLIER": "1.0"})
+    args = (run, s, [1], {"0.0": tmp_path / "owns_nothing.pth.tar"}, {"0.0": 0.3}, 1.0, 1.0)
+    with pytest.raises(UserError, match="task 1 \\(group1\\) found no free weight"):
+        kept_network(*args)
+    key, net, shares = kept_network(*args, strict=False)
+    assert key == "0.0" and not shares.get(net.task_id("group1"))
+    assert "kept as it is" in caplog.text
