@@ -183,6 +183,19 @@ def messages_of(work):
     return pd.read_csv(Path(work, "logs_perceiver_io", "clients_demo_messages.csv"))
 
 
+def same_as_local(engine, clients, tmp_path, monkeypatch, demo_root):
+    """Run `clients` on the local engine and on `engine` (run_clients, as clients.sh does), each in its own folder,
+    check that both wrote the same rows, messages and kept checkpoints, and return the engine's rows."""
+    local, other = tmp_path / "local", tmp_path / engine
+    local_run(monkeypatch, clients_env(demo_root, local, **clients))
+    monkeypatch.setenv("MMPAB_WORK_DIR", str(other))
+    run_clients("demo", clients_env(demo_root, other, ENGINE=engine, **clients))
+    pd.testing.assert_frame_equal(results(other), results(local))
+    pd.testing.assert_frame_equal(messages_of(other), messages_of(local))
+    assert kept_digests(other) == kept_digests(local)
+    return results(other)
+
+
 # the two Flower runs start many processes (Ray's, or a SuperLink's and SuperNodes'): one after the other on one xdist
 # worker (run_pickaback/test.sh: --dist loadgroup), so that they do not fight over the cores with each other
 @pytest.mark.xdist_group("flower")
@@ -190,18 +203,9 @@ def test_flowers_simulation_gives_the_local_results(tmp_path, monkeypatch, demo_
     """Two clients on Flower's simulation engine (Ray), client1 borrowing in round 2 (tasks 1 and 5; task 2):
     exactly the local engine's rows, messages (with Flower's byte counts) and checkpoints. (The demo's four clients
     agree on every engine too: tools/benchmark_clients.py.)"""
-    clients = {"NUM_CLIENTS": "2", "TASK_IDS": "1 2 5"}
-    local, simulated = tmp_path / "local", tmp_path / "simulated"
-    local_run(monkeypatch, clients_env(demo_root, local, **clients))
-    env = clients_env(demo_root, simulated, ENGINE="simulation", **clients)
-    monkeypatch.setenv("MMPAB_WORK_DIR", str(simulated))
-    run_clients("demo", env)
-    frame = results(simulated)
+    frame = same_as_local("simulation", {"NUM_CLIENTS": "2", "TASK_IDS": "1 2 5"}, tmp_path, monkeypatch, demo_root)
     learned = frame[(frame["round"] == 2) & (frame.learned == frame.task)]
     assert learned.pick.iloc[0] != "new" and len(json.loads(learned.scores.iloc[0])) == 2     # searched 2 networks
-    pd.testing.assert_frame_equal(frame, results(local))
-    pd.testing.assert_frame_equal(messages_of(simulated), messages_of(local))
-    assert kept_digests(simulated) == kept_digests(local)
 
 
 def gone(pids):
@@ -234,15 +238,7 @@ def test_a_deployment_gives_the_local_results(tmp_path, monkeypatch, demo_root, 
     127.0.0.1: the same rows, messages and checkpoints as the local engine, and every process gone afterwards.
     (Borrowing over Flower is the simulation's test: Flower starts a process per message in a deployment, and each
     batch of messages costs ~10 s on 2 cores; tools/benchmark_clients.py times the demo on every engine.)"""
-    env = {"NUM_CLIENTS": "2", "TASK_IDS": "1 5"}
-    local, deployed = tmp_path / "local", tmp_path / "deployed"
-    local_run(monkeypatch, clients_env(demo_root, local, **env))
-    env = clients_env(demo_root, deployed, ENGINE="deployment", **env)
-    monkeypatch.setenv("MMPAB_WORK_DIR", str(deployed))
-    run_clients("demo", env)
-    pd.testing.assert_frame_equal(results(deployed), results(local))
-    pd.testing.assert_frame_equal(messages_of(deployed), messages_of(local))
-    assert kept_digests(deployed) == kept_digests(local)
+    same_as_local("deployment", {"NUM_CLIENTS": "2", "TASK_IDS": "1 5"}, tmp_path, monkeypatch, demo_root)
     assert len(started_processes) >= 4 and gone(started_processes)
 
 

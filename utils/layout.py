@@ -178,13 +178,15 @@ class Layout:
             return self.checkpoints / CLIENTS_STAGE / self.config / client
         return self.checkpoints / f"{CLIENTS_STAGE}_compare" / self.config / run / client
 
+    def client_baselines(self, client, seed):
+        """A client's baselines of one seed, shared by every run of the seed (they depend on no pick)."""
+        return self.client(client) / "baseline" / f"seed{int(seed)}"
+
     def client_baseline(self, client, group, seed):
-        """A client's baseline of one of its tasks (shared by every run of the seed: it depends on no pick)."""
-        return TaskFolder(self.checkpoints / CLIENTS_STAGE / self.config / client / "baseline" / f"seed{int(seed)}"
-                          / group)
+        return TaskFolder(self.client_baselines(client, seed) / group)
 
     def client_baseline_acc(self, client, seed):
-        return self.checkpoints / CLIENTS_STAGE / self.config / client / "baseline" / f"seed{int(seed)}" / "acc.txt"
+        return self.client_baselines(client, seed) / "acc.txt"
 
     def client_round(self, client, round_, run="default"):
         """The folder of the task a client learns in round `round_` (a sequence step: scratch/, gradual_prune/,

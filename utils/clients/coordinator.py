@@ -26,7 +26,7 @@ import os
 import time
 
 from utils.checkpoint import update_csv
-from utils.clients.plan import client_plans, rounds
+from utils.clients.plan import client_plans, machine_env, rounds
 from utils.clients.protocol import SERVER, Message
 from utils.pipeline.context import Run, duration
 from utils.pipeline.settings import RUN_VARIABLES, SETTINGS, ClientsSettings
@@ -56,13 +56,14 @@ class Coordinator:
     """The rounds of one run over an Engine (protocol.Engine)."""
 
     def __init__(self, spec, engine):
-        self.spec, self.engine, self.name = spec, engine, spec["run"]
-        env = {**spec["env"], **{k: os.environ[k] for k in ("MMPAB_WORK_DIR",) if os.environ.get(k)}}
+        self.engine, self.name = engine, spec["run"]
+        env = machine_env(spec, os.environ)
         self.run = Run.from_environment(spec["cfg"], env)
         self.s = ClientsSettings.from_environment(env)
         self.plans = client_plans(self.run, self.s)
         self.layout = self.run.layout(self.s.arch)
         self.messages, self.rows, self.round = [], [], 0
+        self.criteria = {}                  # {(client, task id): its baseline accuracy}, from the learn replies
         self.began, self.round_times = time.monotonic(), []
 
     # ---- sending ---------------------------------------------------------------------------------------------------
@@ -161,11 +162,12 @@ class Coordinator:
 
     def fetch(self, learners, picks):
         """{learner: {"network": bytes}} for each learner whose pick is a peer's network it does not hold yet."""
+        if self.s.exchange == "models" and self.s.selection != "random":      # received with the search
+            return {}
         wanted = {}
         for c, text in picks.items():
             holder, network = text.split(":")[:2] if text != "new" else (None, None)
-            already = self.s.exchange == "models" and self.s.selection != "random"
-            if holder and holder != c and not already:
+            if holder and holder != c:
                 wanted.setdefault(holder, []).append((c, network))
         if not wanted:
             return {}
@@ -181,8 +183,8 @@ class Coordinator:
             reply, search = learned[c], searched.get(c, {})
             sent = sum(m["bytes"] for m in self.messages if m["round"] == r and m["sender"] == c)
             received = sum(m["bytes"] for m in self.messages if m["round"] == r and m["receiver"] == c)
-            plan = next(p for p in self.plans if p.name == c)
-            criteria = {self.run.cfg.task_name(k): v for k, v in self.criteria(c, plan, r, reply).items()}
+            self.criteria[c, t] = reply["baseline_acc"]
+            criteria = {self.run.cfg.task_name(k): v for (holder, k), v in self.criteria.items() if holder == c}
             for task, acc in json.loads(reply["accuracies"]).items():
                 rows.append({"run": self.name, "rule": self.s.selection, "exchange": self.s.exchange,
                              "seed": self.s.seed, "round": r, "client": c, "learned": self.run.cfg.task_name(t),
@@ -194,12 +196,6 @@ class Coordinator:
                                                        + reply["seconds_baseline"], 3),
                              "seconds_search": search.get("seconds", 0.0), "seconds_learn": reply["seconds"]})
         return rows
-
-    def criteria(self, client, plan, r, reply):
-        """{task id: baseline accuracy} of the client's tasks up to round r, from the learn replies so far."""
-        self._criteria = getattr(self, "_criteria", {})
-        self._criteria[client, plan.task_in(r)] = reply["baseline_acc"]
-        return {t: a for (c, t), a in self._criteria.items() if c == client}
 
     def write(self):
         """The run's rows of both CSVs, replaced (after every round: a stopped run keeps what it did)."""

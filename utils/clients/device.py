@@ -20,7 +20,6 @@ once); with EXCHANGE=profile, a learner's probe (its profiling inputs, derived f
 adapter and k/v projection for a candidate of the other modality) and the DDVs a holder computes on it; accuracies
 and counts. Never its data, and no client or the coordinator reads another's data.
 """
-import io
 import json
 import logging
 import random
@@ -43,22 +42,15 @@ from utils.pipeline.context import Run
 from utils.runtime import select_device
 from utils.pipeline.lifecycle import failing_task, task_log, write_json
 from utils.pipeline.sequence import Evaluation, sequence_step
-from utils.pipeline.settings import BaselineSettings, ClientsSettings
+from utils.pipeline.settings import ClientsSettings
 from utils.pipeline.baseline import baseline_task
-from utils.clients.plan import client_plans, rounds
+from utils.clients.plan import client_plans, machine_env, rounds
 from utils.clients.protocol import SERVER, Message
 from utils_pickaback.candidates import Candidate, Networks, Row, Target, pick, profile_targets, search
 from utils_pickaback.modeldiff import DDV, Probe, ProfileSettings, candidate_ddv, similarity
 
 log = logging.getLogger("root")
 NEW = "new"                                             # the pick of a new network
-NODE_VARIABLES = ("MMPAB_WORK_DIR", "MMPAB_DATA_ROOT")   # where a client's machine keeps its files: its own say
-
-
-def client_env(spec, environ):
-    """The variables a client runs with: the run's (spec["env"]), except where the client's machine keeps its files
-    when its own environment says so (a SuperNode on another machine)."""
-    return {**spec["env"], **{k: environ[k] for k in NODE_VARIABLES if environ.get(k)}}
 
 
 @dataclass(frozen=True)
@@ -91,7 +83,7 @@ class Client:
 
     def __init__(self, spec, name, environ=None):
         import os
-        env = client_env(spec, os.environ if environ is None else environ)
+        env = machine_env(spec, os.environ if environ is None else environ)
         self.name, self.run_name = name, spec["run"]
         self.run = Run.from_environment(spec["cfg"], env)
         self.s = ClientsSettings.from_environment(env)
@@ -168,12 +160,6 @@ class Client:
         return net
 
     # ---- round r, 1: the baseline ---------------------------------------------------------------------------------
-    def baseline_settings(self):
-        s = self.s
-        return BaselineSettings(arch=s.arch, finetune_epochs=s.finetune_epochs, num_classes=s.num_classes,
-                                init_lr=s.init_lr, weight_decay=s.weight_decay, batch_size=s.batch_size, seed=s.seed,
-                                device=s.device, amp=s.amp, recipe=s.recipe)
-
     def baseline_folder(self, group):
         return self.layout.client_baseline(self.name, group, self.s.seed)
 
@@ -184,7 +170,7 @@ class Client:
         t = self.task(round_)
         began = time.time()
         folder = self.baseline_folder(self.cfg.task_name(t)).root
-        acc = baseline_task(self.run, self.baseline_settings(), t, folder=folder,
+        acc = baseline_task(self.run, self.s.baseline(), t, folder=folder,
                             acc_file=self.layout.client_baseline_acc(self.name, self.s.seed),
                             position=(self.plan.tasks.index(t) + 1, len(self.plan.tasks)))
         return {"baseline_acc": round(float(acc), 4), "seconds_baseline": round(time.time() - began, 3)}
@@ -373,7 +359,7 @@ class Client:
         self.record(round_, {"task": t, "network": network, "order": [*order, t],
                              "kept": str(Path(step.kept).resolve().relative_to(self.root.resolve())),
                              "pick": Pick.text_of(chosen)})
-        accuracies, params = self.evaluate(round_ + 1)
+        accuracies, params = self.evaluate(round_ + 1, step)
         return {"pick": Pick.text_of(chosen), "network": network, "accuracies": json.dumps(accuracies),
                 "params": params, "width": float(step.results["width"]), "ratio": str(step.results["ratio"]),
                 "seconds": round(time.time() - began, 3), **baseline}
@@ -405,11 +391,16 @@ class Client:
         rounds = {r: e for r, e in (data.get("rounds") or {}).items() if int(r) < round_}
         write_json(self.state_file, {"client": self.name, "rounds": {**rounds, str(round_): entry}})
 
-    def evaluate(self, before):
+    def evaluate(self, before, step):
         """({task name: test accuracy} of every task learned before round `before`, each in the latest version of
-        the network that learned it; the parameters of the networks this client holds)."""
+        the network that learned it; the parameters of the networks this client holds). The network the round's
+        `step` (its sequence_step's StepResult) kept was evaluated there: its numbers are taken as they are."""
         accuracies, params = {}, 0
         for path, heads, _ in self.holdings(before).values():
+            if path.resolve() == Path(step.kept).resolve():
+                params += step.results["params"]
+                accuracies.update({head: step.results["accuracies"][head] for head in heads})
+                continue
             net = Network.load(path, self.run.model_config)
             params += net.num_parameters()
             for head in heads:
@@ -428,7 +419,7 @@ def read_probe(blob, reader=None):
 def safe_metadata(blob):
     """The metadata of safetensors bytes (the JSON header's __metadata__)."""
     size = int.from_bytes(blob[:8], "little")
-    return json.loads(io.BytesIO(blob[8:8 + size]).read()).get("__metadata__") or {}
+    return json.loads(blob[8:8 + size]).get("__metadata__") or {}
 
 
 def client_from(spec, name):

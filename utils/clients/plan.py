@@ -14,6 +14,14 @@ from dataclasses import dataclass
 from utils.errors import UserError
 
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
+MACHINE_VARIABLES = ("MMPAB_WORK_DIR", "MMPAB_DATA_ROOT")   # where a machine keeps its files: its own say
+
+
+def machine_env(spec, environ):
+    """The variables a process of the run `spec` (a client, or the coordinator) runs with: the run's (spec["env"]),
+    except where its machine keeps its files, when its own environment `environ` says so (a SuperNode or the
+    SuperLink on another machine)."""
+    return {**spec["env"], **{k: environ[k] for k in MACHINE_VARIABLES if environ.get(k)}}
 
 
 @dataclass(frozen=True)

@@ -457,6 +457,10 @@ class ClientsSettings(SequenceLearning):
                                 valid=each(one_of(*CLIENT_SELECTIONS), "one or more selection rules"),
                                 help="the rules of the comparison (clients.sh <cfg> compare)")
 
+    def baseline(self):
+        """The settings a client trains its tasks' baselines with (stage 1's, from this run's variables)."""
+        return BaselineSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(BaselineSettings)})
+
 
 SETTINGS = {cls.STAGE: cls for cls in (BaselineSettings, BackboneSettings, ChoiceSettings, SearchSettings,
                                        TransferSettings, TargetSettings, CompareSettings, SequenceSettings,
