@@ -174,6 +174,7 @@ def test_status_says_where_every_client_stands(reference, monkeypatch, capsys, d
     out = capsys.readouterr().out
     assert "clients: 16 finished" in out
     assert "dave round 3: task 6 (group6)" in out and "alice baseline of task 7 (group7)" in out
+    assert "alice round 1: task 1 (group1)     finished     on a new network, kept at ratio" in out
     monkeypatch.setenv("EPOCHS", "3")                      # a rerun with other settings would redo every round
     status.main(["demo"])
     assert "8 would be redone" in capsys.readouterr().out

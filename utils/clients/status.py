@@ -8,7 +8,7 @@ from utils.checkpoint import read_json
 from utils.clients.plan import client_plans
 from utils.errors import UserError
 from utils.manifest import Manifest
-from utils.pipeline.settings import BaselineSettings, stage_settings
+from utils.pipeline.settings import stage_settings
 from utils.pipeline.status import epochs, state_of
 
 
@@ -21,9 +21,7 @@ def client_states(run, env, name="default"):
     """[TaskState] of every client's baselines and rounds of the run `name` ("default" or a comparison run)."""
     s = stage_settings("clients", env)
     layout = run.layout(s.arch)
-    baseline = BaselineSettings(arch=s.arch, finetune_epochs=s.finetune_epochs, num_classes=s.num_classes,
-                                init_lr=s.init_lr, weight_decay=s.weight_decay, batch_size=s.batch_size, seed=s.seed,
-                                device=s.device, amp=s.amp, recipe=s.recipe)
+    baseline = s.baseline()
     states = []
     for plan in client_plans(run, s):
         picks = picks_of(layout.client(plan.name, name) / "client.json")
@@ -34,9 +32,10 @@ def client_states(run, env, name="default"):
                                    baseline, lambda res: f"accuracy {res.get('accuracy')}", [folder.resume],
                                    epochs_of=epochs(baseline, baseline="finetune_epochs")))
             folder = layout.client_round(plan.name, r, name)
-            pick = picks.get(str(r), "")
+            pick = picks.get(str(r), "new")
+            pick = "a new network" if pick in ("", "new") else pick
             states.append(state_of(s.STAGE, f"{plan.name} round {r}: task {t} ({group})", Manifest(folder.manifest), s,
-                                   lambda res, pick=pick: f"on {pick or 'a new network'}, kept at ratio "
+                                   lambda res, pick=pick: f"on {pick}, kept at ratio "
                                                           f"{res.get('ratio')}, accuracies "
                                                           f"{json.dumps(res.get('accuracies'))}",
                                    folder.step_resumes(), folder.progress, epochs(s, prune="nr_epoch_for_each_prune")))
