@@ -10,6 +10,8 @@ owns changes. After each step every task learned so far is evaluated from the ke
 accuracy matrix. Each step is a task of the lifecycle (utils/pipeline/lifecycle.py) whose inputs are the order up to
 it and the checkpoint it starts from, so a rerun skips what is finished and a changed ORDER is redone from the first
 step that differs. Every number goes to logs_perceiver_io/sequence_<cfg>.csv (one row per step and evaluated task).
+The order comparison (sequence.sh <cfg> compare) is independent sequence runs, one per order rule and seed: the
+graph's units.
 """
 import logging
 import random
