@@ -22,11 +22,9 @@ import sys
 from tools.report import write_report
 from utils.distributed import init_from_environment, is_main_process, launch, shutdown
 from utils.errors import UserError, report_user_errors
-from utils.pipeline import PARALLEL_STAGES, SETTINGS, run_stage, settings_of
-from utils.pipeline.executor import serve_units
+from utils.pipeline import SETTINGS, run_stage, settings_of
 from utils.layout import Layout
 from utils.pipeline.context import work_dir
-from utils.pipeline.graph import run_unit
 from utils.pipeline.runlock import holding
 from utils.runtime import setup_logging
 
@@ -43,7 +41,6 @@ def parse_args(argv=None):
     p.add_argument("dataset_config", help="section of utils/dataset_config.yaml (cub, oxford, mscoco, demo, ...)")
     p.add_argument("what", nargs="?", choices=["compare"],
                    help="sequence only: compare the orders similar, config and random for each of SEEDS")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)   # one of GPUS's workers (run_parallel)
     return p.parse_args(argv)
 
 
@@ -83,10 +80,6 @@ def main(argv=None):
         if stage != "sequence":
             raise UserError(f"'{args.what}' follows only the sequence stage (sequence.sh <cfg> compare), not {stage}.")
         stage = "sequence_compare"
-    if args.worker:                                           # runs the units its parent hands it on stdin
-        if stage not in PARALLEL_STAGES:
-            raise UserError(f"--worker runs one of {', '.join(PARALLEL_STAGES)}, not {stage}.")
-        sys.exit(serve_units(run_unit(stage, args.dataset_config)))
     run = run_stage(stage, args.dataset_config)
     main_process = is_main_process()
     shutdown()

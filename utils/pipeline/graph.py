@@ -17,18 +17,17 @@ Each task is seeded by itself (utils.trainer.begin), so its result never depends
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import pandas as pd
 
 from utils.checkpoint import read_json
-from utils.config import REPO_ROOT
 from utils.pipeline import backbone, baseline, search, target
 from utils.pipeline.choice import select_pruning_ratio_of_backbone
 from utils.pipeline.context import Run
-from utils.pipeline.executor import entry_device, gpu_entries, run_parallel
+from utils.pipeline.executor import entry_device, gpu_entries, parallel, run_parallel
 from utils.pipeline.runlock import holding
 from utils.pipeline.experiments import compare_selection
 from utils.pipeline.sequence import sequence, sequence_compare
@@ -71,14 +70,9 @@ def summary(run, arch="perceiver_io"):
     return "\n".join(lines)
 
 
-def worker_command(stage, config):
-    """How a parallel worker of `stage` starts: tools/run_stage.py in --worker mode (it calls run_unit)."""
-    return [sys.executable, str(REPO_ROOT / "tools" / "run_stage.py"), stage, config, "--worker"]
-
-
 def run_unit(stage, config):
-    """The function a worker calls for each unit it is handed (the unit's environment)."""
-    return lambda env: run_stage(stage, config, env)
+    """The function a worker calls for each unit it is handed (the unit's environment), sent to it by Ray."""
+    return partial(run_stage, stage, config)
 
 
 def settings_of(stage, env):
@@ -116,9 +110,10 @@ def run_stages(run, stage, config, settings, env, entries):
     for k, (name, s) in enumerate(settings.items(), 1):
         log.info(f"==== stage {k}/{len(settings)} {name} of '{run.cfg.name}' (tasks {run.task_ids})")
         run.clock.begin_stage(name, k, len(settings))
-        if len(entries) > 1 and GRAPH[name].units:
-            run_parallel(name, GRAPH[name].units(run, s, len(entries)), worker_command(name, config), env, entries,
-                         own=all_variables() | set(RUN_VARIABLES), clock=run.clock)
+        if parallel(env, entries) and GRAPH[name].units:
+            run_parallel(name, GRAPH[name].units(run, s, max(1, len(entries))), run_unit(name, config), env, entries,
+                         own=all_variables() | set(RUN_VARIABLES), clock=run.clock,
+                         folders=(run.work_dir, run.cfg.data_root))
         else:
             GRAPH[name].run(run, s)
         run.clock.end_stage()
