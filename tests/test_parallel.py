@@ -1,7 +1,7 @@
 """Several GPUS (GPUS="0 1 ..."; here GPUS="cpu cpu"): the independent tasks of a stage run at the same time in
-Ray workers on a local Ray instance, one per entry, and every output is bit-identical to the sequential run's (conftest's tiny_run)
-when both use the same number of threads (here one: OMP_NUM_THREADS=1). With other thread counts the CPU sums in
-another order and results agree within float rounding only (README)."""
+Ray workers on a local Ray instance, one per entry, and every output is bit-identical to the sequential run's
+(conftest's tiny_run) when both use the same number of threads (here one: OMP_NUM_THREADS=1). With other thread
+counts the CPU sums in another order and results agree within float rounding only (README)."""
 import re
 import shutil
 from datetime import datetime

@@ -21,6 +21,7 @@ log = logging.getLogger("root")
 RAY_SETTINGS = {"RAY_USAGE_STATS_ENABLED": "0",       # nothing leaves the machine
                 "RAY_DEDUP_LOGS": "0",                # every worker's lines reach the user, even identical ones
                 "RAY_COLOR_PREFIX": "0"}
+LOCAL = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}    # a local instance listens on 127.0.0.1 only
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,8 @@ def run_parallel(name, units, run_unit, env, entries, own=(), clock=None, folder
         return
     address = str(env.get("RAY_ADDRESS") or "")
     workers = None if address else local_workers(env, entries[:len(units)], own)
-    for key, value in RAY_SETTINGS.items():
-        os.environ.setdefault(key, value)
+    for key, value in {**RAY_SETTINGS, **({} if address else LOCAL)}.items():
+        os.environ.setdefault(key, value)             # read by ray when it is imported
     from utils.pipeline.ray_executor import Cluster, run_on_ray     # only here: one device imports nothing of Ray
     cluster = address and Cluster(address, worker_environment(env, "cpu", None, own),
                                   float(env.get("GPUS_PER_UNIT") or 1), [Path(f) for f in folders])

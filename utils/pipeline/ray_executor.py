@@ -25,6 +25,7 @@ log = logging.getLogger("root")
 MACHINE_VARIABLES = ("PATH", "HOME", "USER", "PWD", "SHELL", "HOSTNAME", "LD_LIBRARY_PATH", "PYTHONPATH",
                      "CUDA_VISIBLE_DEVICES", "TMPDIR")
 CONNECT_TIMEOUT_S = 10
+REPOSITORY = Path(__file__).resolve().parents[2]      # on every node at this path (the shared filesystem)
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,8 @@ def connect(address):
         except (OSError, ValueError) as e:
             raise no_head(address, getattr(e, "strerror", None) or str(e) or type(e).__name__) from None
     try:
-        ray.init(address=address, logging_level=logging.ERROR, configure_logging=True)
+        ray.init(address=address, logging_level=logging.ERROR, configure_logging=True,
+                 job_config=ray.job_config.JobConfig(code_search_path=[str(REPOSITORY)]))   # the workers' sys.path
     except (ConnectionError, RuntimeError) as e:
         raise no_head(address, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
