@@ -4,6 +4,7 @@ for bit; a node that dies mid-stage fails its unit with one sentence naming the 
 address that does not answer is one sentence. A plain run (no GPUS, no RAY_ADDRESS) imports nothing of Ray."""
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,23 +36,31 @@ def free_port():
 
 
 def start_node(*args, temp_dir):
-    """`ray start ... --block` in its own session (so that stopping it stops exactly its processes)."""
-    return subprocess.Popen(["ray", "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+    """`ray start ... --block` in its own session (so that stopping it stops exactly its processes), once it says
+    it has started (within START_TIMEOUT_S)."""
+    output = open(os.path.join(temp_dir, f"node-{len(os.listdir(temp_dir))}.log"), "w+")
+    proc = subprocess.Popen(["ray", "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
                              "--temp-dir", temp_dir, *args], env={**os.environ, **NODE_SETTINGS},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + START_TIMEOUT_S
+    while "Ray runtime started" not in open(output.name).read():
+        if proc.poll() is not None or time.time() > deadline:
+            stop_node(proc)
+            pytest.fail(f"a Ray node did not start: {open(output.name).read()[-2000:]}")
+        time.sleep(0.3)
+    return proc
 
 
 def stop_node(proc):
-    """Stop a node started by start_node: every process of its session, whatever it became."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in processes_of_session(proc.pid):
+    """Stop a node started by start_node: every process of its session (a test cluster keeps nothing)."""
+    deadline = time.time() + 10
+    while (alive := processes_of_session(proc.pid)) and time.time() < deadline:
+        for pid in alive:
             try:
-                os.kill(pid, sig)
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        deadline = time.time() + 10
-        while processes_of_session(proc.pid) and time.time() < deadline:
-            time.sleep(0.2)
+        time.sleep(0.2)
     proc.wait(timeout=10)
 
 
@@ -66,39 +75,22 @@ def processes_of_session(sid):
     return alive
 
 
-def alive_nodes(address):
-    """How many nodes of the cluster at `address` are alive (asked from another process, as a driver would)."""
-    code = ("import ray; ray.init(address='%s', logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
-            % address)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, **NODE_SETTINGS}).stdout.split()
-    return int(out[-1]) if out else 0
-
-
 @pytest.fixture(scope="module")
 def cluster():
     """A two-node Ray cluster on 127.0.0.1 (its own temp folder and ports), stopped at the end of the module:
     (address, the second node's `ray start` process)."""
     port, temp_dir = free_port(), tempfile.mkdtemp(prefix="mmpab-ray-")
     address = f"127.0.0.1:{port}"
-    nodes = [start_node("--head", "--port", str(port), "--include-dashboard", "false", "--disable-usage-stats",
-                        temp_dir=temp_dir)]
+    nodes = []
     try:
-        deadline = time.time() + START_TIMEOUT_S
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+        nodes.append(start_node("--head", "--port", str(port), "--include-dashboard", "false",
+                                "--disable-usage-stats", temp_dir=temp_dir))
         nodes.append(start_node("--address", address, temp_dir=temp_dir))
-        while alive_nodes(address) < 2:
-            assert time.time() < deadline, "the two-node Ray cluster did not start in time"
-            time.sleep(1)
         yield address, nodes[1]
     finally:
         for node in reversed(nodes):
             stop_node(node)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_a_plain_stage_run_imports_nothing_of_ray(demo_root, tmp_path):
@@ -125,10 +117,14 @@ def run_on(address, work, demo_root, **extra):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def test_units_on_a_two_node_cluster_give_the_sequential_results(cluster, tiny_run, demo_root, tmp_path):
-    address, _ = cluster
+def test_a_two_node_cluster_gives_the_sequential_results_and_a_rerun_continues_after_a_node_dies(cluster, tiny_run,
+                                                                                                demo_root, tmp_path):
+    """One test, so that one cluster serves both halves under pytest-xdist; it kills the second node."""
+    address, second = cluster
     ids = [1, 5]                                                                 # an image and a text task
-    out, err = run_on(address, tmp_path, demo_root, TASK_IDS="1 5").communicate(timeout=180)
+    first = run_on(address, tmp_path, demo_root, TASK_IDS="1 5")
+    out, err = first.communicate(timeout=180)
+    assert first.returncode == 0, (out, err)
     assert re.search(r"baseline: 2 unit\(s\) on 2 workers \(gpu ([\d.]+) cpu#1 = cpu on node \1 \(\w{8}\), "
                      r"gpu \1 cpu#2 = cpu on node \1 \(\w{8}\)\)", out), (out, err)
     mine, seq = Layout(tmp_path, "demo"), Layout(tiny_run, "demo")
@@ -137,11 +133,10 @@ def test_units_on_a_two_node_cluster_give_the_sequential_results(cluster, tiny_r
         assert manifest(mine.baseline(g).root) == manifest(seq.baseline(g).root)
     assert not list(tmp_path.glob(".mmpab-node-*"))                              # the shared-folder check's markers
 
-
-def test_a_node_that_dies_mid_stage_is_one_sentence_and_a_rerun_continues(cluster, demo_root, tmp_path):
-    """Last in the module: it kills the second node."""
-    address, second = cluster
-    proc = run_on(address, tmp_path, demo_root, TASK_IDS="1 2", FINETUNE_EPOCHS="40")
+    # a node that dies mid-stage: one sentence naming it, and a rerun continues on the node left
+    dies = tmp_path / "dies"
+    dies.mkdir()
+    proc = run_on(address, dies, demo_root, TASK_IDS="1 2", FINETUNE_EPOCHS="20")
     try:
         training = set()
         for line in proc.stdout:
@@ -151,7 +146,9 @@ def test_a_node_that_dies_mid_stage_is_one_sentence_and_a_rerun_continues(cluste
                     break
         raylet = next(pid for pid in processes_of_session(second.pid)
                       if "raylet" in open(f"/proc/{pid}/cmdline").read())
-        os.kill(raylet, signal.SIGKILL)
+        os.kill(raylet, signal.SIGKILL)                                          # the node dies: its raylet,
+        for pid in processes_of_session(second.pid):                             # then its workers at once (they
+            os.kill(pid, signal.SIGKILL)                                         # would finish the unit first)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -160,10 +157,9 @@ def test_a_node_that_dies_mid_stage_is_one_sentence_and_a_rerun_continues(cluste
     assert proc.returncode == 1, (out, err)
     assert re.fullmatch(r"error: stage baseline, task [12] \(group[12]\) on gpu [^\n]*: its worker on node "
                         r"[\d.]+ \(\w{8}\) died \([^\n]*\); rerun the same command to continue "
-                        r"\(finished tasks are kept\)\.\n",
-                        err), err
-    rerun = run_on(address, tmp_path, demo_root, TASK_IDS="1 2", FINETUNE_EPOCHS="40")      # on the node left
+                        r"\(finished tasks are kept\)\.\n", err), err
+    rerun = run_on(address, dies, demo_root, TASK_IDS="1 2", FINETUNE_EPOCHS="20")          # on the node left
     out, err = rerun.communicate(timeout=180)
     assert rerun.returncode == 0, (out, err)
     for g in ("group1", "group2"):
-        assert task_checkpoint(Layout(tmp_path, "demo").baseline(g).root, "-").is_file()
+        assert task_checkpoint(Layout(dies, "demo").baseline(g).root, "-").is_file()
