@@ -25,6 +25,7 @@ START_TIMEOUT_S = 60
 # Ray gives a node of a multi-node cluster this machine's address even when told 127.0.0.1 (a cluster on loopback
 # only is refused), so the cluster takes a token (RAY_AUTH_MODE=token, ~/.ray/auth_token): nobody else joins it
 NODE_SETTINGS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",     # several nodes (a GPUS run in this process set 0)
                  "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3",  # a dead node is
                  "RAY_health_check_initial_delay_ms": "500"}                                       # seen at once
 
@@ -111,8 +112,8 @@ def test_a_ray_address_that_does_not_answer_is_one_sentence(demo_root, tmp_path)
 
 def run_on(address, work, demo_root, **extra):
     """baseline.sh in `work` with the tiny settings, its units on the cluster at `address`."""
-    env = {**os.environ, **env_for(demo_root, work, RAY_ADDRESS=address, OMP_NUM_THREADS="1", TQDM_DISABLE="1",
-                                   RAY_AUTH_MODE="token", **extra)}
+    env = {**os.environ, **NODE_SETTINGS, **env_for(demo_root, work, RAY_ADDRESS=address, OMP_NUM_THREADS="1",
+                                                    TQDM_DISABLE="1", **extra)}
     return subprocess.Popen(["bash", str(REPO / "run_pickaback" / "baseline.sh"), "demo"], cwd=work, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 

@@ -9,9 +9,10 @@ The run_pickaback/<stage>.sh scripts call this. Each stage's settings are the va
 of the config), FORCE=1 (redo tasks that are already finished with the same settings), MMPAB_WORK_DIR (where
 checkpoints_perceiver_io/, logs_perceiver_io/ and the pickaback CSVs go; default: the repository), MMPAB_DATA_ROOT,
 NPROC=N (each task on N processes under torchrun; BATCH_SIZE a multiple of N) and GPUS: with two or more entries ("0
-1 2 3", or "cpu cpu" without CUDA) the independent tasks of baseline, wo_backbone and w_backbone_MM run in parallel,
-one worker process per entry taking the next task when it is free, and find_backbone splits its targets over the
-workers; each worker's lines are prefixed [gpu <entry>] (one entry only picks the device). `all`,
+1 2 3", or "cpu cpu" without CUDA) the independent tasks of baseline, wo_backbone and w_backbone_MM run in parallel
+on a local Ray instance, one worker per entry taking the next task when it is free, and find_backbone splits its
+targets over the workers; each worker's lines are prefixed (gpu <entry> pid=N) (one entry only picks the device);
+RAY_ADDRESS=HEAD:6379 runs them on that Ray cluster instead. `all`,
 `compare_selection` and `sequence` end by writing the report (tools/report.py) and printing its path. Exits 0 when
 every task is done, else with one sentence naming the stage and the task (exit 3: a baseline accuracy is missing);
 Ctrl-C prints one line and exits 130."""

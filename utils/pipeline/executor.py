@@ -1,7 +1,8 @@
-"""Units of work in parallel: GPUS="0 1 2 3" runs one worker process per entry, each taking the next unit (a task
-of a stage, or a part of the backbone search's targets) when it is free, so that every unit runs exactly as it
-would alone. The executor knows no stage: it is handed the units (what, environment) and the worker command, and
-the worker side is handed the function that runs one unit. Shared files are updated under locks by the stages."""
+"""Units of work in parallel: GPUS="0 1 2 3" runs one worker per entry, RAY_ADDRESS one per GPU of a Ray cluster,
+each taking the next unit (a task of a stage, or a part of the backbone search's targets) when it is free, so that
+every unit runs exactly as it would alone. The executor knows no stage: it is handed the units (what, environment)
+and the function that runs one unit, and hands them to Ray (utils/pipeline/ray_executor.py). Shared files are
+updated under locks by the stages."""
 import logging
 import os
 import re

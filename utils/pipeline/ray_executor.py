@@ -99,8 +99,13 @@ class Worker:
         """Whether `folder` holds every node's marker (and, for the data root, lists `listing`)."""
         folder = Path(folder)
         if listing is not None:
-            return folder.is_dir() and sorted(os.listdir(folder)) == listing
+            return folder.is_dir() and visible(folder) == listing
         return all((folder / f".mmpab-node-{token}-{node}").is_file() for node in nodes)
+
+
+def visible(folder):
+    """The names in `folder` but hidden ones (caches the workers write)."""
+    return sorted(name for name in os.listdir(folder) if not name.startswith("."))
 
 
 def run_one(run_unit, environment):
@@ -137,7 +142,7 @@ def run_on_ray(name, units, run_unit, own, clock, workers):
                                      else 0).remote(w.label, w.environment, own, run_unit) for w in workers]
         places = dict(zip(actors, distinct(ray.get([a.where.remote() for a in actors])), strict=True))
         log.info(f"{name}: {len(units)} unit(s) on {len(actors)} workers (" + ", ".join(
-            f"gpu {label} = {'cuda:0' if place.gpu else 'cpu'}" + (f" on {place}" if cluster else "")
+            f"gpu {label} = {f'cuda:{place.gpu}' if place.gpu else 'cpu'}" + (f" on {place}" if cluster else "")
             for label, place in places.values()) + ")")
         drive(name, units, places, clock)
     finally:
@@ -220,7 +225,7 @@ def check_shared(actors, folders):
             if failed:
                 raise UserError(f"{place} cannot write in the work folder {work} ({failed}): put "
                                 f"MMPAB_WORK_DIR on a filesystem every node of the Ray cluster mounts at that path.")
-        listing = sorted(os.listdir(data)) if Path(data).is_dir() else []
+        listing = visible(data) if Path(data).is_dir() else []
         checks = ray.get([a.sees.remote(str(work), token, nodes) for a in actors] +
                          [a.sees.remote(str(data), token, nodes, listing) for a in actors])
         for (_, place), sees_work, sees_data in zip(places, checks[:len(actors)], checks[len(actors):], strict=True):
