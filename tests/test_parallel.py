@@ -1,7 +1,7 @@
-"""Several GPUs (GPUS="0 1 ..."; here GPUS="cpu cpu"): the independent tasks of a stage run at the same time in
-worker processes, one per entry, and every output is bit-identical to the sequential run's (conftest's tiny_run)
-when both use the same number of threads (here one: OMP_NUM_THREADS=1). With other thread counts the CPU sums in
-another order and results agree within float rounding only (README)."""
+"""Several GPUS (GPUS="0 1 ..."; here GPUS="cpu cpu"): the independent tasks of a stage run at the same time in
+Ray workers on a local Ray instance, one per entry, and every output is bit-identical to the sequential run's
+(conftest's tiny_run) when both use the same number of threads (here one: OMP_NUM_THREADS=1). With other thread
+counts the CPU sums in another order and results agree within float rounding only (README)."""
 import dataclasses
 import re
 import shutil
@@ -22,7 +22,7 @@ from utils.pipeline.executor import entry_device, gpu_entries
 from utils.pipeline import graph, run_stage
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - "
-LINE = re.compile(r"^(?:\[gpu (cpu#[12])\] )?(.*)$")
+LINE = re.compile(r"^(?:\(gpu (cpu#[12]) pid=\d+\) )?(.*)$")          # a worker's lines, as Ray prints them
 UNIT = re.compile(r"\[gpu (cpu#[12])\] \w+ (.+): (started|done in \d+ s)$")
 
 
@@ -37,7 +37,7 @@ def assert_ran_in_parallel(stdout, units):
     spans, workers = {}, set()
     for line in stdout.splitlines():
         worker, text = LINE.match(line).groups()
-        assert (worker or re.match(STAMP, text)) and not text.startswith("[gpu ") and not re.search(STAMP, text[1:]), \
+        assert (worker or re.match(STAMP, text)) and not text.startswith("(gpu ") and not re.search(STAMP, text[1:]), \
             f"not one whole line of the parent or of one worker: {line!r}"
         workers.add(worker)
         if (u := UNIT.search(line)) and not worker:

@@ -21,19 +21,18 @@ Each task is seeded by itself (utils.trainer.begin), so its result never depends
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import pandas as pd
 
 from utils.checkpoint import read_json
-from utils.config import REPO_ROOT
 from utils.errors import UserError
 from utils.pipeline import backbone, baseline, experiments, search, sequence, target
 from utils.pipeline.choice import select_pruning_ratio_of_backbone
 from utils.pipeline.context import Run
-from utils.pipeline.executor import Unit, entry_device, gpu_entries, run_parallel
+from utils.pipeline.executor import Unit, entry_device, gpu_entries, parallel, run_parallel
 from utils.pipeline.runlock import holding
 from utils.pipeline.settings import RUN_ALL, RUN_VARIABLES, all_variables, stage_settings
 from utils.pipeline.transfer import transfer_kv
@@ -94,15 +93,9 @@ def summary(run, arch="perceiver_io"):
     return "\n".join(lines)
 
 
-def worker_command(stage, config):
-    """How a parallel worker of `stage` starts: tools/run_stage.py in --worker mode (it calls run_unit)."""
-    what = ["sequence", config, "compare"] if stage == "sequence_compare" else [stage, config]
-    return [sys.executable, str(REPO_ROOT / "tools" / "run_stage.py"), *what, "--worker"]
-
-
 def run_unit(stage, config):
-    """The function a worker calls for each unit it is handed (the unit's environment)."""
-    return lambda env: run_stage(stage, config, env)
+    """The function a worker calls for each unit it is handed (the unit's environment), sent to it by Ray."""
+    return partial(run_stage, stage, config)
 
 
 def settings_of(stage, env):
@@ -152,14 +145,14 @@ def run_stages(run, stage, config, settings, env, entries):
 def in_parallel(run, name, units, config, env, entries):
     """Run the units ([Unit]) of stage or experiment `name` on one worker per GPUS entry, each worker calling
     run_stage with the unit's environment."""
-    run_parallel(name, units, worker_command(name, config), env, entries, own=all_variables() | set(RUN_VARIABLES),
-                 clock=run.clock)
+    run_parallel(name, units, run_unit(name, config), env, entries, own=all_variables() | set(RUN_VARIABLES),
+                 clock=run.clock, folders=(run.work_dir, run.cfg.data_root))
 
 
 def run_graph_stage(run, name, s, config, env, entries):
     """Run stage `name` of the graph with settings `s`: its units in parallel with two or more GPUS entries."""
-    if len(entries) > 1 and GRAPH[name].units:
-        in_parallel(run, name, GRAPH[name].units(run, s, len(entries)), config, env, entries)
+    if parallel(env, entries) and GRAPH[name].units:
+        in_parallel(run, name, GRAPH[name].units(run, s, max(1, len(entries))), config, env, entries)
     else:
         GRAPH[name].run(run, s)
 
@@ -183,7 +176,7 @@ def run_experiment(run, stage, config, settings, env, entries):
     experiment.prepare(run, settings)
     run.clock.begin_stage(stage, total, total)
     runs = experiment.runs(run, settings)
-    if len(entries) > 1:
+    if parallel(env, entries):
         in_parallel(run, stage, [Unit(label, {UNIT: key}) for key, label in runs.items()], config, env, entries)
     else:
         for key in runs:
