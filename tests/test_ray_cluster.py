@@ -4,6 +4,7 @@ for bit; a node that dies mid-stage fails its unit with one sentence naming the 
 address that does not answer is one sentence. A plain run (no GPUS, no RAY_ADDRESS) imports nothing of Ray."""
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -22,12 +23,22 @@ from utils.manifest import task_checkpoint
 from utils.pipeline import run_stage
 
 START_TIMEOUT_S = 60
-# Ray gives a node of a multi-node cluster this machine's address even when told 127.0.0.1 (a cluster on loopback
-# only is refused), so the cluster takes a token (RAY_AUTH_MODE=token, ~/.ray/auth_token): nobody else joins it
-NODE_SETTINGS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",     # several nodes (a GPUS run in this process set 0)
+# Every node on 127.0.0.1 only: `ray start` would give the nodes of a multi-node cluster this machine's network
+# address and listen on every interface, so the two nodes are started by Ray's own single-machine cluster utility
+# (the same gcs_server and raylet processes) with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which keeps Ray on loopback.
+NODE_SETTINGS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                  "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3",  # a dead node is
                  "RAY_health_check_initial_delay_ms": "500"}                                       # seen at once
+CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, connect=False,
+                  head_node_args={"num_cpus": 1, "include_dashboard": False, "temp_dir": sys.argv[1]})
+second = cluster.add_node(num_cpus=1)
+print(cluster.address, second.all_processes["raylet"][0].process.pid, flush=True)
+sys.stdin.read()                                  # until the test closes it
+cluster.shutdown()
+"""
 
 
 def free_port():
@@ -36,24 +47,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_node(*args, temp_dir):
-    """`ray start ... --block` in its own session (so that stopping it stops exactly its processes), once it says
-    it has started (within START_TIMEOUT_S)."""
-    output = open(os.path.join(temp_dir, f"node-{len(os.listdir(temp_dir))}.log"), "w+")
-    proc = subprocess.Popen(["ray", "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                             "--temp-dir", temp_dir, *args], env={**os.environ, **NODE_SETTINGS},
-                            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + START_TIMEOUT_S
-    while "Ray runtime started" not in open(output.name).read():
-        if proc.poll() is not None or time.time() > deadline:
-            stop_node(proc)
-            pytest.fail(f"a Ray node did not start: {open(output.name).read()[-2000:]}")
-        time.sleep(0.3)
-    return proc
-
-
-def stop_node(proc):
-    """Stop a node started by start_node: every process of its session (a test cluster keeps nothing)."""
+def stop_session(proc):
+    """Stop a process started in a session of its own, and every process of that session (a test cluster keeps
+    nothing)."""
     deadline = time.time() + 10
     while (alive := processes_of_session(proc.pid)) and time.time() < deadline:
         for pid in alive:
@@ -66,31 +62,52 @@ def stop_node(proc):
 
 
 def processes_of_session(sid):
-    alive = []
+    return [pid for pid, stat in processes() if os.getsid(pid) == sid and stat[2] != "Z"]
+
+
+def processes():
+    """[(pid, the fields of /proc/<pid>/stat after the command)] of the machine's live processes."""
+    out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.getsid(int(pid)) == sid and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
-                alive.append(int(pid))
-        except OSError:
+            stat = open(f"/proc/{pid}/stat").read()
+            out.append((int(pid), [pid, "", *stat[stat.rindex(")") + 2:].split()]))
+        except (OSError, ValueError):
             pass
-    return alive
+    return out
+
+
+def process_tree(root):
+    """`root` and every process below it."""
+    tree, children = [root], {}
+    for pid, stat in processes():
+        children.setdefault(int(stat[3]), []).append(pid)
+    for pid in tree:
+        tree += children.get(pid, [])
+    return tree
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A two-node Ray cluster on 127.0.0.1 (its own temp folder and ports), stopped at the end of the module:
-    (address, the second node's `ray start` process)."""
-    port, temp_dir = free_port(), tempfile.mkdtemp(prefix="mmpab-ray-")
-    address = f"127.0.0.1:{port}"
-    nodes = []
+    """A two-node Ray cluster on 127.0.0.1 (one CPU each, its own temp folder and ports), stopped at the end of the
+    module: (address, the second node's raylet pid)."""
+    temp_dir = tempfile.mkdtemp(prefix="mmpab-ray-")
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER, temp_dir], env={**os.environ, **NODE_SETTINGS},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
     try:
-        nodes.append(start_node("--head", "--port", str(port), "--include-dashboard", "false",
-                                "--disable-usage-stats", temp_dir=temp_dir))
-        nodes.append(start_node("--address", address, temp_dir=temp_dir))
-        yield address, nodes[1]
+        ready = select.select([proc.stdout], [], [], START_TIMEOUT_S)[0]
+        line = proc.stdout.readline().split() if ready else []
+        if len(line) != 2:
+            pytest.fail(f"the test's Ray cluster did not start within {START_TIMEOUT_S} s")
+        yield line[0], int(line[1])
     finally:
-        for node in reversed(nodes):
-            stop_node(node)
+        try:
+            proc.stdin.close()
+            proc.wait(timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        stop_session(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -121,7 +138,7 @@ def run_on(address, work, demo_root, **extra):
 def test_a_two_node_cluster_gives_the_sequential_results_and_a_rerun_continues_after_a_node_dies(cluster, tiny_run,
                                                                                                 demo_root, tmp_path):
     """One test, so that one cluster serves both halves under pytest-xdist; it kills the second node."""
-    address, second = cluster
+    address, raylet = cluster
     ids = [1, 5]                                                                 # an image and a text task
     first = run_on(address, tmp_path, demo_root, TASK_IDS="1 5")
     out, err = first.communicate(timeout=180)
@@ -145,10 +162,9 @@ def test_a_two_node_cluster_gives_the_sequential_results_and_a_rerun_continues_a
                 training.add(line.split(")")[0])
                 if len(training) == 2:                                           # both workers are training
                     break
-        raylet = next(pid for pid in processes_of_session(second.pid)
-                      if "raylet" in open(f"/proc/{pid}/cmdline").read())
+        workers = process_tree(raylet)[1:]
         os.kill(raylet, signal.SIGKILL)                                          # the node dies: its raylet,
-        for pid in processes_of_session(second.pid):                             # then its workers at once (they
+        for pid in workers:                                                      # then its workers at once (they
             os.kill(pid, signal.SIGKILL)                                         # would finish the unit first)
         out, err = proc.communicate(timeout=120)
     finally:
