@@ -129,19 +129,16 @@ def test_an_os_error_hidden_in_the_context_of_a_write_names_the_path(tmp_path, m
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
-def test_an_os_error_in_a_gpus_worker_comes_back_as_one_sentence():
-    import io
-    import json
-    from utils.pipeline.executor import WORKER_MARK, serve_units
+def test_an_os_error_in_a_gpus_worker_comes_back_as_one_sentence(capsys):
+    from utils.pipeline.ray_executor import run_one
 
     def run_unit(env):
         raise PermissionError(errno.EACCES, "Permission denied", "/data/w/checkpoints")
 
-    out = io.StringIO()
-    assert serve_units(run_unit, stdin=io.StringIO('{"TASK_IDS": "1"}\n'), stdout=out) == 1
-    assert out.getvalue().startswith(WORKER_MARK) and "Traceback" not in out.getvalue()
-    report = json.loads(out.getvalue()[len(WORKER_MARK):])
-    assert report["exit_code"] == 1 and report["error"].startswith("cannot use /data/w/checkpoints (Permission denied)")
+    outcome = run_one(run_unit, {"TASK_IDS": "1"})
+    assert "Traceback" not in capsys.readouterr().out + capsys.readouterr().err
+    assert not outcome.ok and outcome.exit_code == 1
+    assert outcome.error.startswith("cannot use /data/w/checkpoints (Permission denied)")
 
 
 # ---- 2. log files ------------------------------------------------------------------------------------------------
@@ -248,11 +245,12 @@ def test_ctrl_c_in_an_entry_point_is_one_line_and_exit_130(capsys, monkeypatch, 
     assert capsys.readouterr().err == ""
 
 
-def interrupt_when_training(command, env, cwd, started="Train Ep. #"):
+def interrupt_when_training(command, env, cwd, started="Train Ep. #", sessions=None):
     """Start `command` in its own process group, press Ctrl-C (SIGINT to the whole group, as a terminal does) once
     its output shows `started`; returns (exit code, output, stderr). Its output goes through a pipe of one page (4096
     bytes) read here a byte at a time up to that line: from the moment it prints that line, the process writes at
-    most 4096 bytes more (a dozen epochs' two log lines) before it waits for this test, however loaded the machine."""
+    most 4096 bytes more (a dozen epochs' two log lines) before it waits for this test, however loaded the machine.
+    `sessions` (a list) gets its session id."""
     ready, out_end = os.pipe()
     fcntl.fcntl(out_end, fcntl.F_SETPIPE_SZ, 4096)
     try:
@@ -260,6 +258,8 @@ def interrupt_when_training(command, env, cwd, started="Train Ep. #"):
                                 start_new_session=True)
     finally:
         os.close(out_end)
+    if sessions is not None:
+        sessions.append(proc.pid)
     lines, line = [], b""
     try:
         while (byte := os.read(ready, 1)) and started.encode() not in line:    # the pipe alone holds what follows
@@ -295,13 +295,28 @@ def test_ctrl_c_during_a_stage_is_one_line_and_exit_130_and_the_rerun_finishes(d
     assert checkpoint.is_file()
 
 
+def processes_of_session(sid):
+    """The process ids still alive in session `sid`."""
+    alive = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getsid(int(pid)) == sid:
+                alive.append(int(pid))
+        except OSError:                                            # gone meanwhile
+            pass
+    return alive
+
+
 def test_ctrl_c_with_gpus_workers_is_one_line_from_the_parent(demo_root, tmp_path):
-    """The Ctrl-C reaches the parent and both workers (one process group): the workers exit quietly."""
+    """The Ctrl-C reaches the parent, Ray and both workers (one process group): the workers exit quietly and Ray
+    stops, leaving no process behind."""
     env = script_env(**env_for(demo_root, tmp_path, TASK_IDS="1 2", FINETUNE_EPOCHS="20", GPUS="cpu cpu"))
+    sessions = []
     rc, out, err = interrupt_when_training(["bash", str(REPO / "run_pickaback" / "baseline.sh"), "demo"], env,
-                                           tmp_path, started="] ")
+                                           tmp_path, started="(gpu cpu", sessions=sessions)
     assert rc == 130 and err == INTERRUPTED + "\n", (rc, err)
     assert "Traceback" not in out and "KeyboardInterrupt" not in out and "interrupted" not in out, out
+    assert processes_of_session(sessions[0]) == []
 
 
 # ---- 4. NPROC and torchrun ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Several GPUs (GPUS="0 1 ..."; here GPUS="cpu cpu"): the independent tasks of a stage run at the same time in
-worker processes, one per entry, and every output is bit-identical to the sequential run's (conftest's tiny_run)
-when both use the same number of threads (here one: OMP_NUM_THREADS=1). With other thread counts the CPU sums in
-another order and results agree within float rounding only (README)."""
+"""Several GPUS (GPUS="0 1 ..."; here GPUS="cpu cpu"): the independent tasks of a stage run at the same time in
+Ray workers on a local Ray instance, one per entry, and every output is bit-identical to the sequential run's
+(conftest's tiny_run) when both use the same number of threads (here one: OMP_NUM_THREADS=1). With other thread
+counts the CPU sums in another order and results agree within float rounding only (README)."""
+import dataclasses
 import re
 import shutil
 from datetime import datetime
@@ -11,16 +12,17 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import curves, env_for, run_main, run_stage_script
+from tests.conftest import REPO, curves, env_for, run_main, run_stage_script
+from tests.test_stages import checksums
 from utils.checkpoint import read_json
 from utils.errors import UserError
 from utils.layout import Layout
 from utils.manifest import task_checkpoint
 from utils.pipeline.executor import entry_device, gpu_entries
-from utils.pipeline import run_stage
+from utils.pipeline import graph, run_stage
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - "
-LINE = re.compile(r"^(?:\[gpu (cpu#[12])\] )?(.*)$")
+LINE = re.compile(r"^(?:\(gpu (cpu#[12]) pid=\d+\) )?(.*)$")          # a worker's lines, as Ray prints them
 UNIT = re.compile(r"\[gpu (cpu#[12])\] \w+ (.+): (started|done in \d+ s)$")
 
 
@@ -44,7 +46,7 @@ def assert_ran_in_parallel(stdout, units):
     spans, workers = {}, set()
     for line in stdout.splitlines():
         worker, text = LINE.match(line).groups()
-        assert (worker or re.match(STAMP, text)) and not text.startswith("[gpu ") and not re.search(STAMP, text[1:]), \
+        assert (worker or re.match(STAMP, text)) and not text.startswith("(gpu ") and not re.search(STAMP, text[1:]), \
             f"not one whole line of the parent or of one worker: {line!r}"
         workers.add(worker)
         if (u := UNIT.search(line)) and not worker:
@@ -105,6 +107,68 @@ def test_targets_run_at_once_and_the_shared_csv_keeps_every_row(tiny_run, demo_r
         assert manifest(folder) == manifest(reference)
         assert read_json(folder / "gradual_prune" / "record.txt") == \
             read_json(reference / "gradual_prune" / "record.txt")
+
+
+def experiment_runs(stage, tiny_run, demo_root, tmp_path, caplog, **extra):
+    """Experiment `stage` run on a copy of tiny_run in this process (one thread, as tiny_run) and on another copy
+    with GPUS="cpu cpu" (the parent in this process, the workers from this checkout): (the sequential run's folder,
+    the parallel one's, the parent's log lines of the latter)."""
+    works = [Path(shutil.copytree(tiny_run, tmp_path / name)) for name in ("sequential", "parallel")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_stage(stage, "demo", env_for(demo_root, works[0], **extra))
+    finally:
+        torch.set_num_threads(threads)
+    caplog.set_level("INFO")
+    run_stage(stage, "demo", env_for(demo_root, works[1], GPUS="cpu cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
+                                     **extra))
+    return *works, caplog.messages
+
+
+def test_the_selection_comparison_trains_at_once_and_writes_the_sequential_table(tiny_run, demo_root, tmp_path, caplog,
+                                                                                monkeypatch):
+    # the stages before the trainings are finished in tiny_run, and their units run as in `all` (tested above):
+    # left out here, they would start a worker each only to skip their task
+    monkeypatch.setitem(graph.EXPERIMENTS, "compare_selection",
+                        dataclasses.replace(graph.EXPERIMENTS["compare_selection"], stages=()))
+    sequential, parallel, lines = experiment_runs("compare_selection", tiny_run, demo_root, tmp_path, caplog,
+                                                  SELECTIONS="similar scratch", SEEDS="1", TASK_IDS="3",
+                                                  TARGET_TRAIN_PER_CLASS="4")
+    assert "compare_selection: 2 unit(s) on 2 workers (gpu cpu#1 = cpu, gpu cpu#2 = cpu)" in lines
+    mine, seq = Layout(parallel, "demo"), Layout(sequential, "demo")
+    assert mine.comparison_csv.read_bytes() == seq.comparison_csv.read_bytes()
+    trained = checksums(parallel, "checkpoints_perceiver_io/CPG_compare_selection")
+    assert len([p for p in trained if p.endswith("stage.json")]) == 2
+    assert trained == checksums(sequential, "checkpoints_perceiver_io/CPG_compare_selection")
+
+
+def test_the_order_comparison_runs_at_once_and_writes_the_sequential_rows(tiny_run, demo_root, tmp_path, caplog):
+    sequential, parallel, lines = experiment_runs("sequence_compare", tiny_run, demo_root, tmp_path, caplog,
+                                                  SEEDS="1", TASK_IDS="1")
+    assert "sequence_compare: 3 unit(s) on 2 workers (gpu cpu#1 = cpu, gpu cpu#2 = cpu)" in lines
+    mine, seq = Layout(parallel, "demo"), Layout(sequential, "demo")
+    rows, expected = (pd.read_csv(lay.sequence_csv).drop(columns="seconds") for lay in (mine, seq))
+    assert list(rows.run.unique()) == ["similar_seed1", "config_seed1", "random_seed1"]     # in run order
+    pd.testing.assert_frame_equal(rows, expected)
+    steps = [{path: digest if not path.endswith("stage.json") else without_seconds(work / path)
+              for path, digest in checksums(work, "checkpoints_perceiver_io/CPG_sequence").items()}
+             for work in (parallel, sequential)]
+    assert len([p for p in steps[0] if p.endswith("stage.json")]) == 3 and steps[0] == steps[1]
+
+
+def test_a_worker_handed_no_run_of_the_experiment_is_one_sentence(demo_root, tmp_path):
+    sentence = (r"^MMPAB_UNIT='order_seed9' names no run of sequence_compare with these settings: leave MMPAB_UNIT "
+                r"unset \(it is set only for a parallel worker\)\.$")
+    with pytest.raises(UserError, match=sentence):
+        run_stage("sequence_compare", "demo", env_for(demo_root, tmp_path, SEEDS="1", MMPAB_UNIT="order_seed9"))
+
+
+def without_seconds(manifest):
+    """A sequence step's record without its wall time."""
+    record = read_json(manifest)
+    del record["results"]["seconds"]
+    return record
 
 
 def test_a_failing_worker_stops_the_stage_with_one_sentence(demo_root, tmp_path):

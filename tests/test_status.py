@@ -1,5 +1,6 @@
 """tools/status.py: where a run stands, read from its files alone, on a finished demo, on one killed during
 wo_backbone (running while it runs, resumable once killed) and on an empty folder."""
+import re
 import json
 import os
 import shutil
@@ -85,6 +86,7 @@ def test_a_run_killed_during_wo_backbone_shows_running_then_resumable(tiny_run, 
     task2 = running["task 2 (group2)"]
     assert task2.state == "running" and task2.detail.startswith("pid ") and "finetuning at width x1, after epoch 1" \
         in task2.detail and "of 3" in task2.detail
+    assert re.match(r"pid \d+ on \S+, on cpu since ", task2.detail), task2.detail      # the node and the device
     found = states(work, demo_root, **longer)
     backbone = by_task(found["wo_backbone"])
     assert backbone["task 1 (group1)"].state == "finished" and not backbone["task 1 (group1)"].redo

@@ -9,10 +9,12 @@ The run_pickaback/<stage>.sh scripts call this. Each stage's settings are the va
 of the config), FORCE=1 (redo tasks that are already finished with the same settings), MMPAB_WORK_DIR (where
 checkpoints_perceiver_io/, logs_perceiver_io/ and the pickaback CSVs go; default: the repository), MMPAB_DATA_ROOT,
 NPROC=N (each task on N processes under torchrun; BATCH_SIZE a multiple of N) and GPUS: with two or more entries ("0
-1 2 3", or "cpu cpu" without CUDA) the independent tasks of baseline, wo_backbone and w_backbone_MM run in parallel,
-one worker process per entry taking the next task when it is free, and find_backbone splits its targets over the
-workers; each worker's lines are prefixed [gpu <entry>] (one entry only picks the device). `all`,
-`compare_selection` and `sequence` end by writing the report (tools/report.py) and printing its path. Exits 0 when
+1 2 3", or "cpu cpu" without CUDA) the independent tasks of baseline, wo_backbone and w_backbone_MM run in parallel
+on a local Ray instance, one worker per entry taking the next task when it is free, find_backbone splits its targets
+over the workers, and compare_selection and `sequence <cfg> compare` run their trainings and sequence runs so; each
+worker's lines are prefixed (gpu <entry> pid=N) (one entry only picks the device); RAY_ADDRESS=HEAD:6379 runs them on
+that Ray cluster instead. `all`, `compare_selection` and `sequence` end by writing the report (tools/report.py) and
+printing its path. Exits 0 when
 every task is done, else with one sentence naming the stage and the task (exit 3: a baseline accuracy is missing);
 Ctrl-C prints one line and exits 130."""
 import argparse
@@ -21,11 +23,9 @@ import sys
 
 from utils.distributed import init_from_environment, is_main_process, launch, shutdown
 from utils.errors import UserError, report_user_errors
-from utils.pipeline import PARALLEL_STAGES, SETTINGS, run_stage, settings_of
-from utils.pipeline.executor import serve_units
+from utils.pipeline import SETTINGS, run_stage, settings_of
 from utils.layout import Layout
 from utils.pipeline.context import work_dir
-from utils.pipeline.graph import run_unit
 from utils.pipeline.runlock import holding
 from utils.runtime import setup_logging
 
@@ -43,7 +43,6 @@ def parse_args(argv=None):
     p.add_argument("what", nargs="?", choices=["compare"],
                    help="sequence: compare the orders similar, config and random for each of SEEDS; clients: the "
                         "selection rules of SELECTIONS for each of SEEDS")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)   # one of GPUS's workers (run_parallel)
     return p.parse_args(argv)
 
 
@@ -91,10 +90,6 @@ def main(argv=None):
         return
     if args.what:
         stage = "sequence_compare"
-    if args.worker:                                           # runs the units its parent hands it on stdin
-        if stage not in PARALLEL_STAGES:
-            raise UserError(f"--worker runs one of {', '.join(PARALLEL_STAGES)}, not {stage}.")
-        sys.exit(serve_units(run_unit(stage, args.dataset_config)))
     run = run_stage(stage, args.dataset_config)
     main_process = is_main_process()
     shutdown()

@@ -1,32 +1,28 @@
-"""Units of work in parallel: GPUS="0 1 2 3" runs one worker process per entry, each taking the next unit (a task
-of a stage, or a part of the backbone search's targets) when it is free, so that every unit runs exactly as it
-would alone. The executor knows no stage: it is handed the units (what, environment) and the worker command, and
-the worker side is handed the function that runs one unit. Shared files are updated under locks by the stages."""
-import json
+"""Units of work in parallel: GPUS="0 1 2 3" runs one worker per entry, RAY_ADDRESS one per GPU of a Ray cluster,
+each taking the next unit (a task of a stage, or a part of the backbone search's targets) when it is free, so that
+every unit runs exactly as it would alone. The executor knows no stage: it is handed the units (what, environment)
+and the function that runs one unit, and hands them to Ray (utils/pipeline/ray_executor.py). Shared files are
+updated under locks by the stages."""
 import logging
 import os
-import queue
 import re
-import subprocess
-import sys
-import threading
-import time
-import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from utils.errors import PARENT_REPORTS, UserError, os_error_message
+from utils.errors import PARENT_REPORTS, UserError
 
 log = logging.getLogger("root")
 
-# The parent (run_parallel) is given the units, after the stage checked every input, and keeps a queue of them and
-# one worker per GPUS entry (the command it is given, e.g. `tools/run_stage.py <stage> <cfg> --worker`, which calls
-# serve_units below). A worker stays up for the whole stage and is handed the next unit as soon as it is free, so
-# uneven tasks (widening, early pruning stops) keep every GPU busy and Python/torch start once per worker, not once
-# per task.
-
-WORKER_MARK = "\x1emmpab-worker "            # starts the line a worker reports a task's end with (never a log line)
+# Ray does the work (utils/pipeline/ray_executor.py, imported only when it is needed, so that a run on one device
+# starts and imports nothing of it): one actor per GPUS entry, or per GPU of the cluster at RAY_ADDRESS, stays up for
+# the whole stage and is handed the next unit as soon as it is free, so uneven tasks (widening, early pruning stops)
+# keep every GPU busy and Python/torch start once per worker, not once per task.
+RAY_SETTINGS = {"RAY_USAGE_STATS_ENABLED": "0",       # nothing leaves the machine
+                "RAY_DEDUP_LOGS": "0",                # every worker's lines reach the user, even identical ones
+                "RAY_COLOR_PREFIX": "0"}
+LOCAL = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}    # a local instance listens on 127.0.0.1 only
 
 
 @dataclass(frozen=True)
@@ -64,143 +60,66 @@ def entry_device(entry):
 
 def worker_environment(env, device, workers, own=()):
     """The process environment of a worker: the stage environment (which wins over the process's own values of the
-    variables `own`, the settings), no GPUS, its device, and a fair share of the cores unless OMP_NUM_THREADS is
-    set. A Ctrl-C reaches the worker too; the parent alone says so."""
+    variables `own`, the settings), no GPUS, its device, and a fair share of the cores of this machine (of
+    `workers` sharing it; None: a cluster's, whose workers take the CPUs Ray gives them) unless OMP_NUM_THREADS is
+    set. The run-lock hold is inherited (utils/pipeline/runlock.py). A Ctrl-C is reported by the parent alone."""
     base = dict(os.environ)
     if env is not os.environ:              # an explicit stage environment: what is read only from it (the
         base = {k: v for k, v in base.items() if k not in own}            # settings) comes only from it
         base.update(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    base.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
+    if workers:
+        base.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
     return {**base, "GPUS": "", "DEVICE": device, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8",
             PARENT_REPORTS: "interrupts"}
 
 
-def run_parallel(name, units, command, env, entries, own=(), clock=None):
-    """Run `units` ([Unit]) of stage `name` on one worker per GPUS entry, each worker
-    started with `command` and taking the next unit when it is free. Each worker's output lines are printed whole,
-    prefixed [gpu <entry>]. The first failing unit stops the stage: the other workers are terminated (their
+@dataclass(frozen=True)
+class LocalWorker:
+    """A worker of one GPUS entry on this machine: its name in the log (`label`), its process environment, the CPUs
+    Ray reserves for it and its GPU index ("" on the CPU)."""
+    label: str
+    environment: dict
+    cpus: int
+    gpu: str
+
+
+def parallel(env, entries):
+    """Whether a stage's units go to Ray: two or more GPUS entries, or a cluster at RAY_ADDRESS."""
+    return len(entries) > 1 or bool(env.get("RAY_ADDRESS"))
+
+
+def local_workers(env, entries, own):
+    """One LocalWorker per GPUS entry: a GPU entry sees only its GPU (Ray sets CUDA_VISIBLE_DEVICES), so its device
+    is cuda:0; each has a fair share of the cores."""
+    labels = [e if entries.count(e) == 1 else f"{e}#{i + 1}" for i, e in enumerate(entries)]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = []
+    for label, entry in zip(labels, entries, strict=True):
+        device = entry_device(entry)
+        gpu = "" if device == "cpu" else device.removeprefix("cuda:")
+        workers.append(LocalWorker(label, worker_environment(env, "cuda:0" if gpu else "cpu", len(entries), own),
+                                   max(1, cores // len(entries)), gpu))
+    return workers
+
+
+def run_parallel(name, units, run_unit, env, entries, own=(), clock=None, folders=()):
+    """Run `units` ([Unit]) of stage `name` on Ray: one worker per GPUS entry on this machine, or, with RAY_ADDRESS,
+    one per GPU of that cluster (one per node on a cluster without GPUs), each calling `run_unit(environment)` (a
+    function Ray can send to it) for the next unit when it is free. Each worker's output lines are printed whole,
+    prefixed (gpu <entry> pid=...). The first failing unit stops the stage: the other workers are stopped (their
     unfinished tasks are redone by a rerun) and a UserError names the stage, the unit and the worker's error, with
-    the worker's exit code. On Ctrl-C (which reaches the workers too: they exit quietly) nothing more of the
-    workers' output is printed, and the KeyboardInterrupt goes on to the entry point, which prints one line.
-    `clock` (the run's, utils/pipeline/context.py) says where the stage stands as each unit is handed out."""
+    its exit code. A KeyboardInterrupt goes on to the entry point, which prints one line, after Ray is stopped.
+    `clock` (the run's, utils/pipeline/context.py) says where the stage stands as each unit is handed out;
+    `folders` (the work folder, the data root) must be seen by every node of a cluster."""
     if not units:
         log.info(f"{name}: nothing to run")
         return
-    entries = entries[:len(units)]
-    labels = [e if entries.count(e) == 1 else f"{e}#{i + 1}" for i, e in enumerate(entries)]
-    devices = [entry_device(e) for e in entries]
-    workers = ", ".join(f"gpu {label} = {device}" for label, device in zip(labels, devices, strict=True))
-    log.info(f"{name}: {len(units)} unit(s) on {len(entries)} workers ({workers})")
-    events, printing, interrupted = queue.Queue(), threading.Lock(), threading.Event()
-    tails = [[] for _ in entries]                                 # each worker's last lines, for its error
-
-    def read(slot, proc):
-        try:
-            for line in proc.stdout:
-                if line.startswith(WORKER_MARK):
-                    events.put((slot, json.loads(line[len(WORKER_MARK):])))
-                    continue
-                line = line.rstrip("\n")
-                tails[slot] = (tails[slot] + [line])[-20:]
-                with printing:
-                    if interrupted.is_set():                      # what a worker says while it stops
-                        continue
-                    sys.stdout.write(f"[gpu {labels[slot]}] {line}\n")
-                    sys.stdout.flush()
-        finally:
-            events.put((slot, {"exit": proc.wait()}))
-
-    procs, readers, current, pending = [], [], {}, list(units)
-    try:
-        for slot, device in enumerate(devices):
-            proc = subprocess.Popen(command, env=worker_environment(env, device, len(entries), own), encoding="utf-8",
-                                    errors="replace", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT)
-            procs.append(proc)
-            readers.append(threading.Thread(target=read, args=(slot, proc), daemon=True))
-            readers[-1].start()
-
-        def hand_out(slot):
-            if pending:
-                if clock is not None:
-                    log.info(clock.line(len(units) - len(pending) + 1, len(units), workers=len(procs)))
-                unit = pending.pop(0)
-                current[slot] = (unit, time.time())
-                log.info(f"[gpu {labels[slot]}] {name} {unit.label}: started")
-                try:
-                    procs[slot].stdin.write(json.dumps(unit.env) + "\n")
-                    procs[slot].stdin.flush()
-                except BrokenPipeError:                           # it died: its exit is reported next
-                    pass
-            else:
-                procs[slot].stdin.close()                         # no more work: the worker ends
-
-        for slot in range(len(procs)):
-            hand_out(slot)
-        running = len(procs)
-        while running:
-            slot, event = events.get()
-            if event.get("ok"):
-                unit, started = current.pop(slot)
-                log.info(f"[gpu {labels[slot]}] {name} {unit.label}: done in {time.time() - started:.0f} s")
-                if clock is not None:
-                    clock.finished(time.time() - started)
-                hand_out(slot)
-                continue
-            if "exit" in event and slot not in current and event["exit"] == 0:
-                running -= 1                                      # finished its last unit and ended
-                continue
-            if "exit" in event:                                   # died without reporting (crash, signal)
-                code = event["exit"] if event["exit"] > 0 else 128 - event["exit"] if event["exit"] else 1
-                detail = next((line for line in reversed(tails[slot]) if line.strip()), f"exit code {code}")
-            else:
-                code, detail = event.get("exit_code", 1) or 1, event["error"]
-            what = current[slot][0].label if slot in current else "after its last unit"
-            prefix = f"stage {name}, {what}: "
-            detail = detail[len(prefix):] if detail.startswith(prefix) else detail.removeprefix(f"stage {name}, ")
-            raise UserError(f"stage {name}, {what} on gpu {labels[slot]}: {detail.removeprefix('error: ')}",
-                            exit_code=code)
-    except KeyboardInterrupt:
-        interrupted.set()
-        raise
-    finally:
-        for proc in procs:                                        # on failure or interruption: stop the others
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for reader in readers:
-            reader.join(timeout=10)
-
-
-def serve_units(run_unit, stdin=None, stdout=None):
-    """The worker side of run_parallel: call `run_unit(environment)` for each unit read from `stdin` (one JSON
-    object of environment variables a line, e.g. {"TASK_IDS": "3"}, over this process's environment) and report each
-    unit's end on `stdout` as one line WORKER_MARK + JSON. Returns the exit code: 0 at the end of the input, else
-    the first failing unit's."""
-    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-
-    def report(**result):
-        stdout.write(WORKER_MARK + json.dumps(result) + "\n")
-        stdout.flush()
-
-    for line in stdin:
-        try:
-            run_unit({**os.environ, **json.loads(line), "GPUS": ""})
-        except UserError as e:
-            report(ok=False, error=str(e), exit_code=e.exit_code)
-            return e.exit_code
-        except OSError as e:                                      # a full disk, a read-only folder: one sentence
-            report(ok=False, error=os_error_message(e), exit_code=1)
-            return 1
-        except Exception as e:                                    # noqa: BLE001 (reported to the parent, then exit)
-            traceback.print_exc(file=stdout)
-            report(ok=False, error=f"{type(e).__name__}: {e}", exit_code=1)
-            return 1
-        report(ok=True)
-    return 0
+    address = str(env.get("RAY_ADDRESS") or "")
+    workers = None if address else local_workers(env, entries[:len(units)], own)
+    for key, value in {**RAY_SETTINGS, **({} if address else LOCAL)}.items():
+        os.environ.setdefault(key, value)             # read by ray when it is imported
+    from utils.pipeline.ray_executor import Cluster, run_on_ray     # only here: one device imports nothing of Ray
+    cluster = address and Cluster(address, worker_environment(env, "cpu", None, own),
+                                  float(env.get("GPUS_PER_UNIT") or 1), [Path(f) for f in folders])
+    run_on_ray(name, units, run_unit, own, clock, workers or cluster)

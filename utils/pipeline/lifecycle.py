@@ -79,12 +79,13 @@ def task_curves(run, settings, folder, group=None):
 
 
 @contextmanager
-def marked_running(manifest, what):
+def marked_running(manifest, what, device=None):
     """While a process works on a task: a marker beside its manifest (Manifest.running) naming the process, its
-    host and when it began, which tools/status.py reads to tell a running task from an interrupted one; removed when
-    the work ends, however it ends (a killed process leaves it, and status sees that the process is gone)."""
+    host (the node of a Ray cluster), its device and GPU (the CUDA_VISIBLE_DEVICES a Ray worker was given) and when
+    it began, which tools/status.py reads to tell a running task from an interrupted one; removed when the work
+    ends, however it ends (a killed process leaves it, and status sees that the process is gone)."""
     write_json(manifest.running, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                                  "what": what})
+                                  "what": what, "device": device, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")})
     try:
         yield
     finally:
@@ -129,7 +130,7 @@ class Task:
         loaded and checked first; `replacing` then marks it unfinished, before any output is replaced."""
         self.began = time.monotonic()
         with failing_task(self.settings.STAGE, self.what), task_log(log_path), \
-                marked_running(self.manifest, self.label):
+                marked_running(self.manifest, self.label, getattr(self.settings, "device", None)):
             yield self
 
     def curves(self):

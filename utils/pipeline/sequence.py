@@ -10,6 +10,8 @@ owns changes. After each step every task learned so far is evaluated from the ke
 accuracy matrix. Each step is a task of the lifecycle (utils/pipeline/lifecycle.py) whose inputs are the order up to
 it and the checkpoint it starts from, so a rerun skips what is finished and a changed ORDER is redone from the first
 step that differs. Every number goes to logs_perceiver_io/sequence_<cfg>.csv (one row per step and evaluated task).
+The order comparison (sequence.sh <cfg> compare) is independent sequence runs, one per order rule and seed: the
+graph's units.
 """
 import logging
 import random
@@ -21,7 +23,7 @@ import pandas as pd
 
 from models import cpg
 from models.build import Network
-from utils.checkpoint import baseline_accuracy, read_table, update_csv
+from utils.checkpoint import atomic_write, baseline_accuracy, locked, read_table, update_csv
 from utils.data import load_task
 from utils.errors import UserError
 from utils.manifest import file_digest
@@ -247,11 +249,43 @@ def record_rows(path, name, rows):
     update_csv(path, rows, lambda t: t["run"] == name, COLUMNS)
 
 
-def sequence_compare(run, s):
-    """The orders similar, config and random side by side, one sequence run each per seed of SEEDS."""
-    runs = [(rule, seed) for rule in RULES for seed in s.seeds]
-    for rule, seed in runs:                                       # every input checked before the first run trains
-        sequence_plan(run, s.replace(order=rule, seed=seed))
-    for n, (rule, seed) in enumerate(runs, 1):
-        log.info(f"==== order comparison {n}/{len(runs)}: ORDER={rule}, SEED={seed}")
-        sequence(run, s.replace(order=rule, seed=seed), name=f"{rule}_seed{seed}")
+def comparison_orders(settings):
+    """{key: (rule, seed)} of the order comparison's runs, in order: the orders similar, config and random, one
+    sequence run each per seed of SEEDS; the key is the run's name in sequence_<cfg>.csv."""
+    return {f"{rule}_seed{seed}": (rule, seed) for rule in RULES for seed in settings["sequence"].seeds}
+
+
+def comparison_runs(run, settings):
+    """{key: label} of the order comparison's runs, in order: its independent units."""
+    return {key: f"ORDER={rule}, SEED={seed}" for key, (rule, seed) in comparison_orders(settings).items()}
+
+
+def comparison_settings(settings, key):
+    """The sequence settings of the comparison's run `key`."""
+    rule, seed = comparison_orders(settings)[key]
+    return settings["sequence"].replace(order=rule, seed=seed)
+
+
+def check_comparison(run, settings):
+    """Every input of every run of the comparison, checked before the first one trains."""
+    for key in comparison_orders(settings):
+        sequence_plan(run, comparison_settings(settings, key))
+
+
+def comparison_run(run, settings, key):
+    """The comparison's sequence run `key`."""
+    runs = comparison_runs(run, settings)
+    log.info(f"==== order comparison {list(runs).index(key) + 1}/{len(runs)}: {runs[key]}")
+    sequence(run, comparison_settings(settings, key), name=key)
+
+
+def order_comparison_rows(run, settings):
+    """Put the rows of sequence_<cfg>.csv in the order a run of the comparison after another leaves them (the rows of
+    other runs first, then each run of the comparison in turn), whichever order its runs finished in."""
+    rank = {key: n for n, key in enumerate(comparison_orders(settings), 1)}
+    path = run.layout(settings["sequence"].arch).sequence_csv
+    with locked(path):
+        table = read_table(path, COLUMNS)
+        table = table.iloc[table.run.map(lambda name: rank.get(name, 0)).argsort(kind="stable")]
+        text = table.to_csv(index=False, lineterminator="\n")
+        atomic_write(path, lambda f: f.write(text.encode()))

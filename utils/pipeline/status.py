@@ -43,6 +43,12 @@ class TaskState:
     redo: str = ""          # why the stage would redo a finished task ("" when it would skip it)
 
 
+def on_device(marker):
+    """ ", on cuda:0 (GPU 2)" for the device and GPU a running marker names; "" for a marker without them."""
+    device, gpu = marker.get("device"), marker.get("gpu")
+    return (f", on {device}" if device else "") + (f" (GPU {gpu})" if gpu and device != "cpu" else "")
+
+
 def alive(marker):
     """Whether the process a running marker names is alive (on another host: assumed so, it cannot be checked)."""
     if marker.get("host") != socket.gethostname():
@@ -108,7 +114,7 @@ def state_of(stage, what, manifest, settings, figure, resumes=(), progress=None,
     at = "; ".join(x for x in (steps, *resumed) if x)
     if marker and alive(marker):
         since = runlock.since(marker)                         # the marker and the run lock record a start alike
-        return TaskState(stage, what, "running", f"pid {marker['pid']} on {marker.get('host')} since {since}"
+        return TaskState(stage, what, "running", f"pid {marker['pid']} on {marker.get('host')}{on_device(marker)} since {since}"
                                                  f"{'; ' + at if at else ''}")
     try:
         data = manifest.read()
