@@ -15,6 +15,7 @@ import torch
 from tests.conftest import REPO, curves, env_for, run_main, run_stage_script
 from tests.test_stages import checksums
 from utils.checkpoint import read_json
+from utils.engines.units import run_units
 from utils.errors import UserError
 from utils.layout import Layout
 from utils.manifest import task_checkpoint
@@ -122,7 +123,7 @@ def experiment_runs(stage, tiny_run, demo_root, tmp_path, caplog, **extra):
         torch.set_num_threads(threads)
     caplog.set_level("INFO")
     run_stage(stage, "demo", env_for(demo_root, works[1], GPUS="cpu cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
-                                     **extra))
+                                     **extra), engine=run_units)
     return *works, caplog.messages
 
 
@@ -174,7 +175,7 @@ def without_seconds(manifest):
 def test_a_failing_worker_stops_the_stage_with_one_sentence(demo_root, tmp_path):
     env = env_for(demo_root, tmp_path, GPUS="cpu cpu", OMP_NUM_THREADS="1", TASK_IDS="1 2", NUM_CLASSES="5")
     with pytest.raises(UserError) as error:                     # the parent in-process, its workers as processes
-        run_stage("baseline", "demo", env)
+        run_stage("baseline", "demo", env, engine=run_units)
     assert error.value.exit_code == 1
     assert re.fullmatch(r"stage baseline, task (1 \(group1\)|2 \(group2\)) on gpu cpu#[12]: task group[12] has 3 "
                         r"class folders in \S+ but 5 classes are configured: [^\n]*\.", str(error.value)), error.value
@@ -217,3 +218,11 @@ def test_a_gpus_index_beyond_the_device_count_is_one_sentence():
     count = torch.cuda.device_count()
     with pytest.raises(UserError, match=rf"GPUS names GPU {count}, but this machine has {count} GPU\(s\)"):
         entry_device(str(count))
+
+
+def test_units_to_spread_without_an_engine_are_one_sentence(demo_root, tmp_path):
+    """run_stage called directly (not through the commands) with GPUS="cpu cpu": one sentence, before any work."""
+    with pytest.raises(UserError, match=r"^stage baseline: GPUS with two or more entries or RAY_ADDRESS needs Ray, "
+                                        r"which the commands \(run_pickaback/\*\.sh, tools/run_stage\.py\) bring"):
+        run_stage("baseline", "demo", env_for(demo_root, tmp_path, GPUS="cpu cpu", TASK_IDS="1 2"))
+    assert not Layout(tmp_path, "demo").baseline("group1").root.exists()

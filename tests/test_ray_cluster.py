@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import REPO, env_for
 from tests.test_parallel import assert_same_checkpoint, manifest
+from utils.engines.units import run_units
 from utils.errors import UserError
 from utils.layout import Layout
 from utils.manifest import task_checkpoint
@@ -122,7 +123,8 @@ def test_a_plain_stage_run_imports_nothing_of_ray(demo_root, tmp_path):
 def test_a_ray_address_that_does_not_answer_is_one_sentence(demo_root, tmp_path):
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(UserError) as error:
-        run_stage("baseline", "demo", env_for(demo_root, tmp_path, TASK_IDS="1 2", RAY_ADDRESS=address))
+        run_stage("baseline", "demo", env_for(demo_root, tmp_path, TASK_IDS="1 2", RAY_ADDRESS=address),
+                  engine=run_units)
     assert re.fullmatch(rf"RAY_ADDRESS='{address}' does not answer \([^\n]*\): start a Ray head there \(`ray start "
                         r"--head --port 6379`[^\n]*\.", str(error.value)), error.value
 

@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 
+from utils.engines.units import run_units
 from utils.distributed import init_from_environment, is_main_process, launch, shutdown
 from utils.errors import UserError, report_user_errors
 from utils.pipeline import SETTINGS, run_stage, settings_of
@@ -90,7 +91,7 @@ def main(argv=None):
         return
     if args.what:
         stage = "sequence_compare"
-    run = run_stage(stage, args.dataset_config)
+    run = run_stage(stage, args.dataset_config, engine=run_units)
     main_process = is_main_process()
     shutdown()
     if stage in ("all", "compare_selection", "sequence", "sequence_compare") and main_process:   # last: the report

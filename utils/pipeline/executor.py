@@ -1,7 +1,8 @@
 """Units of work in parallel: GPUS="0 1 2 3" runs one worker per entry, RAY_ADDRESS one per GPU of a Ray cluster,
 each taking the next unit (a task of a stage, or a part of the backbone search's targets) when it is free, so that
 every unit runs exactly as it would alone. The executor knows no stage: it is handed the units (what, environment)
-and the function that runs one unit, and hands them to Ray (utils/pipeline/ray_executor.py). Shared files are
+and the function that runs one unit, and hands them to the engine it is given: Ray (utils/engines/ray_units.py,
+through utils.engines.units.run_units), which the commands pass; this package imports no engine. Shared files are
 updated under locks by the stages."""
 import logging
 import os
@@ -15,14 +16,12 @@ from utils.errors import PARENT_REPORTS, UserError
 
 log = logging.getLogger("root")
 
-# Ray does the work (utils/pipeline/ray_executor.py, imported only when it is needed, so that a run on one device
-# starts and imports nothing of it): one actor per GPUS entry, or per GPU of the cluster at RAY_ADDRESS, stays up for
-# the whole stage and is handed the next unit as soon as it is free, so uneven tasks (widening, early pruning stops)
-# keep every GPU busy and Python/torch start once per worker, not once per task.
-RAY_SETTINGS = {"RAY_USAGE_STATS_ENABLED": "0",       # nothing leaves the machine
-                "RAY_DEDUP_LOGS": "0",                # every worker's lines reach the user, even identical ones
-                "RAY_COLOR_PREFIX": "0"}
-LOCAL = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}    # a local instance listens on 127.0.0.1 only
+# The engine (Ray: utils/engines/ray_units.py, imported only when it is needed, so that a run on one device starts
+# and imports nothing of it) keeps one worker per GPUS entry, or per GPU of the cluster at RAY_ADDRESS, up for the
+# whole stage and hands it the next unit as soon as it is free, so uneven tasks (widening, early pruning stops) keep
+# every GPU busy and Python/torch start once per worker, not once per task. Its signature:
+#     engine(name, units, run_unit, own, clock, workers)
+# with `workers` either [LocalWorker] (a local instance with exactly those workers) or a Cluster to join.
 
 
 @dataclass(frozen=True)
@@ -75,6 +74,16 @@ def worker_environment(env, device, workers, own=()):
 
 
 @dataclass(frozen=True)
+class Cluster:
+    """An existing Ray cluster: its `address` (host:port, or auto), the workers' environment, the GPUs of a unit
+    (GPUS_PER_UNIT) and the folders every node must see (the work folder, the data root)."""
+    address: str
+    environment: dict
+    gpus_per_unit: float
+    folders: list
+
+
+@dataclass(frozen=True)
 class LocalWorker:
     """A worker of one GPUS entry on this machine: its name in the log (`label`), its process environment, the CPUs
     Ray reserves for it and its GPU index ("" on the CPU)."""
@@ -103,7 +112,7 @@ def local_workers(env, entries, own):
     return workers
 
 
-def run_parallel(name, units, run_unit, env, entries, own=(), clock=None, folders=()):
+def run_parallel(name, units, run_unit, env, entries, engine, own=(), clock=None, folders=()):
     """Run `units` ([Unit]) of stage `name` on Ray: one worker per GPUS entry on this machine, or, with RAY_ADDRESS,
     one per GPU of that cluster (one per node on a cluster without GPUs), each calling `run_unit(environment)` (a
     function Ray can send to it) for the next unit when it is free. Each worker's output lines are printed whole,
@@ -111,15 +120,30 @@ def run_parallel(name, units, run_unit, env, entries, own=(), clock=None, folder
     unfinished tasks are redone by a rerun) and a UserError names the stage, the unit and the worker's error, with
     its exit code. A KeyboardInterrupt goes on to the entry point, which prints one line, after Ray is stopped.
     `clock` (the run's, utils/pipeline/context.py) says where the stage stands as each unit is handed out;
-    `folders` (the work folder, the data root) must be seen by every node of a cluster."""
+    `folders` (the work folder, the data root) must be seen by every node of a cluster. `engine` runs them (see
+    above); None where the caller has none (a function calling run_stage directly): one sentence."""
     if not units:
         log.info(f"{name}: nothing to run")
         return
+    if engine is None:
+        raise UserError(f"stage {name}: GPUS with two or more entries or RAY_ADDRESS needs Ray, which the commands "
+                        f"(run_pickaback/*.sh, tools/run_stage.py) bring: run the stage through one of them.")
     address = str(env.get("RAY_ADDRESS") or "")
-    workers = None if address else local_workers(env, entries[:len(units)], own)
-    for key, value in {**RAY_SETTINGS, **({} if address else LOCAL)}.items():
-        os.environ.setdefault(key, value)             # read by ray when it is imported
-    from utils.pipeline.ray_executor import Cluster, run_on_ray     # only here: one device imports nothing of Ray
-    cluster = address and Cluster(address, worker_environment(env, "cpu", None, own),
-                                  float(env.get("GPUS_PER_UNIT") or 1), [Path(f) for f in folders])
-    run_on_ray(name, units, run_unit, own, clock, workers or cluster)
+    if address:
+        workers = Cluster(address, worker_environment(env, "cpu", None, own), gpus_per_unit(env),
+                          [Path(f) for f in folders])
+    else:
+        workers = local_workers(env, entries[:len(units)], own)
+    engine(name, units, run_unit, own, clock, workers)
+
+
+def gpus_per_unit(env):
+    """GPUS_PER_UNIT: the GPUs of a cluster that one unit takes (a positive number; 1 unless set)."""
+    text = str(env.get("GPUS_PER_UNIT") or "1")
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise UserError(f"GPUS_PER_UNIT={text!r} is not a positive number of GPUs: give e.g. 1, 2 or 0.5.")
+    return value

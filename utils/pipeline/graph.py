@@ -106,12 +106,13 @@ def settings_of(stage, env):
     return {name: stage_settings(name, env) for name in names}
 
 
-def run_stage(stage, config, env=None):
+def run_stage(stage, config, env=None, engine=None):
     """Run one stage (or `all`, every stage in order, or an experiment: compare_selection, sequence_compare) of a
     dataset config, with the settings of its script(s) and the environment. With two or more GPUS entries, the
     independent units of baseline, wo_backbone, find_backbone, w_backbone_MM and the experiments run in parallel, one
-    worker per entry; one entry just picks the device. The run holds the folder's run lock throughout
-    (utils/pipeline/runlock.py)."""
+    worker per entry (or on the Ray cluster at RAY_ADDRESS), through `engine` (utils.engines.units.run_units, which
+    the commands pass; see utils/pipeline/executor.py); one entry just picks the device. The run holds the folder's
+    run lock throughout (utils/pipeline/runlock.py)."""
     env = os.environ if env is None else env
     run = Run.from_environment(config, env)
     entries = gpu_entries(env)
@@ -119,22 +120,34 @@ def run_stage(stage, config, env=None):
         env = {**env, "GPUS": "", "DEVICE": entry_device(entries[0])}
     settings = settings_of(stage, env)                            # every value checked before any work
     with holding(run.layout().run_lock, stage):
-        return run_stages(run, stage, config, settings, env, entries)
+        return run_stages(run, stage, config, settings, Spread(env, entries, engine))
 
 
-def run_stages(run, stage, config, settings, env, entries):
+@dataclass(frozen=True)
+class Spread:
+    """How a run spreads units: the stage environment, the GPUS entries and the engine (None: run_stage's caller has
+    none)."""
+    env: dict
+    entries: list
+    engine: Callable = None
+
+    def parallel(self):
+        return parallel(self.env, self.entries)
+
+
+def run_stages(run, stage, config, settings, spread):
     """The work of run_stage once its settings are checked and the run lock is held."""
     run.clock.begin_stage(stage)
     if stage == "sequence":                                       # one network over a sequence (not in run_all)
         sequence.sequence(run, settings["sequence"])
         return run
     if stage in EXPERIMENTS:
-        run_experiment(run, stage, config, settings, env, entries)
+        run_experiment(run, stage, config, settings, spread)
         return run
     for k, (name, s) in enumerate(settings.items(), 1):
         log.info(f"==== stage {k}/{len(settings)} {name} of '{run.cfg.name}' (tasks {run.task_ids})")
         run.clock.begin_stage(name, k, len(settings))
-        run_graph_stage(run, name, s, config, env, entries)
+        run_graph_stage(run, name, s, config, spread)
         run.clock.end_stage()
     if stage == "all":
         log.info(summary(run))
@@ -142,26 +155,27 @@ def run_stages(run, stage, config, settings, env, entries):
     return run
 
 
-def in_parallel(run, name, units, config, env, entries):
+def in_parallel(run, name, units, config, spread):
     """Run the units ([Unit]) of stage or experiment `name` on one worker per GPUS entry, each worker calling
     run_stage with the unit's environment."""
-    run_parallel(name, units, run_unit(name, config), env, entries, own=all_variables() | set(RUN_VARIABLES),
+    run_parallel(name, units, run_unit(name, config), spread.env, spread.entries, spread.engine,
+                 own=all_variables() | set(RUN_VARIABLES),
                  clock=run.clock, folders=(run.work_dir, run.cfg.data_root))
 
 
-def run_graph_stage(run, name, s, config, env, entries):
+def run_graph_stage(run, name, s, config, spread):
     """Run stage `name` of the graph with settings `s`: its units in parallel with two or more GPUS entries."""
-    if parallel(env, entries) and GRAPH[name].units:
-        in_parallel(run, name, GRAPH[name].units(run, s, max(1, len(entries))), config, env, entries)
+    if spread.parallel() and GRAPH[name].units:
+        in_parallel(run, name, GRAPH[name].units(run, s, max(1, len(spread.entries))), config, spread)
     else:
         GRAPH[name].run(run, s)
 
 
-def run_experiment(run, stage, config, settings, env, entries):
+def run_experiment(run, stage, config, settings, spread):
     """Run the experiment `stage`: the stages it needs (reused when finished), then its runs, each a unit (in
     parallel with two or more GPUS entries), then what it writes from them. A parallel worker (MMPAB_UNIT set) does
     only the run it names."""
-    experiment = EXPERIMENTS[stage]
+    experiment, env = EXPERIMENTS[stage], spread.env
     if env.get(UNIT):
         if env[UNIT] not in experiment.runs(run, settings):
             raise UserError(f"{UNIT}={env[UNIT]!r} names no run of {stage} with these settings: leave {UNIT} unset "
@@ -172,12 +186,12 @@ def run_experiment(run, stage, config, settings, env, entries):
     for k, name in enumerate(experiment.stages, 1):
         log.info(f"==== stage {name} of '{run.cfg.name}' (reused when finished)")
         run.clock.begin_stage(name, k, total)
-        run_graph_stage(run, name, settings[name], config, env, entries)
+        run_graph_stage(run, name, settings[name], config, spread)
     experiment.prepare(run, settings)
     run.clock.begin_stage(stage, total, total)
     runs = experiment.runs(run, settings)
-    if parallel(env, entries):
-        in_parallel(run, stage, [Unit(label, {UNIT: key}) for key, label in runs.items()], config, env, entries)
+    if spread.parallel():
+        in_parallel(run, stage, [Unit(label, {UNIT: key}) for key, label in runs.items()], config, spread)
     else:
         for key in runs:
             experiment.run_one(run, settings, key)

@@ -114,8 +114,8 @@ def state_of(stage, what, manifest, settings, figure, resumes=(), progress=None,
     at = "; ".join(x for x in (steps, *resumed) if x)
     if marker and alive(marker):
         since = runlock.since(marker)                         # the marker and the run lock record a start alike
-        return TaskState(stage, what, "running", f"pid {marker['pid']} on {marker.get('host')}{on_device(marker)} since {since}"
-                                                 f"{'; ' + at if at else ''}")
+        return TaskState(stage, what, "running", f"pid {marker['pid']} on {marker.get('host')}{on_device(marker)} "
+                                                 f"since {since}{'; ' + at if at else ''}")
     try:
         data = manifest.read()
     except UserError as e:

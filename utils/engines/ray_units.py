@@ -1,4 +1,4 @@
-"""The executor's Ray side, the only module that imports ray (utils/pipeline/executor.py imports it only when GPUS
+"""The executor's engine: a stage's units on Ray (utils.engines.units.run_units imports this module only when GPUS
 has two or more entries or RAY_ADDRESS is set): one Ray actor per worker, each a process that starts Python and
 torch once and runs the units it is handed one after another, exactly as a run of one unit alone would. On one
 machine (GPUS) it starts a local Ray instance with exactly those resources and stops it at the end, however the
@@ -18,6 +18,7 @@ from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from utils.errors import UserError, os_error_message
+from utils.pipeline.executor import Cluster
 
 log = logging.getLogger("root")
 
@@ -26,16 +27,6 @@ MACHINE_VARIABLES = ("PATH", "HOME", "USER", "PWD", "SHELL", "HOSTNAME", "LD_LIB
                      "CUDA_VISIBLE_DEVICES", "TMPDIR")
 CONNECT_TIMEOUT_S = 10
 REPOSITORY = Path(__file__).resolve().parents[2]      # on every node at this path (the shared filesystem)
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """An existing Ray cluster: its `address` (host:port, or auto), the workers' environment, the GPUs of a unit
-    (GPUS_PER_UNIT) and the folders every node must see (the work folder, the data root)."""
-    address: str
-    environment: dict
-    gpus_per_unit: float
-    folders: list
 
 
 @dataclass(frozen=True)
@@ -167,12 +158,18 @@ def start_local(workers):
     try:
         ray.init(address="local", num_cpus=sum(w.cpus for w in workers), num_gpus=len(gpu_ids),
                  include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.ERROR,
-                 object_store_memory=100 * 2**20, configure_logging=True)
+                 object_store_memory=100 * 2**20, configure_logging=True, job_config=code_of_this_checkout())
     finally:
         if gpu_ids and previous is None:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         elif gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = previous
+
+
+def code_of_this_checkout():
+    """The job's settings: its workers import this checkout's modules (Ray puts it on their sys.path), whether or
+    not it is installed or on PYTHONPATH."""
+    return ray.job_config.JobConfig(code_search_path=[str(REPOSITORY)])
 
 
 def no_head(address, reason):
@@ -191,7 +188,7 @@ def connect(address):
             raise no_head(address, getattr(e, "strerror", None) or str(e) or type(e).__name__) from None
     try:
         ray.init(address=address, logging_level=logging.ERROR, configure_logging=True,
-                 job_config=ray.job_config.JobConfig(code_search_path=[str(REPOSITORY)]))   # the workers' sys.path
+                 job_config=code_of_this_checkout())
     except (ConnectionError, RuntimeError) as e:
         raise no_head(address, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
