@@ -259,8 +259,8 @@ def one_thread():
 # 49-97 of ~400): the first process builds tiny_run (built_once) for its first test, and test_cpg (no tiny_run) comes
 # before test_files_and_processes, so that the second process reaches its first tiny_run test (torchrun) after the
 # run is built instead of waiting for it.
-FIRST = ("test_clients", "test_parallel", "test_stages", "test_interrupts_and_os_errors", "test_cpg",
-         "test_files_and_processes", "test_sequence", "test_report")
+FIRST = ("test_clients", "test_ray_cluster", "test_parallel", "test_stages", "test_interrupts_and_os_errors",
+         "test_cpg", "test_files_and_processes", "test_sequence", "test_report")
 
 
 def pytest_collection_modifyitems(items):

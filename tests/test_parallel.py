@@ -2,25 +2,20 @@
 Ray workers on a local Ray instance, one per entry, and every output is bit-identical to the sequential run's
 (conftest's tiny_run) when both use the same number of threads (here one: OMP_NUM_THREADS=1). With other thread
 counts the CPU sums in another order and results agree within float rounding only (README)."""
-import dataclasses
 import re
-import shutil
 from datetime import datetime
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, curves, env_for, run_main, run_stage_script
-from tests.test_stages import checksums
+from tests.conftest import curves, env_for, run_main, run_stage_script
 from utils.checkpoint import read_json
-from utils.engines.units import run_units
 from utils.errors import UserError
 from utils.layout import Layout
 from utils.manifest import task_checkpoint
 from utils.pipeline.executor import entry_device, gpu_entries
-from utils.pipeline import graph, run_stage
+from utils.pipeline import run_stage
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - "
 LINE = re.compile(r"^(?:\(gpu (cpu#[12]) pid=\d+\) )?(.*)$")          # a worker's lines, as Ray prints them
@@ -88,76 +83,6 @@ def test_baseline_tasks_run_at_once_and_give_the_sequential_results(tiny_run, de
         assert curves(mine.logs / step) == curves(seq.logs / step) != {}
 
 
-def test_targets_run_at_once_and_the_shared_csv_keeps_every_row(tiny_run, demo_root, tmp_path, run_parallel_stage):
-    work = Path(shutil.copytree(tiny_run, tmp_path / "work"))
-    mine, seq = Layout(work, "demo"), Layout(tiny_run, "demo")
-    mine.target_acc_csv.unlink()                                                 # rewritten by the two workers
-    pairs = pd.read_csv(seq.result_csv)
-    ids = [1, 5]                                                                  # an image and a text target
-    out = run_parallel_stage("w_backbone_MM", work, demo_root, TASK_IDS="1 5", FORCE="1")
-    assert_ran_in_parallel(out, len(ids))
-    expected = pd.read_csv(seq.target_acc_csv)
-    expected = expected[expected.target.isin([f"group{i}" for i in ids])].sort_values("target")
-    got = pd.read_csv(mine.target_acc_csv).sort_values("target")                 # rows in the order they finished
-    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
-    for t in ids:
-        backbone = f"group{int(pairs.set_index('target_id').task_id[t])}"
-        folder, reference = mine.target(backbone, f"group{t}").root, seq.target(backbone, f"group{t}").root
-        assert_same_checkpoint(task_checkpoint(folder / "scratch", "-", manifest=folder / "stage.json"),
-                               task_checkpoint(reference / "scratch", "-", manifest=reference / "stage.json"))
-        assert manifest(folder) == manifest(reference)
-        assert read_json(folder / "gradual_prune" / "record.txt") == \
-            read_json(reference / "gradual_prune" / "record.txt")
-
-
-def experiment_runs(stage, tiny_run, demo_root, tmp_path, caplog, **extra):
-    """Experiment `stage` run on a copy of tiny_run in this process (one thread, as tiny_run) and on another copy
-    with GPUS="cpu cpu" (the parent in this process, the workers from this checkout): (the sequential run's folder,
-    the parallel one's, the parent's log lines of the latter)."""
-    works = [Path(shutil.copytree(tiny_run, tmp_path / name)) for name in ("sequential", "parallel")]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_stage(stage, "demo", env_for(demo_root, works[0], **extra))
-    finally:
-        torch.set_num_threads(threads)
-    caplog.set_level("INFO")
-    run_stage(stage, "demo", env_for(demo_root, works[1], GPUS="cpu cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
-                                     **extra), engine=run_units)
-    return *works, caplog.messages
-
-
-def test_the_selection_comparison_trains_at_once_and_writes_the_sequential_table(tiny_run, demo_root, tmp_path, caplog,
-                                                                                monkeypatch):
-    # the stages before the trainings are finished in tiny_run, and their units run as in `all` (tested above):
-    # left out here, they would start a worker each only to skip their task
-    monkeypatch.setitem(graph.EXPERIMENTS, "compare_selection",
-                        dataclasses.replace(graph.EXPERIMENTS["compare_selection"], stages=()))
-    sequential, parallel, lines = experiment_runs("compare_selection", tiny_run, demo_root, tmp_path, caplog,
-                                                  SELECTIONS="similar scratch", SEEDS="1", TASK_IDS="3",
-                                                  TARGET_TRAIN_PER_CLASS="4")
-    assert "compare_selection: 2 unit(s) on 2 workers (gpu cpu#1 = cpu, gpu cpu#2 = cpu)" in lines
-    mine, seq = Layout(parallel, "demo"), Layout(sequential, "demo")
-    assert mine.comparison_csv.read_bytes() == seq.comparison_csv.read_bytes()
-    trained = checksums(parallel, "checkpoints_perceiver_io/CPG_compare_selection")
-    assert len([p for p in trained if p.endswith("stage.json")]) == 2
-    assert trained == checksums(sequential, "checkpoints_perceiver_io/CPG_compare_selection")
-
-
-def test_the_order_comparison_runs_at_once_and_writes_the_sequential_rows(tiny_run, demo_root, tmp_path, caplog):
-    sequential, parallel, lines = experiment_runs("sequence_compare", tiny_run, demo_root, tmp_path, caplog,
-                                                  SEEDS="1", TASK_IDS="1")
-    assert "sequence_compare: 3 unit(s) on 2 workers (gpu cpu#1 = cpu, gpu cpu#2 = cpu)" in lines
-    mine, seq = Layout(parallel, "demo"), Layout(sequential, "demo")
-    rows, expected = (pd.read_csv(lay.sequence_csv).drop(columns="seconds") for lay in (mine, seq))
-    assert list(rows.run.unique()) == ["similar_seed1", "config_seed1", "random_seed1"]     # in run order
-    pd.testing.assert_frame_equal(rows, expected)
-    steps = [{path: digest if not path.endswith("stage.json") else without_seconds(work / path)
-              for path, digest in checksums(work, "checkpoints_perceiver_io/CPG_sequence").items()}
-             for work in (parallel, sequential)]
-    assert len([p for p in steps[0] if p.endswith("stage.json")]) == 3 and steps[0] == steps[1]
-
-
 def test_a_worker_handed_no_run_of_the_experiment_is_one_sentence(demo_root, tmp_path):
     sentence = (r"^MMPAB_UNIT='order_seed9' names no run of sequence_compare with these settings: leave MMPAB_UNIT "
                 r"unset \(it is set only for a parallel worker\)\.$")
@@ -170,15 +95,6 @@ def without_seconds(manifest):
     record = read_json(manifest)
     del record["results"]["seconds"]
     return record
-
-
-def test_a_failing_worker_stops_the_stage_with_one_sentence(demo_root, tmp_path):
-    env = env_for(demo_root, tmp_path, GPUS="cpu cpu", OMP_NUM_THREADS="1", TASK_IDS="1 2", NUM_CLASSES="5")
-    with pytest.raises(UserError) as error:                     # the parent in-process, its workers as processes
-        run_stage("baseline", "demo", env, engine=run_units)
-    assert error.value.exit_code == 1
-    assert re.fullmatch(r"stage baseline, task (1 \(group1\)|2 \(group2\)) on gpu cpu#[12]: task group[12] has 3 "
-                        r"class folders in \S+ but 5 classes are configured: [^\n]*\.", str(error.value)), error.value
 
 
 def test_a_gpus_entry_that_is_neither_an_index_nor_cpu_exits_1_with_one_sentence_naming_it(demo_root, tmp_path,

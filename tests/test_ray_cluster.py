@@ -1,7 +1,11 @@
 """Past one machine (RAY_ADDRESS): a stage's units run on an existing Ray cluster, here two nodes started on the
 loopback address of this machine (one CPU each, so one worker per node), and give the sequential run's outputs bit
-for bit; a node that dies mid-stage fails its unit with one sentence naming the node, and a rerun continues; an
-address that does not answer is one sentence. A plain run (no GPUS, no RAY_ADDRESS) imports nothing of Ray."""
+for bit (conftest's tiny_run, one thread as here), as do the two experiments' runs; the first failing unit stops the
+stage with one sentence; a node that dies mid-stage fails its unit with one sentence naming the node, and a rerun
+continues; an address that does not answer is one sentence. A plain run (no GPUS, no RAY_ADDRESS) imports nothing of
+Ray. The units and their engine are the same as with GPUS (test_parallel: a local instance); the tests that need a
+cluster share one, on one xdist worker, the node-dies test last (it kills the second node)."""
+import dataclasses
 import os
 import re
 import select
@@ -12,17 +16,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
 from tests.conftest import REPO, env_for
-from tests.test_parallel import assert_same_checkpoint, manifest
+from tests.test_stages import checksums
+from tests.test_parallel import assert_same_checkpoint, manifest, without_seconds
+from utils.checkpoint import read_json
 from utils.engines.units import run_units
 from utils.errors import UserError
 from utils.layout import Layout
 from utils.manifest import task_checkpoint
-from utils.pipeline import run_stage
+from utils.pipeline import graph, run_stage
 
+pytestmark = pytest.mark.xdist_group("ray_cluster")
 START_TIMEOUT_S = 60
 # Every node on 127.0.0.1 only: `ray start` would give the nodes of a multi-node cluster this machine's network
 # address and listen on every interface, so the two nodes are started by Ray's own single-machine cluster utility
@@ -127,6 +137,102 @@ def test_a_ray_address_that_does_not_answer_is_one_sentence(demo_root, tmp_path)
                   engine=run_units)
     assert re.fullmatch(rf"RAY_ADDRESS='{address}' does not answer \([^\n]*\): start a Ray head there \(`ray start "
                         r"--head --port 6379`[^\n]*\.", str(error.value)), error.value
+    assert not (tmp_path / "checkpoints_perceiver_io").exists()
+
+
+ON_TWO_NODES = (r"{}: {} unit\(s\) on 2 workers \(gpu ([\d.]+) cpu#1 = cpu on node \1 \(\w{{8}}\), "
+                r"gpu \1 cpu#2 = cpu on node \1 \(\w{{8}}\)\)")
+
+
+def on_cluster(stage, address, work, demo_root, caplog, **extra):
+    """Stage `stage` with its parent (the driver) in this process, its units on the cluster at `address`, one thread
+    per worker as in tiny_run; returns the parent's log lines."""
+    caplog.set_level("INFO")
+    run_stage(stage, "demo", env_for(demo_root, work, RAY_ADDRESS=address, OMP_NUM_THREADS="1", **extra),
+              engine=run_units)
+    return "\n".join(caplog.messages)
+
+
+def test_targets_on_a_cluster_give_the_sequential_results_and_the_shared_csv_keeps_every_row(cluster, tiny_run,
+                                                                                             demo_root, tmp_path,
+                                                                                             caplog):
+    work = Path(shutil.copytree(tiny_run, tmp_path / "work"))
+    mine, seq = Layout(work, "demo"), Layout(tiny_run, "demo")
+    mine.target_acc_csv.unlink()                                                 # rewritten by the two workers
+    ids = [1, 5]                                                                  # an image and a text target
+    lines = on_cluster("w_backbone_MM", cluster[0], work, demo_root, caplog, TASK_IDS="1 5", FORCE="1")
+    assert re.search(ON_TWO_NODES.format("w_backbone_MM", 2), lines), lines
+    assert re.search(r"\[gpu [\d.]+ cpu#1\] w_backbone_MM target \d \(group\d\) on backbone \d \(group\d\): "
+                     r"done in \d+ s", lines), lines
+    expected = pd.read_csv(seq.target_acc_csv)
+    expected = expected[expected.target.isin([f"group{i}" for i in ids])].sort_values("target")
+    got = pd.read_csv(mine.target_acc_csv).sort_values("target")                 # rows in the order they finished
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
+    pairs = pd.read_csv(seq.result_csv)
+    for t in ids:
+        backbone = f"group{int(pairs.set_index('target_id').task_id[t])}"
+        folder, reference = mine.target(backbone, f"group{t}").root, seq.target(backbone, f"group{t}").root
+        assert_same_checkpoint(task_checkpoint(folder / "scratch", "-", manifest=folder / "stage.json"),
+                               task_checkpoint(reference / "scratch", "-", manifest=reference / "stage.json"))
+        assert manifest(folder) == manifest(reference)
+        assert read_json(folder / "gradual_prune" / "record.txt") == \
+            read_json(reference / "gradual_prune" / "record.txt")
+    assert not list(work.glob(".mmpab-node-*"))                                  # the shared-folder check's markers
+
+
+def test_a_failing_unit_stops_the_stage_with_one_sentence(cluster, demo_root, tmp_path):
+    env = env_for(demo_root, tmp_path, RAY_ADDRESS=cluster[0], OMP_NUM_THREADS="1", TASK_IDS="1 2", NUM_CLASSES="5")
+    with pytest.raises(UserError) as error:
+        run_stage("baseline", "demo", env, engine=run_units)
+    assert error.value.exit_code == 1
+    assert re.fullmatch(r"stage baseline, task (1 \(group1\)|2 \(group2\)) on gpu [\d.]+ cpu#[12]: task group[12] has "
+                        r"3 class folders in \S+ but 5 classes are configured: [^\n]*\.", str(error.value)), error.value
+
+
+def experiment_runs(stage, address, tiny_run, demo_root, tmp_path, caplog, **extra):
+    """Experiment `stage` run on a copy of tiny_run in this process (one thread, as tiny_run) and on another copy
+    with its runs on the cluster: (the sequential run's folder, the spread one's, the parent's log lines of the
+    latter)."""
+    works = [Path(shutil.copytree(tiny_run, tmp_path / name)) for name in ("sequential", "spread")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_stage(stage, "demo", env_for(demo_root, works[0], **extra))
+    finally:
+        torch.set_num_threads(threads)
+    return *works, on_cluster(stage, address, works[1], demo_root, caplog, **extra)
+
+
+def test_the_selection_comparisons_trainings_spread_and_write_the_sequential_table(cluster, tiny_run, demo_root,
+                                                                                    tmp_path, caplog, monkeypatch):
+    # the stages before the trainings are finished in tiny_run, and their units run as in `all` (tested above):
+    # left out here, they would start a worker each only to skip their task
+    monkeypatch.setitem(graph.EXPERIMENTS, "compare_selection",
+                        dataclasses.replace(graph.EXPERIMENTS["compare_selection"], stages=()))
+    sequential, spread, lines = experiment_runs("compare_selection", cluster[0], tiny_run, demo_root, tmp_path, caplog,
+                                                SELECTIONS="similar scratch", SEEDS="1", TASK_IDS="3",
+                                                TARGET_TRAIN_PER_CLASS="4")
+    assert re.search(ON_TWO_NODES.format("compare_selection", 2), lines), lines
+    mine, seq = Layout(spread, "demo"), Layout(sequential, "demo")
+    assert mine.comparison_csv.read_bytes() == seq.comparison_csv.read_bytes()
+    trained = checksums(spread, "checkpoints_perceiver_io/CPG_compare_selection")
+    assert len([p for p in trained if p.endswith("stage.json")]) == 2
+    assert trained == checksums(sequential, "checkpoints_perceiver_io/CPG_compare_selection")
+
+
+def test_the_order_comparisons_runs_spread_and_write_the_sequential_rows(cluster, tiny_run, demo_root, tmp_path,
+                                                                         caplog):
+    sequential, spread, lines = experiment_runs("sequence_compare", cluster[0], tiny_run, demo_root, tmp_path, caplog,
+                                                SEEDS="1", TASK_IDS="1")
+    assert re.search(ON_TWO_NODES.format("sequence_compare", 3), lines), lines
+    mine, seq = Layout(spread, "demo"), Layout(sequential, "demo")
+    rows, expected = (pd.read_csv(lay.sequence_csv).drop(columns="seconds") for lay in (mine, seq))
+    assert list(rows.run.unique()) == ["similar_seed1", "config_seed1", "random_seed1"]     # in run order
+    pd.testing.assert_frame_equal(rows, expected)
+    steps = [{path: digest if not path.endswith("stage.json") else without_seconds(work / path)
+              for path, digest in checksums(work, "checkpoints_perceiver_io/CPG_sequence").items()}
+             for work in (spread, sequential)]
+    assert len([p for p in steps[0] if p.endswith("stage.json")]) == 3 and steps[0] == steps[1]
 
 
 def run_on(address, work, demo_root, **extra):
@@ -137,26 +243,11 @@ def run_on(address, work, demo_root, **extra):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def test_a_two_node_cluster_gives_the_sequential_results_and_a_rerun_continues_after_a_node_dies(cluster, tiny_run,
-                                                                                                demo_root, tmp_path):
-    """One test, so that one cluster serves both halves under pytest-xdist; it kills the second node."""
+def test_a_node_that_dies_fails_its_unit_with_one_sentence_and_a_rerun_continues(cluster, demo_root, tmp_path,
+                                                                                  caplog):
+    """Last of the module: it kills the cluster's second node. The driver is baseline.sh, as a user runs it."""
     address, raylet = cluster
-    ids = [1, 5]                                                                 # an image and a text task
-    first = run_on(address, tmp_path, demo_root, TASK_IDS="1 5")
-    out, err = first.communicate(timeout=180)
-    assert first.returncode == 0, (out, err)
-    assert re.search(r"baseline: 2 unit\(s\) on 2 workers \(gpu ([\d.]+) cpu#1 = cpu on node \1 \(\w{8}\), "
-                     r"gpu \1 cpu#2 = cpu on node \1 \(\w{8}\)\)", out), (out, err)
-    mine, seq = Layout(tmp_path, "demo"), Layout(tiny_run, "demo")
-    for g in (f"group{i}" for i in ids):
-        assert_same_checkpoint(task_checkpoint(mine.baseline(g).root, "-"), task_checkpoint(seq.baseline(g).root, "-"))
-        assert manifest(mine.baseline(g).root) == manifest(seq.baseline(g).root)
-    assert not list(tmp_path.glob(".mmpab-node-*"))                              # the shared-folder check's markers
-
-    # a node that dies mid-stage: one sentence naming it, and a rerun continues on the node left
-    dies = tmp_path / "dies"
-    dies.mkdir()
-    proc = run_on(address, dies, demo_root, TASK_IDS="1 2", FINETUNE_EPOCHS="20")
+    proc = run_on(address, tmp_path, demo_root, TASK_IDS="1 2", FINETUNE_EPOCHS="20")
     try:
         training = set()
         for line in proc.stdout:
@@ -177,8 +268,8 @@ def test_a_two_node_cluster_gives_the_sequential_results_and_a_rerun_continues_a
     assert re.fullmatch(r"error: stage baseline, task [12] \(group[12]\) on gpu [^\n]*: its worker on node "
                         r"[\d.]+ \(\w{8}\) died \([^\n]*\); rerun the same command to continue "
                         r"\(finished tasks are kept\)\.\n", err), err
-    rerun = run_on(address, dies, demo_root, TASK_IDS="1 2", FINETUNE_EPOCHS="20")          # on the node left
-    out, err = rerun.communicate(timeout=180)
-    assert rerun.returncode == 0, (out, err)
+    lines = on_cluster("baseline", address, tmp_path, demo_root, caplog, TASK_IDS="1 2",     # on the node left
+                       FINETUNE_EPOCHS="20", TQDM_DISABLE="1")
+    assert re.search(r"baseline: \d unit\(s\) on 1 workers", lines), lines
     for g in ("group1", "group2"):
-        assert task_checkpoint(Layout(dies, "demo").baseline(g).root, "-").is_file()
+        assert task_checkpoint(Layout(tmp_path, "demo").baseline(g).root, "-").is_file()
