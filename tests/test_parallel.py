@@ -3,15 +3,17 @@ Ray workers on a local Ray instance, one per entry, and every output is bit-iden
 (conftest's tiny_run) when both use the same number of threads (here one: OMP_NUM_THREADS=1). With other thread
 counts the CPU sums in another order and results agree within float rounding only (README)."""
 import re
+import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import curves, env_for, run_main, run_stage_script
+from tests.conftest import REPO, curves, env_for, run_main, run_stage_script
+from tests.test_interrupts_and_os_errors import interrupt_when_training, processes_of_session, script_env
 from utils.checkpoint import read_json
-from utils.errors import UserError
+from utils.errors import INTERRUPTED, UserError
 from utils.layout import Layout
 from utils.manifest import task_checkpoint
 from utils.pipeline.executor import entry_device, gpu_entries
@@ -67,19 +69,36 @@ def manifest(folder):
     return data["settings"], data["outputs"], data["results"]
 
 
-def test_baseline_tasks_run_at_once_and_give_the_sequential_results(tiny_run, demo_root, tmp_path, run_parallel_stage):
+def test_a_ctrl_c_is_one_line_and_leaves_no_process_and_the_rerun_runs_the_tasks_at_once_to_the_sequential_results(
+        tiny_run, demo_root, tmp_path, run_parallel_stage):
+    """baseline.sh with GPUS="cpu cpu", as a user runs it: the Ctrl-C reaches the parent, Ray and both workers (one
+    process group); the workers exit quietly and Ray stops, leaving no process behind. The rerun (its parent in this
+    process) runs the tasks two at a time and gives the sequential run's files."""
     work, ids = tmp_path / "work", [1, 2, 5, 6]                                  # two image, two text tasks
     work.mkdir()
-    out = run_parallel_stage("baseline", work, demo_root, TASK_IDS=" ".join(map(str, ids)))
-    assert_ran_in_parallel(out, len(ids))
+    settings = env_for(demo_root, work, TASK_IDS=" ".join(map(str, ids)), GPUS="cpu cpu", OMP_NUM_THREADS="1")
+    sessions = []
+    rc, out, err = interrupt_when_training(["bash", str(REPO / "run_pickaback" / "baseline.sh"), "demo"],
+                                           script_env(**settings), work, started="(gpu cpu", sessions=sessions)
+    assert rc == 130 and err == INTERRUPTED + "\n", (rc, err)
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out and "interrupted" not in out, out
+    deadline = time.time() + 10                                 # Ray's last processes end within seconds
+    while (left := processes_of_session(sessions[0])) and time.time() < deadline:
+        time.sleep(0.2)
+    assert left == [], [(pid, Path(f"/proc/{pid}/cmdline").read_bytes()[:200]) for pid in left]
+
     mine, seq = Layout(work, "demo"), Layout(tiny_run, "demo")
     groups = [f"group{i}" for i in ids]
+    left_to_do = [g for g in groups if not list(mine.baseline(g).root.glob("checkpoint-*.pth.tar"))]
+    assert len(left_to_do) >= 2                                          # interrupted before its first tasks ended
+    out = run_parallel_stage("baseline", work, demo_root, TASK_IDS=" ".join(map(str, ids)))
+    assert_ran_in_parallel(out, len(left_to_do))
     assert read_json(mine.baseline_acc_file) == {g: read_json(seq.baseline_acc_file)[g] for g in groups}
     for g in groups:
         assert_same_checkpoint(task_checkpoint(mine.baseline(g).root, "-"), task_checkpoint(seq.baseline(g).root, "-"))
         assert manifest(mine.baseline(g).root) == manifest(seq.baseline(g).root)
-        # each worker wrote the curves of the tasks it ran: the sequential run's values
-        step = Path("tensorboard") / "baseline" / "demo" / g / "baseline"
+    for g in left_to_do:                        # each worker wrote the curves of the tasks it ran: the sequential
+        step = Path("tensorboard") / "baseline" / "demo" / g / "baseline"                     # run's values
         assert curves(mine.logs / step) == curves(seq.logs / step) != {}
 
 
