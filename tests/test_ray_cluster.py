@@ -32,7 +32,7 @@ from utils.layout import Layout
 from utils.manifest import task_checkpoint
 from utils.pipeline import graph, run_stage
 
-pytestmark = pytest.mark.xdist_group("ray_cluster")
+ON_THE_CLUSTER = pytest.mark.xdist_group("ray_cluster")      # the tests that share the cluster, in this order
 START_TIMEOUT_S = 60
 # Every node on 127.0.0.1 only: `ray start` would give the nodes of a multi-node cluster this machine's network
 # address and listen on every interface, so the two nodes are started by Ray's own single-machine cluster utility
@@ -153,6 +153,7 @@ def on_cluster(stage, address, work, demo_root, caplog, **extra):
     return "\n".join(caplog.messages)
 
 
+@ON_THE_CLUSTER
 def test_targets_on_a_cluster_give_the_sequential_results_and_the_shared_csv_keeps_every_row(cluster, tiny_run,
                                                                                              demo_root, tmp_path,
                                                                                              caplog):
@@ -180,6 +181,7 @@ def test_targets_on_a_cluster_give_the_sequential_results_and_the_shared_csv_kee
     assert not list(work.glob(".mmpab-node-*"))                                  # the shared-folder check's markers
 
 
+@ON_THE_CLUSTER
 def test_a_failing_unit_stops_the_stage_with_one_sentence(cluster, demo_root, tmp_path):
     env = env_for(demo_root, tmp_path, RAY_ADDRESS=cluster[0], OMP_NUM_THREADS="1", TASK_IDS="1 2", NUM_CLASSES="5")
     with pytest.raises(UserError) as error:
@@ -203,6 +205,7 @@ def experiment_runs(stage, address, tiny_run, demo_root, tmp_path, caplog, **ext
     return *works, on_cluster(stage, address, works[1], demo_root, caplog, **extra)
 
 
+@ON_THE_CLUSTER
 def test_the_selection_comparisons_trainings_spread_and_write_the_sequential_table(cluster, tiny_run, demo_root,
                                                                                     tmp_path, caplog, monkeypatch):
     # the stages before the trainings are finished in tiny_run, and their units run as in `all` (tested above):
@@ -220,6 +223,7 @@ def test_the_selection_comparisons_trainings_spread_and_write_the_sequential_tab
     assert trained == checksums(sequential, "checkpoints_perceiver_io/CPG_compare_selection")
 
 
+@ON_THE_CLUSTER
 def test_the_order_comparisons_runs_spread_and_write_the_sequential_rows(cluster, tiny_run, demo_root, tmp_path,
                                                                          caplog):
     sequential, spread, lines = experiment_runs("sequence_compare", cluster[0], tiny_run, demo_root, tmp_path, caplog,
@@ -243,6 +247,7 @@ def run_on(address, work, demo_root, **extra):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+@ON_THE_CLUSTER
 def test_a_node_that_dies_fails_its_unit_with_one_sentence_and_a_rerun_continues(cluster, demo_root, tmp_path,
                                                                                   caplog):
     """Last of the module: it kills the cluster's second node. The driver is baseline.sh, as a user runs it."""
