@@ -9,6 +9,7 @@
 # logs_perceiver_io/baseline_<cfg>_acc.txt. Tasks already finished with the same settings are skipped (FORCE=1
 # redoes them). Edit the variables below, or set them in the environment.
 # GPUS="0 1 2 3" runs the tasks in parallel, one worker per GPU (GPUS="cpu cpu" on the CPU; README).
+# RAY_ADDRESS=HEAD:6379 runs them on that Ray cluster instead, on every GPU it has (README, "a Ray cluster").
 # NPROC=4 trains each task on 4 processes under torchrun (DistributedDataParallel; BATCH_SIZE is the global batch).
 ARCH="${ARCH:-perceiver_io}"
 FINETUNE_EPOCHS="${FINETUNE_EPOCHS:-100}"

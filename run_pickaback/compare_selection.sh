@@ -15,6 +15,7 @@
 # Writes checkpoints_perceiver_io/CPG_compare_selection/perceiver_io/<cfg>/seed<s>/<backbone|scratch>/<target>/ and
 # logs_perceiver_io/compare_selection_<cfg>.csv (rule,seed,target,backbone,target_acc,baseline_acc,width);
 # tools/report.py <cfg> puts the comparison in the report.
+# GPUS="0 1 2 3" trains them in parallel, one worker per GPU; RAY_ADDRESS=HEAD:6379 on that Ray cluster (README).
 ARCH="${ARCH:-perceiver_io}"
 SELECTIONS="${SELECTIONS:-similar original random scratch oracle}"
 SEEDS="${SEEDS:-1 2 3}"

@@ -13,6 +13,7 @@
 # same or cross (the candidates' modality relative to the target's). SELECTION: similar (default: the most similar
 # candidate) or original (the original code's rule: the largest distance).
 # GPUS="0 1 2 3" splits the targets over one worker per GPU (GPUS="cpu cpu" on the CPU; README).
+# RAY_ADDRESS=HEAD:6379 runs them on that Ray cluster instead, on every GPU it has (README, "a Ray cluster").
 ARCH="${ARCH:-perceiver_io}"
 TARGET_ID="${TARGET_ID:-all}"
 CANDIDATES="${CANDIDATES:-all}"

@@ -10,5 +10,6 @@
 # the first unfinished task; FORCE=1 redoes everything. Stops at the first failure with one sentence naming the
 # stage and the task.
 # GPUS="0 1 2 3" runs the independent tasks of each stage in parallel, one worker per GPU; NPROC=4 trains each task
-# on 4 processes under torchrun (README, "One GPU, several GPUs, several machines").
+# on 4 processes under torchrun, RAY_ADDRESS=HEAD:6379 runs the independent tasks on that Ray cluster (README, "One
+# GPU, several GPUs, several machines").
 source "$(dirname "$0")/common.sh"

@@ -9,6 +9,7 @@
 #   ORDER="1 5 2 6" bash run_pickaback/sequence.sh demo
 #   ORDER=similar FIRST=3 bash run_pickaback/sequence.sh demo   # next: the unlearned task most similar to the learned
 #   bash run_pickaback/sequence.sh <dataset_config> compare    # orders similar, config and random for each of SEEDS
+#   (compare's runs spread over GPUS="0 1 2 3" workers, or the Ray cluster at RAY_ADDRESS=HEAD:6379: README)
 #
 # ORDER: config (the config's tasks in id order), similar, random (seeded by SEED), or task ids. START=similar trains
 # the first task on the backbone the search picked for it (needs stages 2-5); scratch: from a new network.

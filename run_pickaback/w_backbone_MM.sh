@@ -11,6 +11,7 @@
 # checkpoints_perceiver_io/CPG_fromsingle_scratch_woexp_target/perceiver_io/<cfg>/<task>/<target>/{scratch/,
 # gradual_prune/record.txt, train.log, train.csv, stage.json} and logs_perceiver_io/w_backbone_<cfg>_acc.csv.
 # GPUS="0 1 2 3" trains the targets in parallel, one worker per GPU (GPUS="cpu cpu" on the CPU; README).
+# RAY_ADDRESS=HEAD:6379 runs them on that Ray cluster instead, on every GPU it has (README, "a Ray cluster").
 # NPROC=4 trains each task on 4 processes under torchrun (DistributedDataParallel; BATCH_SIZE is the global batch).
 ARCH="${ARCH:-perceiver_io}"
 EPOCHS="${EPOCHS:-100}"

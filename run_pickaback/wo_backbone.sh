@@ -12,6 +12,7 @@
 # or below, or at the original's sparsity upper bound. Needs run_pickaback/baseline.sh <cfg> (exit 3 without it).
 # Tasks already finished with the same settings are skipped (FORCE=1 redoes them).
 # GPUS="0 1 2 3" runs the tasks in parallel, one worker per GPU (GPUS="cpu cpu" on the CPU; README).
+# RAY_ADDRESS=HEAD:6379 runs them on that Ray cluster instead, on every GPU it has (README, "a Ray cluster").
 # NPROC=4 trains each task on 4 processes under torchrun (DistributedDataParallel; BATCH_SIZE is the global batch).
 ARCH="${ARCH:-perceiver_io}"
 EPOCHS="${EPOCHS:-100}"
