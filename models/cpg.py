@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from models.perceiver_io import MODALITIES
+from models.perceiver_io import MODALITIES, init_weight
 
 PIGGYMASK_INIT = 0.01
 PIGGYMASK_THRESHOLD = 5e-3
@@ -106,15 +106,16 @@ class OwnershipMask(nn.Module):
 
 # ---- which layers carry task knowledge --------------------------------------------------------------------------
 def prunable_layers(model):
-    """{name: nn.Linear} of every linear layer with an ownership mask (all but the per-task heads)."""
+    """{name: layer} of every linear layer and convolution with an ownership mask (all but the per-task heads)."""
     return {name: m for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not name.startswith("heads.")}
+            if isinstance(m, (nn.Linear, nn.Conv2d)) and not name.startswith("heads.")}
 
 
 def layer_modality(name):
-    """The modality a layer belongs to, or None when both use it."""
+    """The modality a layer belongs to (its k/v projection, or its input adapter's conv stem), or None when both use
+    it."""
     for m in MODALITIES:
-        if f"to_kv.projections.{m}" in name:
+        if f"to_kv.projections.{m}" in name or name.startswith(f"adapters.{m}."):
             return m
     return None
 
@@ -165,11 +166,10 @@ def make_finetuning_mask(model, modality, task_id):
 
 def reinit_free_weights(model, modality, task_id):
     """Give the weights task `task_id` was just handed (the ones earlier tasks' pruning freed, which pruning left at
-    zero) fresh Xavier-uniform values, as a new layer's; its other weights are left alone."""
+    zero) fresh values, as a new layer's (models.perceiver_io.init_weight); its other weights are left alone."""
     for layer in used_layers(model, modality).values():
         mask, weight = ownership(layer).mask, raw_weight(layer)
-        fresh = torch.empty_like(weight)
-        nn.init.xavier_uniform_(fresh)
+        fresh = init_weight(torch.empty_like(weight))
         with torch.no_grad():
             weight[mask == task_id] = fresh[mask == task_id]
 

@@ -3,16 +3,22 @@
 (The original code trained with depth 3 but searched and transferred with depth 4, used different heads in different
 stages, and kept its heads in a plain list that was never saved; here every stage uses this one network.)
 
-image [b, 3, h, w] --Fourier positions--> tokens [b, h*w, 3 + 2*(2*bands+1)] --\
+image [b, 3, h, w] --(conv stem)--Fourier positions--> tokens [b, h*w, c + 2*(2*bands+1)] --\
                                                                              cross-attention (k/v projection of
 text  [b, n, d] (+ padding mask) --learned positions--> tokens [b, n, d] ---/  the active modality) -> latents
 latents [num_latents, latent_dim] -> cross-attn + FF -> depth x (self-attn + FF) -> mean over latents -> task head
 
 Query, output projection, latents and the latent transformer are shared by both modalities; each modality has its
-own input adapter and its own k/v projection. Heads are registered per task (`heads[<task>]`), so they are saved
-and restored with the checkpoint. Every latent feed-forward can grow (CPG "growing"): a growth adds a branch of
-extra hidden units, which is the same function as a wider GEGLU feed-forward whose new units are appended; a branch
-is used by the task that created it and every later task, so earlier tasks compute exactly what they did before.
+own input adapter and its own k/v projection. The image adapter reads raw pixels (`image_stem="pixels"`, the
+original's) or, with `image_stem="conv"`, the output of a small convolutional stem (a 3x3 convolution, ReLU and 2x2
+max-pool per entry of `stem_channels`), as the Perceiver IO paper reads ImageNet through a conv + max-pool
+preprocessing where data or compute is limited: 4^k times fewer, richer positions for the cross-attention. The stem's
+convolutions carry CPG masks like every linear layer (models/cpg.py). Heads are registered per task
+(`heads[<task>]`), so they are saved and restored with the checkpoint. Every latent feed-forward can grow (CPG
+"growing"): a growth adds a branch of extra hidden units, which is the same function as a wider GEGLU feed-forward
+whose new units are appended; a branch is used by the task that created it and every later task, so earlier tasks
+compute exactly what they did before. The conv stem does not grow: its capacity for a new task is what pruning
+freed, and the picked filters of earlier tasks.
 
 Which task the network computes (its head, its modality's adapter and k/v projection, the growth branches it may use,
 and, through models/cpg.py, the masks of its weights) is one `ActiveTask` object that every module depending on it
@@ -45,15 +51,34 @@ class ActiveTask:
     modality: str = MODALITIES[0]    # the input adapter and the k/v projection
 
 
-class ImageAdapter(nn.Module):
-    """RGB pixels plus Fourier position features per axis: 3 + 2 * (2 * num_freq_bands + 1) channels (29)."""
+IMAGE_STEMS = ("pixels", "conv")
 
-    def __init__(self, num_freq_bands, max_freq, channels=3):
+
+def conv_stem(channels, widths):
+    """A 3x3 convolution (stride 1, padding 1), ReLU and 2x2 max-pool per entry of `widths` (its output channels):
+    [b, channels, h, w] -> [b, widths[-1], h / 2^k, w / 2^k]."""
+    layers = []
+    for width in widths:
+        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+        channels = width
+    return nn.Sequential(*layers)
+
+
+class ImageAdapter(nn.Module):
+    """RGB pixels (or, with `stem_channels`, a convolutional stem's feature maps) plus Fourier position features per
+    axis: channels + 2 * (2 * num_freq_bands + 1) per position (29 for pixels with 6 bands)."""
+
+    def __init__(self, num_freq_bands, max_freq, channels=3, stem_channels=None):
         super().__init__()
         self.num_freq_bands, self.max_freq = num_freq_bands, max_freq
+        if stem_channels:
+            self.stem = conv_stem(channels, stem_channels)
+            channels = stem_channels[-1]
         self.out_dim = channels + 2 * (2 * num_freq_bands + 1)
 
     def forward(self, img):
+        if hasattr(self, "stem"):
+            img = self.stem(img)
         b, _, h, w = img.shape
         axes = [torch.linspace(-1.0, 1.0, steps=s, device=img.device, dtype=img.dtype) for s in (h, w)]
         pos = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)                 # [h, w, 2]
@@ -149,16 +174,32 @@ class GrowableFeedForward(nn.Module):
         return out
 
 
+def init_weight(weight):
+    """A fresh initialisation of a layer's weight in place: Xavier-uniform for a linear layer's [out, in], Kaiming-
+    uniform (ReLU) for a convolution's [out, in, k, k]. Used at construction and for weights a new task is handed."""
+    if weight.dim() > 2:
+        nn.init.kaiming_uniform_(weight, nonlinearity="relu")
+    else:
+        nn.init.xavier_uniform_(weight)
+    return weight
+
+
 class MultimodalPerceiverIO(nn.Module):
     def __init__(self, *, text_dim=384, max_text_length=128, num_freq_bands=6, max_freq=10.0, depth=3,
                  num_latents=256, latent_dim=512, cross_heads=1, cross_dim_head=64, latent_heads=8,
-                 latent_dim_head=64, ff_mult=4, image_channels=3):
+                 latent_dim_head=64, ff_mult=4, image_channels=3, image_stem="pixels", stem_channels=(32, 64)):
         super().__init__()
+        if image_stem not in IMAGE_STEMS:
+            raise ValueError(f"image_stem {image_stem!r} is not one of {IMAGE_STEMS}")
         self.config = dict(text_dim=text_dim, max_text_length=max_text_length, num_freq_bands=num_freq_bands,
                            max_freq=max_freq, depth=depth, num_latents=num_latents, latent_dim=latent_dim,
                            cross_heads=cross_heads, cross_dim_head=cross_dim_head, latent_heads=latent_heads,
                            latent_dim_head=latent_dim_head, ff_mult=ff_mult, image_channels=image_channels)
-        self.adapters = nn.ModuleDict({"image": ImageAdapter(num_freq_bands, max_freq, image_channels),
+        stem = None
+        if image_stem == "conv":          # only then in the config: a pixels network's checkpoint keeps its bytes
+            stem = [int(c) for c in stem_channels]
+            self.config.update(image_stem=image_stem, stem_channels=stem)
+        self.adapters = nn.ModuleDict({"image": ImageAdapter(num_freq_bands, max_freq, image_channels, stem),
                                        "text": TextAdapter(text_dim, max_text_length)})
         self.active = ActiveTask()
         self.latents = nn.Parameter(torch.randn(num_latents, latent_dim))
@@ -175,10 +216,11 @@ class MultimodalPerceiverIO(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
-        # Xavier-uniform weights and zero biases for every linear layer, as the original's init_weights=True.
+        # Xavier-uniform weights and zero biases for every linear layer, as the original's init_weights=True; the
+        # conv stem's convolutions Kaiming-uniform (they feed ReLUs), zero biases
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                init_weight(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 

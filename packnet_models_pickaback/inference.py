@@ -1,7 +1,8 @@
 """Any stage's checkpoint as a frozen classifier for the backbone search, and the k/v swap.
 
 A task reads a modality through two parts of the network: the modality's input adapter (`adapters.<m>`: no
-parameters for images, a position table for text) and its k/v projection (`model.kv.projections[m]`). Together
+parameters for raw pixels, the convolutions of an image conv stem, a position table for text) and its k/v projection
+(`model.kv.projections[m]`). Together
 they are the task's *reader* of that modality. A task never uses the other modality's projection: its ownership
 mask there is 0 (free), so the masked weight is zero. To let a candidate of another modality read a target's
 inputs, `InferenceModel.reading` gives an inference copy of the candidate the target's reader and makes the swapped
@@ -27,9 +28,17 @@ def kv_layer_name(modality):
 
 
 def reader_keys(model, modality):
-    """State-dict keys of the reader of `modality`: the adapter's parameters and the raw k/v projection weight."""
-    adapter = [name for name, _ in model.named_parameters() if name.startswith(f"adapters.{modality}.")]
+    """State-dict keys of the reader of `modality`: the adapter's parameters (a conv stem's raw weights, not its
+    piggymasks) and the raw k/v projection weight."""
+    adapter = [name for name, _ in model.named_parameters()
+               if name.startswith(f"adapters.{modality}.") and ".piggymasks." not in name]
     return adapter + [f"{kv_layer_name(modality)}.parametrizations.weight.original"]
+
+
+def reader_layers(model, modality):
+    """The masked layers of the reader of `modality` (a conv stem's convolutions, the k/v projection)."""
+    return [layer for name, layer in cpg.prunable_layers(model).items()
+            if name == kv_layer_name(modality) or name.startswith(f"adapters.{modality}.")]
 
 
 @torch.no_grad()
@@ -54,8 +63,8 @@ def reader_state(net, task):
 def swap_reader(net, task, reader, modality):
     """A copy of `net` in which `task` reads `modality` through `reader` (another task's reader_state).
 
-    In the copy the swapped projection is owned by `task`: the ownership mask of a projection the task never used
-    is 0, and the masked weight would be all zeros whatever was copied in."""
+    In the copy the swapped projection (and conv stem) is owned by `task`: the ownership mask of a layer the task
+    never used is 0, and the masked weight would be all zeros whatever was copied in."""
     swapped = copy.deepcopy(net)
     params = dict(swapped.model.named_parameters())
     expected = set(reader_keys(swapped.model, modality))
@@ -67,7 +76,8 @@ def swap_reader(net, task, reader, modality):
                             f"{tuple(tensor.shape)} in the source and {tuple(params[key].shape)} in the candidate; "
                             f"compare only models built from the same dataset config.")
         params[key].copy_(tensor)
-    cpg.ownership(swapped.model.get_submodule(kv_layer_name(modality))).mask.fill_(swapped.task_id(task))
+    for layer in reader_layers(swapped.model, modality):
+        cpg.ownership(layer).mask.fill_(swapped.task_id(task))
     swapped.record(task).modality = modality
     return swapped
 

