@@ -60,7 +60,7 @@ def from_loaders(cfg, task, seed):
     data = load_task(cfg, task, batch_size=64, seed=seed, device="cpu")
     out = []
     for loader in (data.train_loader, data.test_loader):
-        xs, ys = zip(*((x, y) for x, y, *_ in loader), strict=True)
+        xs, ys = zip(*((batch["x"], batch["y"]) for batch in loader), strict=True)
         out += [torch.cat(xs), torch.cat(ys)]
     return out
 
