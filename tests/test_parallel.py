@@ -13,6 +13,7 @@ import torch
 from tests.conftest import REPO, curves, env_for, run_main, run_stage_script
 from tests.test_interrupts_and_os_errors import interrupt_when_training, processes_of_session, script_env
 from utils.checkpoint import read_json
+from utils.engines.units import run_units
 from utils.errors import INTERRUPTED, UserError
 from utils.layout import Layout
 from utils.manifest import task_checkpoint
@@ -153,6 +154,15 @@ def test_a_gpus_index_beyond_the_device_count_is_one_sentence():
     count = torch.cuda.device_count()
     with pytest.raises(UserError, match=rf"GPUS names GPU {count}, but this machine has {count} GPU\(s\)"):
         entry_device(str(count))
+
+
+@pytest.mark.parametrize("value", ["x", "0", "-1"])
+def test_gpus_per_unit_that_is_not_a_positive_number_is_one_sentence_before_any_work(demo_root, tmp_path, value):
+    env = env_for(demo_root, tmp_path, RAY_ADDRESS="127.0.0.1:1", GPUS_PER_UNIT=value, TASK_IDS="1")
+    with pytest.raises(UserError, match=rf"^GPUS_PER_UNIT='{value}' is not a positive number of GPUs: give e\.g\. 1, "
+                                        r"2 or 0\.5\.$"):
+        run_stage("baseline", "demo", env, engine=run_units)
+    assert not (tmp_path / "checkpoints_perceiver_io").exists()
 
 
 def test_units_to_spread_without_an_engine_are_one_sentence(demo_root, tmp_path):

@@ -32,7 +32,7 @@ from utils.errors import UserError
 from utils.pipeline import backbone, baseline, experiments, search, sequence, target
 from utils.pipeline.choice import select_pruning_ratio_of_backbone
 from utils.pipeline.context import Run
-from utils.pipeline.executor import Unit, entry_device, gpu_entries, parallel, run_parallel
+from utils.pipeline.executor import Unit, entry_device, gpu_entries, gpus_per_unit, parallel, run_parallel
 from utils.pipeline.runlock import holding
 from utils.pipeline.settings import RUN_ALL, RUN_VARIABLES, all_variables, stage_settings
 from utils.pipeline.transfer import transfer_kv
@@ -116,6 +116,8 @@ def run_stage(stage, config, env=None, engine=None):
     env = os.environ if env is None else env
     run = Run.from_environment(config, env)
     entries = gpu_entries(env)
+    if env.get("RAY_ADDRESS"):
+        gpus_per_unit(env)                                        # checked before any work, like the settings
     if len(entries) == 1:
         env = {**env, "GPUS": "", "DEVICE": entry_device(entries[0])}
     settings = settings_of(stage, env)                            # every value checked before any work
