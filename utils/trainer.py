@@ -5,8 +5,10 @@ that loop: a baseline, a CPG finetune, one gradual-pruning stage. Each returns w
 of exiting.
 """
 import bisect
+import contextlib
 import csv
 import enum
+import io
 import logging
 import math
 import time
@@ -200,6 +202,7 @@ FAST_WARMUP = 0.05              # the fast recipe's linear warm-up, as a fractio
 # afterwards.
 RANGE_TEST_LRS = (1e-6, 1.0)
 RANGE_TEST_DIVISOR = 10.0
+RANGE_TEST_DIVERGES = 4.0       # the test stops once the probe's loss is 4x its lowest
 RANGE_TEST_SHARE = 0.03
 RANGE_TEST_STEPS = (12, 100)
 FAST_IDLE_LR = 1e-3             # a task that owns no weight trains none: no test, any rate
@@ -270,27 +273,41 @@ class Logits(torch.nn.Module):
 
 def range_test(net, data, weight_decay, steps, seed):
     """The fast recipe's peak learning rate for the active task from the weights it starts from (see
-    RANGE_TEST_LRS): Smith's range test over `steps` optimiser steps with torch-lr-finder's LRFinder (its weights
-    and Adam state put back afterwards, the random streams seeded by `seed` before and after). Returns (the chosen
-    rate, its history {lr, loss}, seconds)."""
-    from torch_lr_finder import LRFinder, TrainDataLoaderIter
+    RANGE_TEST_LRS): Smith's range test over `steps` optimiser steps with torch-lr-finder's LRFinder, the loss after
+    each step measured on one fixed training batch (the probe: without the noise of a new batch per step, a short
+    test shows where the loss stops falling), its weights and Adam state put back afterwards, the random streams
+    seeded by `seed` before and after. Returns (the chosen rate, its history {lr, loss}, seconds)."""
+    from torch_lr_finder import LRFinder, TrainDataLoaderIter, ValDataLoaderIter
+
+    def inputs_labels(batch):
+        x, mask, y = to_device(batch, data.device)
+        return (x, mask), y
 
     class Batches(TrainDataLoaderIter):
         def inputs_labels_from_batch(self, batch):
-            x, mask, y = to_device(batch, data.device)
-            return (x, mask), y
+            return inputs_labels(batch)
+
+    class Probe(ValDataLoaderIter):
+        dataset = None                                            # LRFinder averages over len(dataset) samples
+
+        def inputs_labels_from_batch(self, batch):
+            return inputs_labels(batch)
 
     start = time.perf_counter()
     begin(data, seed)
     net.activate(data.task)
-    weights = [p for p in net.model.parameters() if p.requires_grad
-               and id(p) not in {id(q) for q in cpg.piggymask_parameters(net.model, net.task_id(data.task))}]
+    probe_batch = next(iter(data.train_loader))
+    probe = Probe(torch.utils.data.DataLoader([probe_batch], batch_size=None))
+    probe.dataset = range(len(probe_batch["y"]))
+    piggy = {id(q) for q in cpg.piggymask_parameters(net.model, net.task_id(data.task))}
+    weights = [p for p in net.model.parameters() if p.requires_grad and id(p) not in piggy]
     optimizer = MaskedAdam(weights, net, data.task, weight_decay, lr=RANGE_TEST_LRS[0])
     finder = LRFinder(Logits(net.model), optimizer, torch.nn.CrossEntropyLoss(), device=data.device)
-    logging.getLogger("torch_lr_finder").setLevel(logging.WARNING)
-    finder.range_test(Batches(data.train_loader), end_lr=RANGE_TEST_LRS[1], num_iter=steps, step_mode="exp")
+    with contextlib.redirect_stdout(io.StringIO()):                # its own prints and bar: the log line says it
+        finder.range_test(Batches(data.train_loader), val_loader=probe, end_lr=RANGE_TEST_LRS[1], num_iter=steps,
+                          step_mode="exp", smooth_f=0.0, diverge_th=RANGE_TEST_DIVERGES)
     history = {"lr": list(finder.history["lr"]), "loss": list(finder.history["loss"])}
-    finder.reset()                                     # the weights and the optimiser as they were
+    finder.reset()                                                 # the weights and the optimiser as they were
     begin(data, seed)
     lowest = min(range(len(history["loss"])), key=lambda i: history["loss"][i])
     chosen = max(history["lr"][lowest] / RANGE_TEST_DIVISOR, RANGE_TEST_LRS[0])
