@@ -202,9 +202,10 @@ FAST_WARMUP = 0.05              # the fast recipe's linear warm-up, as a fractio
 # afterwards.
 RANGE_TEST_LRS = (1e-6, 1.0)
 RANGE_TEST_DIVISOR = 10.0
-RANGE_TEST_DIVERGES = 4.0       # the test stops once the probe's loss is 4x its lowest
+RANGE_TEST_DIVERGES = 2.0       # the loss has diverged at twice its start (the test stops at 4x its lowest)
+RANGE_TEST_FALL = 0.01          # a test in which no step lowered the loss by 1 % saw no learning
 RANGE_TEST_SHARE = 0.03
-RANGE_TEST_STEPS = (12, 100)
+RANGE_TEST_STEPS = (10, 100)
 FAST_IDLE_LR = 1e-3             # a task that owns no weight trains none: no test, any rate
 
 
@@ -277,7 +278,7 @@ def range_test(net, data, weight_decay, steps, seed):
     each step measured on one fixed training batch (the probe: without the noise of a new batch per step, a short
     test shows where the loss stops falling), its weights and Adam state put back afterwards, the random streams
     seeded by `seed` before and after. Returns (the chosen rate, its history {lr, loss}, seconds)."""
-    from torch_lr_finder import LRFinder, TrainDataLoaderIter, ValDataLoaderIter
+    from torch_lr_finder import LRFinder, TrainDataLoaderIter, ValDataLoaderIter   # (with matplotlib: once)
 
     def inputs_labels(batch):
         x, mask, y = to_device(batch, data.device)
@@ -305,13 +306,24 @@ def range_test(net, data, weight_decay, steps, seed):
     finder = LRFinder(Logits(net.model), optimizer, torch.nn.CrossEntropyLoss(), device=data.device)
     with contextlib.redirect_stdout(io.StringIO()):                # its own prints and bar: the log line says it
         finder.range_test(Batches(data.train_loader), val_loader=probe, end_lr=RANGE_TEST_LRS[1], num_iter=steps,
-                          step_mode="exp", smooth_f=0.0, diverge_th=RANGE_TEST_DIVERGES)
+                          step_mode="exp", smooth_f=0.0, diverge_th=4.0)
     history = {"lr": list(finder.history["lr"]), "loss": list(finder.history["loss"])}
     finder.reset()                                                 # the weights and the optimiser as they were
     begin(data, seed)
-    lowest = min(range(len(history["loss"])), key=lambda i: history["loss"][i])
-    chosen = max(history["lr"][lowest] / RANGE_TEST_DIVISOR, RANGE_TEST_LRS[0])
-    return chosen, history, time.perf_counter() - start
+    return rule(history), history, time.perf_counter() - start
+
+
+def rule(history):
+    """The peak rate a range test's history {lr, loss} gives: the rate of the lowest loss divided by
+    RANGE_TEST_DIVISOR; when no step lowered the loss by RANGE_TEST_FALL (the test was too short to see the network
+    learn: a Perceiver stays at chance for its first dozens of steps), the last rate before the loss reached
+    RANGE_TEST_DIVERGES times its start (the largest rate it stood), divided by RANGE_TEST_DIVISOR."""
+    lrs, losses = history["lr"], history["loss"]
+    lowest = min(range(len(losses)), key=losses.__getitem__)
+    if losses[lowest] > (1 - RANGE_TEST_FALL) * losses[0]:
+        diverged = next((i for i, loss in enumerate(losses) if loss >= RANGE_TEST_DIVERGES * losses[0]), len(losses))
+        lowest = max(diverged - 1, 0)
+    return max(lrs[lowest] / RANGE_TEST_DIVISOR, RANGE_TEST_LRS[0])
 
 
 def fast_learning_rate(net, data, weight_decay, seed, epochs, phase, resume, curves):
