@@ -1,6 +1,7 @@
 """Speed features keep the method's properties: masks computed once still equal the ownership rule after every
 change of task or ownership, the fused piggymask weight has the straight-through gradient, bf16 autocast keeps no
-forgetting bit for bit and stays close to float32, and the fast recipe's schedule is what it says."""
+forgetting bit for bit and stays close to float32, and the fast recipe's schedule is what it says, its peak rate the
+range test's (seeded, the network put back, recorded in stage.json, reused by a resumed step)."""
 import copy
 import math
 
@@ -12,11 +13,18 @@ from utils.runtime import autocast
 from utils.pipeline import run_stage
 from utils.layout import Layout
 from utils.manifest import Manifest
-from utils.trainer import FAST_PEAK_LR, FAST_WARMUP, lr_schedule
+from packnet_models import baseline_network
+from utils.config import load_dataset_config
+from utils.data import load_task
+from utils.trainer import (FAST_WARMUP, RANGE_TEST_DIVISOR, RANGE_TEST_LRS, begin, fast_learning_rate, lr_schedule,
+                           range_test, rule)
 from tests.conftest import env_for
 
 CONFIG = dict(num_freq_bands=2, max_freq=4.0, depth=1, num_latents=16, latent_dim=64, cross_heads=2,
               cross_dim_head=16, latent_heads=2, latent_dim_head=32, ff_mult=2, text_dim=16, max_text_length=8)
+
+
+PEAK = 5e-4                     # a peak rate as the range test might choose
 
 
 def reference_weight(layer):
@@ -94,7 +102,7 @@ def test_bf16_autocast_logits_close_to_float32_and_deterministic():
 
 def test_fast_recipe_warms_up_then_decays_to_zero():
     p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.Adam([p], lr=FAST_PEAK_LR)
+    opt = torch.optim.Adam([p], lr=PEAK)
     scheduler, per_step = lr_schedule(opt, "fast", epochs=4, steps_per_epoch=25)
     assert per_step
     lrs = []
@@ -103,8 +111,8 @@ def test_fast_recipe_warms_up_then_decays_to_zero():
         opt.step()
         scheduler.step()
     warmup = int(FAST_WARMUP * 100)
-    assert lrs[:warmup] == sorted(lrs[:warmup]) and math.isclose(max(lrs), FAST_PEAK_LR)
-    assert lrs[warmup:] == sorted(lrs[warmup:], reverse=True) and lrs[-1] < 0.01 * FAST_PEAK_LR
+    assert lrs[:warmup] == sorted(lrs[:warmup]) and math.isclose(max(lrs), PEAK)
+    assert lrs[warmup:] == sorted(lrs[warmup:], reverse=True) and lrs[-1] < 0.01 * PEAK
     original, per_step = lr_schedule(torch.optim.SGD([p], lr=0.01), "original", epochs=10, steps_per_epoch=25)
     assert not per_step and original.milestones == {5: 1, 8: 1}
 
@@ -117,5 +125,37 @@ def test_amp_and_fast_recipe_through_the_stage_and_recorded(demo_root, tmp_path)
     manifest = Manifest(Layout(tmp_path, "demo", "perceiver_io").baseline("group1").manifest)
     first = manifest.read()
     assert first["settings"]["amp"] is True and first["settings"]["recipe"] == "fast"
+    assert RANGE_TEST_LRS[0] <= first["results"]["fast_lr"] < RANGE_TEST_LRS[1]         # the range test's choice
     run_stage("baseline", "demo", env)
     assert manifest.read()["settings"]["amp"] is False and manifest.read()["settings"]["recipe"] == "original"
+
+
+def test_the_range_test_is_seeded_puts_the_network_back_and_takes_its_rule(demo_root, one_thread):
+    cfg = load_dataset_config("demo", demo_root)
+    data = load_task(cfg, "group1", batch_size=16, seed=2, device="cpu")
+    begin(data, 2)
+    net = baseline_network(cfg, data)
+    before = {k: v.clone() for k, v in net.model.state_dict().items()}
+    chosen, history, _ = range_test(net, data, 4e-5, 12, seed=2)
+    assert all(torch.equal(before[k], v) for k, v in net.model.state_dict().items())      # the weights put back
+    assert len(history["lr"]) == len(history["loss"]) and history["lr"] == sorted(history["lr"])
+    assert chosen == rule(history)
+    assert range_test(net, data, 4e-5, 12, seed=2)[0] == chosen                           # seeded
+
+
+def test_the_rule_takes_the_lowest_loss_or_without_a_descent_the_divergence():
+    lrs = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    assert rule({"lr": lrs, "loss": [1.0, 0.8, 0.5, 0.9, 3.0]}) == 1e-2 / RANGE_TEST_DIVISOR     # the lowest loss
+    # no step lowered the loss by 1 %: the last rate before it doubled
+    assert rule({"lr": lrs, "loss": [1.0, 0.995, 1.2, 1.5, 2.5]}) == 1e-1 / RANGE_TEST_DIVISOR
+    assert rule({"lr": lrs, "loss": [1.0, 1.0, 1.0, 1.0, 1.1]}) == 1.0 / RANGE_TEST_DIVISOR    # never diverged
+    assert rule({"lr": lrs[:2], "loss": [1.0, 5.0]}) == 1e-4 / RANGE_TEST_DIVISOR              # at the second step
+
+
+def test_a_resumed_step_keeps_the_rate_it_began_with(demo_root):
+    cfg = load_dataset_config("demo", demo_root)
+    data = load_task(cfg, "group1", batch_size=16, seed=2, device="cpu")
+    phase = {"kind": "baseline"}
+    saved = {"phase": phase, "objects": {"optimizer": {"param_groups": [{"initial_lr": 0.00123, "lr": 0.0004}]}}}
+    resume = type("Saved", (), {"load": lambda self: saved})()
+    assert fast_learning_rate(None, data, 4e-5, 2, 10, phase, resume, None) == 0.00123 == data.fast_lr

@@ -264,6 +264,7 @@ class TaskData:
     test_loader: object
     num_classes: int
     amp: bool = False                       # bf16 autocast in training and evaluation
+    fast_lr: float | None = None            # the fast recipe's peak rate its last training step chose (range test)
 
 
 def load_task(cfg, task, *, batch_size, val_batch_size=100, workers=0, seed=2, device="auto", num_classes=-1,

@@ -5,10 +5,13 @@ that loop: a baseline, a CPG finetune, one gradual-pruning stage. Each returns w
 of exiting.
 """
 import bisect
+import contextlib
 import csv
 import enum
+import io
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,22 +192,35 @@ def save_task_checkpoint(net, cfg, folder, epoch):
 
 
 RECIPES = ("original", "fast")
-FAST_PEAK_LR = 5e-4             # the fast recipe's Adam peak learning rate (INIT_LR is the original's SGD rate)
 FAST_WARMUP = 0.05              # the fast recipe's linear warm-up, as a fraction of the training steps
+# The fast recipe's Adam peak learning rate is chosen per task and training step by a learning-rate range test
+# (Smith, "Cyclical Learning Rates for Training Neural Networks", 2017; torch-lr-finder's LRFinder): from the step's
+# starting weights, Adam steps with a rate rising exponentially over RANGE_TEST_LRS, the smoothed training loss
+# recorded at each; the rule takes the rate of the lowest loss divided by RANGE_TEST_DIVISOR (fastai's "minimum / 10":
+# the loss still falls there, well before it turns up). The test takes RANGE_TEST_SHARE of the step's optimiser
+# steps, at least RANGE_TEST_STEPS[0] and at most RANGE_TEST_STEPS[1], and the weights and optimiser are put back
+# afterwards.
+RANGE_TEST_LRS = (1e-6, 1.0)
+RANGE_TEST_DIVISOR = 10.0
+RANGE_TEST_DIVERGES = 2.0       # the loss has diverged at twice its start (the test stops at 4x its lowest)
+RANGE_TEST_FALL = 0.01          # a test in which no step lowered the loss by 1 % saw no learning
+RANGE_TEST_SHARE = 0.03
+RANGE_TEST_STEPS = (10, 100)
+FAST_IDLE_LR = 1e-3             # a task that owns no weight trains none: no test, any rate
 
 
-def make_optimizers(net, task, lr, lr_mask, recipe="original"):
+def make_optimizers(net, task, lr, lr_mask, recipe="original", fast_lr=None):
     """The weights' optimiser and Adam(lr_mask) for the task's piggymask, as the original. Weights: SGD (momentum
-    0.9, Nesterov) at `lr` in the original recipe; Adam at FAST_PEAK_LR in the fast one. Either way the weight decay
-    is added to the gradient of the task's own weights only (cpg.constrain_gradients), never decoupled: a
-    decoupled decay (AdamW) would shrink weights of earlier tasks that sit in the same tensors."""
+    0.9, Nesterov) at `lr` in the original recipe; Adam at `fast_lr` (the range test's) in the fast one. Either way
+    the weight decay is added to the gradient of the task's own weights only (cpg.constrain_gradients), never
+    decoupled: a decoupled decay (AdamW) would shrink weights of earlier tasks that sit in the same tensors."""
     piggy = cpg.piggymask_parameters(net.model, net.task_id(task))
     piggy_ids = {id(p) for p in piggy}
     weights = [p for p in net.model.parameters() if p.requires_grad and id(p) not in piggy_ids]
     if recipe == "fast":
-        log.info(f"fast recipe: Adam at peak lr {FAST_PEAK_LR}, warm-up and cosine decay (lr {lr} is the original "
+        log.info(f"fast recipe: Adam at peak lr {fast_lr:.3g}, warm-up and cosine decay (lr {lr} is the original "
                  f"recipe's)")
-        optimizer = torch.optim.Adam(weights, lr=FAST_PEAK_LR, foreach=True)
+        optimizer = torch.optim.Adam(weights, lr=fast_lr, foreach=True)
     else:
         optimizer = torch.optim.SGD(weights, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0, foreach=True)
     mask_optimizer = torch.optim.Adam(piggy, lr=lr_mask, foreach=True) if piggy and lr_mask > 0 else None
@@ -225,6 +241,112 @@ def lr_schedule(optimizer, recipe, epochs, steps_per_epoch):
             return (step + 1) / warmup
         return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, steps - warmup) / max(steps - warmup, 1)))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+
+
+class MaskedAdam(torch.optim.Adam):
+    """Adam that keeps a CPG task to its own weights, as a training step does: the gradient of every weight it does
+    not own is zeroed (with the L2 decay on the ones it owns) before the step, and freed weights stay zero after."""
+
+    def __init__(self, params, net, task, weight_decay, **kwargs):
+        super().__init__(params, **kwargs)
+        self.prunable = list(cpg.prunable_layers(net.model).values())
+        self.used = list(cpg.used_layers(net.model, net.modalities[task]).values())
+        self.weight_decay = weight_decay
+
+    def step(self, closure=None):
+        cpg.constrain_gradients(self.prunable, self.weight_decay, False)
+        loss = super().step(closure)
+        cpg.zero_pruned_weights(self.used)
+        return loss
+
+
+class Logits(torch.nn.Module):
+    """The network as LRFinder calls it: model((x, mask)) -> float logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs):
+        x, mask = inputs
+        return self.model(x, mask=mask).float()
+
+
+def range_test(net, data, weight_decay, steps, seed):
+    """The fast recipe's peak learning rate for the active task from the weights it starts from (see
+    RANGE_TEST_LRS): Smith's range test over `steps` optimiser steps with torch-lr-finder's LRFinder, the loss after
+    each step measured on one fixed training batch (the probe: without the noise of a new batch per step, a short
+    test shows where the loss stops falling), its weights and Adam state put back afterwards, the random streams
+    seeded by `seed` before and after. Returns (the chosen rate, its history {lr, loss}, seconds)."""
+    from torch_lr_finder import LRFinder, TrainDataLoaderIter, ValDataLoaderIter   # (with matplotlib: once)
+
+    def inputs_labels(batch):
+        x, mask, y = to_device(batch, data.device)
+        return (x, mask), y
+
+    class Batches(TrainDataLoaderIter):
+        def inputs_labels_from_batch(self, batch):
+            return inputs_labels(batch)
+
+    class Probe(ValDataLoaderIter):
+        dataset = None                                            # LRFinder averages over len(dataset) samples
+
+        def inputs_labels_from_batch(self, batch):
+            return inputs_labels(batch)
+
+    start = time.perf_counter()
+    begin(data, seed)
+    net.activate(data.task)
+    probe_batch = next(iter(data.train_loader))
+    probe = Probe(torch.utils.data.DataLoader([probe_batch], batch_size=None))
+    probe.dataset = range(len(probe_batch["y"]))
+    piggy = {id(q) for q in cpg.piggymask_parameters(net.model, net.task_id(data.task))}
+    weights = [p for p in net.model.parameters() if p.requires_grad and id(p) not in piggy]
+    optimizer = MaskedAdam(weights, net, data.task, weight_decay, lr=RANGE_TEST_LRS[0])
+    finder = LRFinder(Logits(net.model), optimizer, torch.nn.CrossEntropyLoss(), device=data.device)
+    with contextlib.redirect_stdout(io.StringIO()):                # its own prints and bar: the log line says it
+        finder.range_test(Batches(data.train_loader), val_loader=probe, end_lr=RANGE_TEST_LRS[1], num_iter=steps,
+                          step_mode="exp", smooth_f=0.0, diverge_th=4.0)
+    history = {"lr": list(finder.history["lr"]), "loss": list(finder.history["loss"])}
+    finder.reset()                                                 # the weights and the optimiser as they were
+    begin(data, seed)
+    return rule(history), history, time.perf_counter() - start
+
+
+def rule(history):
+    """The peak rate a range test's history {lr, loss} gives: the rate of the lowest loss divided by
+    RANGE_TEST_DIVISOR; when no step lowered the loss by RANGE_TEST_FALL (the test was too short to see the network
+    learn: a Perceiver stays at chance for its first dozens of steps), the last rate before the loss reached
+    RANGE_TEST_DIVERGES times its start (the largest rate it stood), divided by RANGE_TEST_DIVISOR."""
+    lrs, losses = history["lr"], history["loss"]
+    lowest = min(range(len(losses)), key=losses.__getitem__)
+    if losses[lowest] > (1 - RANGE_TEST_FALL) * losses[0]:
+        diverged = next((i for i, loss in enumerate(losses) if loss >= RANGE_TEST_DIVERGES * losses[0]), len(losses))
+        lowest = max(diverged - 1, 0)
+    return max(lrs[lowest] / RANGE_TEST_DIVISOR, RANGE_TEST_LRS[0])
+
+
+def fast_learning_rate(net, data, weight_decay, seed, epochs, phase, resume, curves):
+    """The fast recipe's peak rate for this training step: the one its resume state was trained with (a resumed
+    step goes on at the rate it began with), else the range test's, logged, on the step's curve and kept in
+    `data.fast_lr` (the stage records it in stage.json)."""
+    saved = resume.load() if resume else None
+    if saved is not None and saved["phase"] == phase:
+        chosen = float(saved["objects"]["optimizer"]["param_groups"][0]["initial_lr"])
+        log.info(f"learning-rate range test: {chosen:.3g}, as the resumed step began with")
+    else:
+        total = epochs * len(data.train_loader)
+        steps = min(max(int(RANGE_TEST_SHARE * total), RANGE_TEST_STEPS[0]), RANGE_TEST_STEPS[1])
+        chosen, history, seconds = range_test(net, data, weight_decay, steps, seed)
+        lowest = min(range(len(history["loss"])), key=lambda i: history["loss"][i])
+        log.info(f"learning-rate range test: {steps} steps from {RANGE_TEST_LRS[0]:g} to {RANGE_TEST_LRS[1]:g} in "
+                 f"{seconds:.1f} s, lowest loss {history['loss'][lowest]:.4f} at {history['lr'][lowest]:.3g}: peak lr "
+                 f"{chosen:.3g}")
+        with tracking.curve(curves, f"{step_name(phase)}_range_test", 1) as curve:
+            for i, (lr, loss) in enumerate(zip(history["lr"], history["loss"], strict=True), 1):
+                curve.log(i, {"range_test/lr": lr, "range_test/loss": loss})
+    data.fast_lr = chosen
+    return chosen
 
 
 def epoch_at(fraction, epochs):
@@ -322,9 +444,12 @@ def train_baseline(net, data, *, epochs, lr, weight_decay, seed, recipe="origina
     test accuracy. `curves`: the task's tracking.TaskRuns (None: not tracked)."""
     begin(data, seed)
     trainer = Trainer(net, data.task, data.device, data.train_loader, data.test_loader, amp=data.amp)
-    optimizer, _ = make_optimizers(net, data.task, lr, lr_mask=0.0, recipe=recipe)
+    phase = {"kind": "baseline"}
+    fast_lr = fast_learning_rate(net, data, weight_decay, seed, epochs, phase, resume, curves) \
+        if recipe == "fast" else None
+    optimizer, _ = make_optimizers(net, data.task, lr, lr_mask=0.0, recipe=recipe, fast_lr=fast_lr)
     scheduler, per_step = lr_schedule(optimizer, recipe, epochs, len(data.train_loader))
-    step = TrainingStep({"kind": "baseline"}, trainer, data, epochs, optimizer, weight_decay, scheduler, per_step)
+    step = TrainingStep(phase, trainer, data, epochs, optimizer, weight_decay, scheduler, per_step)
     train_acc, val_acc = run_epochs(step, resume, curves)
     if train_acc < BASELINE_PRUNABLE_ACC:
         log.info("Cannot prune any more!")
@@ -360,12 +485,15 @@ def cpg_finetune(net, data, *, epochs, lr, lr_mask, weight_decay, seed, baseline
     task = data.task
     log.info("Finetune stage...")
     trainer = Trainer(net, task, data.device, data.train_loader, data.test_loader, width, csv_path, amp=data.amp)
-    optimizer, mask_optimizer = make_optimizers(net, task, lr, lr_mask, recipe)
-    scheduler, per_step = lr_schedule(optimizer, recipe, epochs, len(data.train_loader))
+    phase = {"kind": "finetune", "width": float(width)}
     owns_nothing = trainer.stats()["task_ratio"] == 0
+    fast_lr = fast_learning_rate(net, data, weight_decay, seed, epochs, phase, resume, curves) \
+        if recipe == "fast" and not owns_nothing else FAST_IDLE_LR
+    optimizer, mask_optimizer = make_optimizers(net, task, lr, lr_mask, recipe, fast_lr)
+    scheduler, per_step = lr_schedule(optimizer, recipe, epochs, len(data.train_loader))
     mask_scheduler = mask_schedule(mask_optimizer, epochs) if mask_optimizer and not owns_nothing else None
-    step = TrainingStep({"kind": "finetune", "width": float(width)}, trainer, data, epochs, optimizer, weight_decay,
-                        scheduler, per_step, mask_optimizer, mask_scheduler)
+    step = TrainingStep(phase, trainer, data, epochs, optimizer, weight_decay, scheduler, per_step, mask_optimizer,
+                        mask_scheduler)
     train_acc, val_acc = run_epochs(step, resume, curves)
     passed = train_acc > CPG_TRAIN_ACC and val_acc >= baseline
     if not passed and width < max_width - WIDTH_TOLERANCE:

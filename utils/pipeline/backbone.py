@@ -15,7 +15,7 @@ from utils.checkpoint import baseline_accuracy
 from utils.data import load_task
 from utils.pipeline.compacting import Progress, remove_stale_stages, train_and_compact
 from utils.pipeline.executor import Unit
-from utils.pipeline.lifecycle import Task, failing_task, task_data
+from utils.pipeline.lifecycle import chosen_lr, failing_task, Task, task_data
 
 log = logging.getLogger("root")
 
@@ -54,7 +54,7 @@ def backbone_task(run, s, task_id, group, criterion, position=(1, 1)):
         outputs, record, width = train_and_compact(run, folder, s, data, data_settings, criterion, progress,
                                                    curves=task.curves())
         remove_stale_stages(folder, outputs)
-        task.finish(outputs, {"record": record, "width": width})
+        task.finish(outputs, {"record": record, "width": width, **chosen_lr(data)})
         log.info(f"record of {group}: {json.dumps(record)}")
 
 

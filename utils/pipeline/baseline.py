@@ -9,7 +9,7 @@ from utils.checkpoint import read_json, update_json
 from utils.data import load_task
 from utils.layout import TaskFolder
 from utils.pipeline.executor import Unit
-from utils.pipeline.lifecycle import Task, task_data
+from utils.pipeline.lifecycle import chosen_lr, Task, task_data
 from utils.trainer import begin, finish_task, save_task_checkpoint, train_baseline
 
 log = logging.getLogger("root")
@@ -45,7 +45,7 @@ def baseline_task(run, s, task_id, folder=None, acc_file=None, log_path=None, po
         finish_task(net, group)
         path = save_task_checkpoint(net, run.cfg, folder.root, s.finetune_epochs)
         update_json(acc_file, {group: "%.4f" % acc})
-        task.finish({"checkpoint": path}, {"accuracy": "%.4f" % acc})
+        task.finish({"checkpoint": path}, {"accuracy": "%.4f" % acc, **chosen_lr(data)})
         log.info(f"saved {path}; {acc_file.name}[{group}] = {acc:.4f}")
     return acc
 

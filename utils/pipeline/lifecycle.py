@@ -66,6 +66,12 @@ def task_data(run, stage, what, group):
         return run.data_settings(group)
 
 
+def chosen_lr(data):
+    """{"fast_lr": rate} of a task trained with the fast recipe (the range test's choice, utils.trainer), for its
+    stage.json; {} otherwise."""
+    return {} if data.fast_lr is None else {"fast_lr": float(f"{data.fast_lr:.6g}")}
+
+
 def write_json(path, data):
     atomic_write(path, lambda f: f.write(json.dumps(data).encode()))
 

@@ -29,7 +29,7 @@ from utils.errors import UserError
 from utils.manifest import file_digest
 from utils.pipeline.compacting import Progress, choose_ratio, remove_stale_stages, train_and_compact
 from utils.pipeline.inputs import baseline_checkpoint, first_start, search_table
-from utils.pipeline.lifecycle import Task, failing_task, task_data
+from utils.pipeline.lifecycle import chosen_lr, failing_task, Task, task_data
 from utils.trainer import WIDTH_TOLERANCE, evaluate_task
 
 log = logging.getLogger("root")
@@ -179,7 +179,7 @@ def sequence_step(run, s, folder, order, start, criterion, total_num_tasks, eval
                         {"ratio": key, "accuracies": accuracies, "params": net.num_parameters(),
                          "width": net.model.width_multiplier, "seconds": round(time.time() - began, 1),
                          "owned": {name: shares.get(net.task_id(name), 0.0) for name in names},
-                         "free": shares.get(0, 0.0)})
+                         "free": shares.get(0, 0.0), **chosen_lr(data)})
             log.info(f"{label + ', ' if label else ''}sequence step {j}: {group} kept at ratio {key}; "
                      f"accuracies {accuracies}; "
                      f"{net.num_parameters()} parameters, width x{net.model.width_multiplier}")

@@ -13,7 +13,7 @@ from utils.manifest import file_digest
 from utils.pipeline.cpg_steps import FinetuneStep, finetune_with_growth, network_from, step_resume
 from utils.pipeline.executor import Unit
 from utils.pipeline.inputs import selected_pairs, target_start
-from utils.pipeline.lifecycle import Task, failing_task, task_data, write_json
+from utils.pipeline.lifecycle import chosen_lr, failing_task, Task, task_data, write_json
 from utils.trainer import finish_task, save_task_checkpoint
 
 log = logging.getLogger("root")
@@ -54,7 +54,7 @@ def train_target(run, s, target, start, criterion, out, what, train_per_class=0,
         write_json(out.record, {"0.0": round(acc, 4)})
         row = {"target": target, "backbone": net.history[0] if start else "", "width": width,
                "target_acc": round(acc, 4), "baseline_acc": criterion}
-        task.finish({"checkpoint": path, "record": out.record}, row)
+        task.finish({"checkpoint": path, "record": out.record}, {**row, **chosen_lr(data)})
         log.info(f"saved {path}")
     return row
 
