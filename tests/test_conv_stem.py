@@ -6,6 +6,7 @@ bad stem settings stop with one sentence."""
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -36,12 +37,12 @@ def conv_sequence(demo_root, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_stage("baseline", "demo_conv", env_for(demo_root, work, TASK_IDS="1 5 2", FINETUNE_EPOCHS="3"))
-        run_stage("sequence", "demo_conv", env_for(demo_root, work, ORDER="1 5 2", EPOCHS="3"))
+        run_stage("baseline", "demo_conv", env_for(demo_root, work, TASK_IDS="1 5 2", FINETUNE_EPOCHS="8"))
+        run_stage("sequence", "demo_conv", env_for(demo_root, work, ORDER="1 5 2", EPOCHS="8"))
     finally:
         torch.set_num_threads(threads)
     layout = Layout(work, "demo_conv")
-    return [Manifest(layout.sequence_step("default", step).manifest).output("kept") for step in (1, 2, 3)]
+    return [Manifest(layout.sequence_step("default", step).manifest).output("kept") for step in (1, 2, 3)], work
 
 
 def logits(checkpoint, group, demo_root):
@@ -68,6 +69,7 @@ def test_a_pixels_network_is_the_original_one(demo_root):
 
 
 def test_one_conv_network_learns_image_text_image_and_no_earlier_task_changes(conv_sequence, demo_root, one_thread):
+    conv_sequence, work = conv_sequence
     for i, group in enumerate(ORDER):
         reference = logits(conv_sequence[i], group, demo_root)
         for later in conv_sequence[i + 1:]:
@@ -79,9 +81,17 @@ def test_one_conv_network_learns_image_text_image_and_no_earlier_task_changes(co
     assert {1, 3} <= owners and 2 not in owners           # the text task never owns an image weight
     assert "3" in stem.piggymasks                         # the third task picks over the first one's filters
     assert last.num_parameters() > Network.new(model_config(load_dataset_config("demo", demo_root))).num_parameters()
+    # the stem does not grow, and no image task is worse for it: each reaches its baseline at its own step, the last
+    # one on a stem that the first task's compacting left it and the filters it picks
+    rows = pd.read_csv(Layout(work, "demo_conv").sequence_csv)
+    for step, group in ((1, "group1"), (3, "group2")):
+        row = rows[(rows.step == step) & (rows.task == group)].iloc[0]
+        assert row.accuracy >= row.baseline_acc > 0.5, row
+    assert last.model.get_submodule(STEM).weight.shape == first.model.get_submodule(STEM).weight.shape
 
 
 def test_the_swap_and_the_transfer_carry_the_stem_with_the_image_reader(conv_sequence, tmp_path):
+    conv_sequence, _ = conv_sequence
     image = Network.load(conv_sequence[0])                               # group1 alone
     keys = reader_keys(image.model, "image")
     assert {f"{STEM}.parametrizations.weight.original", f"{STEM}.bias"} <= set(keys)

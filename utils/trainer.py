@@ -313,17 +313,23 @@ def range_test(net, data, weight_decay, steps, seed):
     return rule(history), history, time.perf_counter() - start
 
 
-def rule(history):
-    """The peak rate a range test's history {lr, loss} gives: the rate of the lowest loss divided by
-    RANGE_TEST_DIVISOR; when no step lowered the loss by RANGE_TEST_FALL (the test was too short to see the network
-    learn: a Perceiver stays at chance for its first dozens of steps), the last rate before the loss reached
-    RANGE_TEST_DIVERGES times its start (the largest rate it stood), divided by RANGE_TEST_DIVISOR."""
-    lrs, losses = history["lr"], history["loss"]
+def landmark(history):
+    """(index, what it is) of the rate the rule divides: the lowest loss, or, when no step lowered the loss by
+    RANGE_TEST_FALL (the test was too short to see the network learn: a Perceiver stays at chance for its first
+    dozens of steps), the last rate before the loss reached RANGE_TEST_DIVERGES times its start (the largest rate it
+    stood)."""
+    losses = history["loss"]
     lowest = min(range(len(losses)), key=losses.__getitem__)
-    if losses[lowest] > (1 - RANGE_TEST_FALL) * losses[0]:
-        diverged = next((i for i, loss in enumerate(losses) if loss >= RANGE_TEST_DIVERGES * losses[0]), len(losses))
-        lowest = max(diverged - 1, 0)
-    return max(lrs[lowest] / RANGE_TEST_DIVISOR, RANGE_TEST_LRS[0])
+    if losses[lowest] <= (1 - RANGE_TEST_FALL) * losses[0]:
+        return lowest, f"lowest loss {losses[lowest]:.4f}"
+    diverged = next((i for i, loss in enumerate(losses) if loss >= RANGE_TEST_DIVERGES * losses[0]), len(losses))
+    return max(diverged - 1, 0), f"no descent from {losses[0]:.4f}, the last rate before it doubled"
+
+
+def rule(history):
+    """The peak rate a range test's history {lr, loss} gives: the rate at its landmark divided by
+    RANGE_TEST_DIVISOR."""
+    return max(history["lr"][landmark(history)[0]] / RANGE_TEST_DIVISOR, RANGE_TEST_LRS[0])
 
 
 def fast_learning_rate(net, data, weight_decay, seed, epochs, phase, resume, curves):
@@ -338,10 +344,9 @@ def fast_learning_rate(net, data, weight_decay, seed, epochs, phase, resume, cur
         total = epochs * len(data.train_loader)
         steps = min(max(int(RANGE_TEST_SHARE * total), RANGE_TEST_STEPS[0]), RANGE_TEST_STEPS[1])
         chosen, history, seconds = range_test(net, data, weight_decay, steps, seed)
-        lowest = min(range(len(history["loss"])), key=lambda i: history["loss"][i])
+        index, what = landmark(history)
         log.info(f"learning-rate range test: {steps} steps from {RANGE_TEST_LRS[0]:g} to {RANGE_TEST_LRS[1]:g} in "
-                 f"{seconds:.1f} s, lowest loss {history['loss'][lowest]:.4f} at {history['lr'][lowest]:.3g}: peak lr "
-                 f"{chosen:.3g}")
+                 f"{seconds:.1f} s, {what} at {history['lr'][index]:.3g}: peak lr {chosen:.3g}")
         with tracking.curve(curves, f"{step_name(phase)}_range_test", 1) as curve:
             for i, (lr, loss) in enumerate(zip(history["lr"], history["loss"], strict=True), 1):
                 curve.log(i, {"range_test/lr": lr, "range_test/loss": loss})
