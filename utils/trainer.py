@@ -335,11 +335,14 @@ def rule(history):
 def fast_learning_rate(net, data, weight_decay, seed, epochs, phase, resume, curves):
     """The fast recipe's peak rate for this training step: the one its resume state was trained with (a resumed
     step goes on at the rate it began with), else the range test's, logged, on the step's curve and kept in
-    `data.fast_lr` (the stage records it in stage.json)."""
+    `data.fast_lr` (the stage records it in stage.json). Under torchrun rank 0 runs the test on its share of the data
+    and every rank trains at its rate."""
     saved = resume.load() if resume else None
     if saved is not None and saved["phase"] == phase:
         chosen = float(saved["objects"]["optimizer"]["param_groups"][0]["initial_lr"])
         log.info(f"learning-rate range test: {chosen:.3g}, as the resumed step began with")
+    elif not distributed.is_main_process():                  # under torchrun: rank 0's rate, for every rank
+        chosen = distributed.all_sum(0.0, device=data.device)[0]
     else:
         total = epochs * len(data.train_loader)
         steps = min(max(int(RANGE_TEST_SHARE * total), RANGE_TEST_STEPS[0]), RANGE_TEST_STEPS[1])
@@ -350,6 +353,7 @@ def fast_learning_rate(net, data, weight_decay, seed, epochs, phase, resume, cur
         with tracking.curve(curves, f"{step_name(phase)}_range_test", 1) as curve:
             for i, (lr, loss) in enumerate(zip(history["lr"], history["loss"], strict=True), 1):
                 curve.log(i, {"range_test/lr": lr, "range_test/loss": loss})
+        chosen = distributed.all_sum(chosen, device=data.device)[0]        # (alone: itself)
     data.fast_lr = chosen
     return chosen
 
