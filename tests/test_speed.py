@@ -159,3 +159,15 @@ def test_a_resumed_step_keeps_the_rate_it_began_with(demo_root):
     saved = {"phase": phase, "objects": {"optimizer": {"param_groups": [{"initial_lr": 0.00123, "lr": 0.0004}]}}}
     resume = type("Saved", (), {"load": lambda self: saved})()
     assert fast_learning_rate(None, data, 4e-5, 2, 10, phase, resume, None) == 0.00123 == data.fast_lr
+
+
+def test_under_torchrun_every_rank_trains_at_rank_0s_rate(demo_root, monkeypatch):
+    """A rank other than 0 runs no range test: it takes rank 0's rate (all_sum of rank 0's rate and the others' 0)."""
+    from utils import distributed
+    cfg = load_dataset_config("demo", demo_root)
+    data = load_task(cfg, "group1", batch_size=16, seed=2, device="cpu")
+    sent = []
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
+    monkeypatch.setattr(distributed, "all_sum", lambda *values, device: sent.append(values) or (0.0042,))
+    assert fast_learning_rate(None, data, 4e-5, 2, 10, {"kind": "baseline"}, None, None) == 0.0042 == data.fast_lr
+    assert sent == [(0.0,)]
