@@ -57,6 +57,12 @@ def entry_device(entry):
     return f"cuda:{index}"
 
 
+def core_share(workers):
+    """The cores of this machine a worker gets when `workers` share them: an equal share, at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
 def worker_environment(env, device, workers, own=()):
     """The process environment of a worker: the stage environment (which wins over the process's own values of the
     variables `own`, the settings), no GPUS, its device, and a fair share of the cores of this machine (of
@@ -66,9 +72,8 @@ def worker_environment(env, device, workers, own=()):
     if env is not os.environ:              # an explicit stage environment: what is read only from it (the
         base = {k: v for k, v in base.items() if k not in own}            # settings) comes only from it
         base.update(env)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if workers:
-        base.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
+        base.setdefault("OMP_NUM_THREADS", str(core_share(workers)))
     return {**base, "GPUS": "", "DEVICE": device, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8",
             PARENT_REPORTS: "interrupts"}
 
@@ -102,13 +107,12 @@ def local_workers(env, entries, own):
     """One LocalWorker per GPUS entry: a GPU entry sees only its GPU (Ray sets CUDA_VISIBLE_DEVICES), so its device
     is cuda:0; each has a fair share of the cores."""
     labels = [e if entries.count(e) == 1 else f"{e}#{i + 1}" for i, e in enumerate(entries)]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = []
     for label, entry in zip(labels, entries, strict=True):
         device = entry_device(entry)
         gpu = "" if device == "cpu" else device.removeprefix("cuda:")
         workers.append(LocalWorker(label, worker_environment(env, "cuda:0" if gpu else "cpu", len(entries), own),
-                                   max(1, cores // len(entries)), gpu))
+                                   core_share(len(entries)), gpu))
     return workers
 
 
