@@ -195,11 +195,11 @@ RECIPES = ("original", "fast")
 FAST_WARMUP = 0.05              # the fast recipe's linear warm-up, as a fraction of the training steps
 # The fast recipe's Adam peak learning rate is chosen per task and training step by a learning-rate range test
 # (Smith, "Cyclical Learning Rates for Training Neural Networks", 2017; torch-lr-finder's LRFinder): from the step's
-# starting weights, Adam steps with a rate rising exponentially over RANGE_TEST_LRS, the smoothed training loss
-# recorded at each; the rule takes the rate of the lowest loss divided by RANGE_TEST_DIVISOR (fastai's "minimum / 10":
-# the loss still falls there, well before it turns up). The test takes RANGE_TEST_SHARE of the step's optimiser
-# steps, at least RANGE_TEST_STEPS[0] and at most RANGE_TEST_STEPS[1], and the weights and optimiser are put back
-# afterwards.
+# starting weights, Adam steps with a rate rising exponentially over RANGE_TEST_LRS, the loss after each step measured
+# on one fixed training batch; the rule (`landmark`, `rule`) takes the rate of the lowest loss, or, when no step
+# lowered it, the last rate before it diverged, divided by RANGE_TEST_DIVISOR (fastai's "minimum / 10": the loss
+# still falls there, well before it turns up). The test takes RANGE_TEST_SHARE of the step's optimiser steps, at
+# least RANGE_TEST_STEPS[0] and at most RANGE_TEST_STEPS[1], and the weights and optimiser are put back afterwards.
 RANGE_TEST_LRS = (1e-6, 1.0)
 RANGE_TEST_DIVISOR = 10.0
 RANGE_TEST_DIVERGES = 2.0       # the loss has diverged at twice its start (the test stops at 4x its lowest)
@@ -209,14 +209,19 @@ RANGE_TEST_STEPS = (10, 100)
 FAST_IDLE_LR = 1e-3             # a task that owns no weight trains none: no test, any rate
 
 
+def trainable_weights(net, task):
+    """(the weights the task trains, its piggymask parameters): what its optimisers step."""
+    piggy = cpg.piggymask_parameters(net.model, net.task_id(task))
+    piggy_ids = {id(p) for p in piggy}
+    return [p for p in net.model.parameters() if p.requires_grad and id(p) not in piggy_ids], piggy
+
+
 def make_optimizers(net, task, lr, lr_mask, recipe="original", fast_lr=None):
     """The weights' optimiser and Adam(lr_mask) for the task's piggymask, as the original. Weights: SGD (momentum
     0.9, Nesterov) at `lr` in the original recipe; Adam at `fast_lr` (the range test's) in the fast one. Either way
     the weight decay is added to the gradient of the task's own weights only (cpg.constrain_gradients), never
     decoupled: a decoupled decay (AdamW) would shrink weights of earlier tasks that sit in the same tensors."""
-    piggy = cpg.piggymask_parameters(net.model, net.task_id(task))
-    piggy_ids = {id(p) for p in piggy}
-    weights = [p for p in net.model.parameters() if p.requires_grad and id(p) not in piggy_ids]
+    weights, piggy = trainable_weights(net, task)
     if recipe == "fast":
         log.info(f"fast recipe: Adam at peak lr {fast_lr:.3g}, warm-up and cosine decay (lr {lr} is the original "
                  f"recipe's)")
@@ -300,9 +305,7 @@ def range_test(net, data, weight_decay, steps, seed):
     probe_batch = next(iter(data.train_loader))
     probe = Probe(torch.utils.data.DataLoader([probe_batch], batch_size=None))
     probe.dataset = range(len(probe_batch["y"]))
-    piggy = {id(q) for q in cpg.piggymask_parameters(net.model, net.task_id(data.task))}
-    weights = [p for p in net.model.parameters() if p.requires_grad and id(p) not in piggy]
-    optimizer = MaskedAdam(weights, net, data.task, weight_decay, lr=RANGE_TEST_LRS[0])
+    optimizer = MaskedAdam(trainable_weights(net, data.task)[0], net, data.task, weight_decay, lr=RANGE_TEST_LRS[0])
     finder = LRFinder(Logits(net.model), optimizer, torch.nn.CrossEntropyLoss(), device=data.device)
     with contextlib.redirect_stdout(io.StringIO()):                # its own prints and bar: the log line says it
         finder.range_test(Batches(data.train_loader), val_loader=probe, end_lr=RANGE_TEST_LRS[1], num_iter=steps,
