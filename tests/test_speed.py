@@ -157,7 +157,7 @@ def test_a_resumed_step_keeps_the_rate_it_began_with(demo_root):
     data = load_task(cfg, "group1", batch_size=16, seed=2, device="cpu")
     phase = {"kind": "baseline"}
     saved = {"phase": phase, "objects": {"optimizer": {"param_groups": [{"initial_lr": 0.00123, "lr": 0.0004}]}}}
-    resume = type("Saved", (), {"load": lambda self: saved})()
+    resume = type("Saved", (), {"load": lambda self, mmap=False: saved})()
     assert fast_learning_rate(None, data, 4e-5, 2, 10, phase, resume, None) == 0.00123 == data.fast_lr
 
 

@@ -46,12 +46,13 @@ class Resume:
         self.settings = json.loads(json.dumps(settings))
         self.progress = {}
 
-    def load(self):
-        """The saved state if it was written with the same settings, else None."""
+    def load(self, mmap=False):
+        """The saved state if it was written with the same settings, else None; `mmap` maps its tensors instead of
+        reading them (a reader of its small entries: the phase, the optimiser's settings)."""
         if not self.path.is_file():
             return None
         try:
-            state = load_checkpoint(self.path)
+            state = load_checkpoint(self.path, mmap=mmap)
         except UserError as e:
             log.warning(f"ignoring the resume state: {e}")
             return None

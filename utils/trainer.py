@@ -340,7 +340,7 @@ def fast_learning_rate(net, data, weight_decay, seed, epochs, phase, resume, cur
     step goes on at the rate it began with), else the range test's, logged, on the step's curve and kept in
     `data.fast_lr` (the stage records it in stage.json). Under torchrun rank 0 runs the test on its share of the data
     and every rank trains at its rate."""
-    saved = resume.load() if resume else None
+    saved = resume.load(mmap=True) if resume else None          # the phase and the rate: no tensor read
     if saved is not None and saved["phase"] == phase:
         chosen = float(saved["objects"]["optimizer"]["param_groups"][0]["initial_lr"])
         log.info(f"learning-rate range test: {chosen:.3g}, as the resumed step began with")
