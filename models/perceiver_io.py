@@ -38,6 +38,8 @@ from perceiver_pytorch.perceiver_io import GEGLU, FeedForward, PreNorm
 from perceiver_pytorch.perceiver_pytorch import fourier_encode
 from torch import nn
 
+from utils.config import DEFAULT_STEM_CHANNELS, IMAGE_STEMS
+
 MODALITIES = ("image", "text")
 
 
@@ -49,9 +51,6 @@ class ActiveTask:
     name: str | None = None          # the head
     task_id: int = 1                 # growth branches and masked weights of tasks 1..task_id
     modality: str = MODALITIES[0]    # the input adapter and the k/v projection
-
-
-IMAGE_STEMS = ("pixels", "conv")
 
 
 def conv_stem(channels, widths):
@@ -187,7 +186,8 @@ def init_weight(weight):
 class MultimodalPerceiverIO(nn.Module):
     def __init__(self, *, text_dim=384, max_text_length=128, num_freq_bands=6, max_freq=10.0, depth=3,
                  num_latents=256, latent_dim=512, cross_heads=1, cross_dim_head=64, latent_heads=8,
-                 latent_dim_head=64, ff_mult=4, image_channels=3, image_stem="pixels", stem_channels=(32, 64)):
+                 latent_dim_head=64, ff_mult=4, image_channels=3, image_stem="pixels",
+                 stem_channels=tuple(DEFAULT_STEM_CHANNELS)):
         super().__init__()
         if image_stem not in IMAGE_STEMS:
             raise ValueError(f"image_stem {image_stem!r} is not one of {IMAGE_STEMS}")
