@@ -16,10 +16,10 @@ from models.build import Network
 from packnet_models_pickaback.inference import reader_keys, reader_state, swap_reader
 from packnet_models_pickaback.kv_transfer import graft_reader
 from tests.conftest import REPO, env_for
-from utils import trainer
+from tests.test_sequence import logits_and_accuracy
 from utils.checkpoint import load_checkpoint
 from utils.config import load_dataset_config
-from utils.data import load_task, model_config
+from utils.data import model_config
 from utils.errors import UserError
 from utils.layout import Layout
 from utils.manifest import Manifest
@@ -46,10 +46,7 @@ def conv_sequence(demo_root, tmp_path_factory):
 
 
 def logits(checkpoint, group, demo_root):
-    cfg = load_dataset_config("demo_conv", demo_root)
-    data = load_task(cfg, group, batch_size=16, seed=2, device="cpu")
-    return trainer.Trainer(Network.load(checkpoint), group, "cpu", None, data.test_loader).evaluate(
-        return_logits=True)[2]
+    return logits_and_accuracy(checkpoint, group, demo_root, "demo_conv")[0]
 
 
 def test_a_pixels_network_is_the_original_one(demo_root):

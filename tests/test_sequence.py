@@ -46,8 +46,8 @@ def kept(work, step, run="default"):
     return Manifest(Layout(work, "demo").sequence_step(run, step).manifest).output("kept")
 
 
-def logits_and_accuracy(checkpoint, group, demo_root):
-    cfg = load_dataset_config("demo", demo_root)
+def logits_and_accuracy(checkpoint, group, demo_root, config="demo"):
+    cfg = load_dataset_config(config, demo_root)
     data = load_task(cfg, group, batch_size=16, seed=2, device="cpu")
     net = Network.load(checkpoint)
     _, acc, logits = trainer.Trainer(net, group, data.device, None, data.test_loader).evaluate(return_logits=True)
