@@ -280,3 +280,21 @@ def report_value(frame, item, metric):
     found = frame[(frame["item"] == item) & (frame.metric == metric)].value
     assert len(found) == 1, (item, metric, found)
     return found.iloc[0]
+
+
+def processes_of_session(sid, zombies=True):
+    """The ids of the processes still in session `sid`; with `zombies`, also those that have exited but wait for
+    their parent to collect them."""
+    alive = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getsid(int(pid)) != sid:
+                continue
+            if not zombies:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rpartition(")")[2].split()[0] == "Z":
+                        continue
+        except OSError:                                            # gone meanwhile
+            continue
+        alive.append(int(pid))
+    return alive

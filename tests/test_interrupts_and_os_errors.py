@@ -295,18 +295,6 @@ def test_ctrl_c_during_a_stage_is_one_line_and_exit_130_and_the_rerun_finishes(d
     assert checkpoint.is_file()
 
 
-def processes_of_session(sid):
-    """The process ids still alive in session `sid`."""
-    alive = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.getsid(int(pid)) == sid:
-                alive.append(int(pid))
-        except OSError:                                            # gone meanwhile
-            pass
-    return alive
-
-
 # ---- 4. NPROC and torchrun ---------------------------------------------------------------------------------------
 # (a user error in the ranks under a real torchrun, printed once: test_files_and_processes, in the launch that
 # compares two processes with one)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, curves, env_for, run_main, run_stage_script
-from tests.test_interrupts_and_os_errors import interrupt_when_training, processes_of_session, script_env
+from tests.conftest import REPO, curves, env_for, processes_of_session, run_main, run_stage_script
+from tests.test_interrupts_and_os_errors import interrupt_when_training, script_env
 from utils.checkpoint import read_json
 from utils.engines.units import run_units
 from utils.errors import INTERRUPTED, UserError

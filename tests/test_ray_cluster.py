@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, env_for
+from tests.conftest import REPO, env_for, processes_of_session
 from tests.test_stages import checksums
 from tests.test_parallel import assert_same_checkpoint, manifest, without_seconds
 from utils.checkpoint import read_json
@@ -62,7 +62,7 @@ def stop_session(proc):
     """Stop a process started in a session of its own, and every process of that session (a test cluster keeps
     nothing)."""
     deadline = time.time() + 10
-    while (alive := processes_of_session(proc.pid)) and time.time() < deadline:
+    while (alive := processes_of_session(proc.pid, zombies=False)) and time.time() < deadline:
         for pid in alive:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -70,10 +70,6 @@ def stop_session(proc):
                 pass
         time.sleep(0.2)
     proc.wait(timeout=10)
-
-
-def processes_of_session(sid):
-    return [pid for pid, stat in processes() if os.getsid(pid) == sid and stat[2] != "Z"]
 
 
 def processes():
