@@ -37,8 +37,7 @@ def reader_keys(model, modality):
 
 def reader_layers(model, modality):
     """The masked layers of the reader of `modality` (a conv stem's convolutions, the k/v projection)."""
-    return [layer for name, layer in cpg.prunable_layers(model).items()
-            if name == kv_layer_name(modality) or name.startswith(f"adapters.{modality}.")]
+    return [layer for name, layer in cpg.prunable_layers(model).items() if cpg.layer_modality(name) == modality]
 
 
 @torch.no_grad()
