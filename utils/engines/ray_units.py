@@ -126,12 +126,14 @@ def run_on_ray(name, units, run_unit, own, clock, workers):
         if cluster:
             connect(workers.address)
             actors = cluster_actors(workers, own, run_unit, len(units))
-            check_shared(actors, workers.folders)
         else:
             start_local(workers)
             actors = [Worker.options(num_cpus=w.cpus, num_gpus=1 / [v.gpu for v in workers].count(w.gpu) if w.gpu
                                      else 0).remote(w.label, w.environment, own, run_unit) for w in workers]
-        places = dict(zip(actors, distinct(ray.get([a.where.remote() for a in actors])), strict=True))
+        where = ray.get([a.where.remote() for a in actors])                # each worker's (label, Place)
+        if cluster:
+            check_shared(actors, where, workers.folders)
+        places = dict(zip(actors, distinct(where), strict=True))
         log.info(f"{name}: {len(units)} unit(s) on {len(actors)} workers (" + ", ".join(
             f"gpu {label} = {f'cuda:{place.gpu}' if place.gpu else 'cpu'}" + (f" on {place}" if cluster else "")
             for label, place in places.values()) + ")")
@@ -208,13 +210,12 @@ def cluster_actors(cluster, own, run_unit, count):
         n["NodeID"], soft=False)).remote(None, {**environment, "DEVICE": "cpu"}, own, run_unit) for n in nodes]
 
 
-def check_shared(actors, folders):
-    """Every worker's node sees the work folder (each writes a marker there, every other reads them) and the same
-    data root as this machine: else one sentence naming the node."""
+def check_shared(actors, places, folders):
+    """Every worker's node (`places`: each worker's (label, Place)) sees the work folder (each writes a marker there,
+    every other reads them) and the same data root as this machine: else one sentence naming the node."""
     work, data = folders
     token = uuid.uuid4().hex[:8]
     work.mkdir(parents=True, exist_ok=True)
-    places = ray.get([a.where.remote() for a in actors])
     nodes = sorted({place.node_id for _, place in places})
     try:
         for (_, place), failed in zip(places, ray.get([a.write_marker.remote(str(work), token) for a in actors]),
